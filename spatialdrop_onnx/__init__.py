@@ -1,0 +1,21 @@
+"""spatialdrop-onnx: channel-wise (spatial) dropout for ONNX.
+
+Layers, each depending only on those above it:
+``spec`` (the op, declared once) → ``schema`` / ``reference`` / ``function_body``
+→ ``native`` (the ORT kernel in ``ops/``) → ``passes`` → ``converters`` → ``cli``.
+"""
+
+from .function_body import make_portable
+from .schema import register_schema
+from .spec import DOMAIN, OP_TYPE, OPSET_VERSION, SpatialDropoutError
+
+__all__ = [
+    "DOMAIN",
+    "OPSET_VERSION",
+    "OP_TYPE",
+    "SpatialDropoutError",
+    "make_portable",
+    "register_schema",
+]
+
+register_schema()

@@ -1,0 +1,344 @@
+"""Model-local function bodies for SpatialDropout, built from standard ONNX ops.
+
+``make_portable(model)`` lets every runtime without our kernel still run the
+model. Design choices forced by the runtimes (see docs/function-body.md):
+
+* ``RandomUniformLike.seed`` is a float attribute and our ``seed`` an int, so
+  an attribute reference cannot carry it: nodes are grouped by seed and each
+  seed gets its own function *overload* with the seed baked in.
+* onnxruntime cannot run a function whose declared inputs/outputs the node
+  omits, and ``ReferenceEvaluator`` refuses omitted attributes, so nodes are
+  made explicit: default ``ratio``/``training_mode`` become Constant nodes, an
+  unused ``mask`` output gets a private name, and the default ``shared_axes``
+  is written out when the rank is known. What the node computes is unchanged.
+* When the rank is unknown, the function's ``shared_axes`` default is a
+  sentinel that the body resolves to axes 2..rank-1 at run time.
+* Errors (bad ratio, bad axes for the rank) surface as a failing ``Gather``
+  in a node named after the rule it checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import onnx
+from onnx import AttributeProto, FunctionProto, GraphProto, NodeProto, TensorProto
+from onnx import helper as oh
+
+from . import spec
+
+#: Lowest default-domain opset the body is written for (CastLike, Shape-15).
+MIN_OPSET = 15
+#: ``shared_axes`` default inside the function: "attribute absent, use 2..rank-1".
+DEFAULT_AXES_SENTINEL = -(2**62)
+
+_INT64 = TensorProto.INT64
+_DOUBLE = TensorProto.DOUBLE
+
+
+def _const(name: str, value: object, dtype: int) -> NodeProto:
+    shape = [len(value)] if isinstance(value, list) else []
+    values = value if isinstance(value, list) else [value]
+    return oh.make_node("Constant", [], [name], value=oh.make_tensor(name, dtype, shape, values))
+
+
+def _guard(check: str, ok: str, out: str) -> list[NodeProto]:
+    """Nodes yielding int64 0 in ``out`` when ``ok`` is true, and failing otherwise.
+
+    ONNX has no assert op: an out-of-range Gather fails, and the runtime's
+    message names the node, so the node is named after the rule it checks.
+    """
+    return [
+        oh.make_node("Not", [ok], [f"{out}_bad"]),
+        oh.make_node("Cast", [f"{out}_bad"], [f"{out}_idx"], to=_INT64),
+        oh.make_node("Gather", ["zero_vec", f"{out}_idx"], [out], name=check),
+    ]
+
+
+def _noise_shape_nodes() -> list[NodeProto]:
+    """``noise`` (int64[rank]) from ``data`` and the ``shared_axes`` attribute, with checks."""
+    axes_attr = oh.make_node("Constant", [], ["axes"])
+    axes_attr.attribute.append(AttributeProto(
+        name="value_ints", ref_attr_name=spec.ATTR_SHARED_AXES, type=AttributeProto.INTS))
+    return [
+        _const("zero_i", 0, _INT64),
+        _const("one_i", 1, _INT64),
+        _const("first_shared", spec.DEFAULT_FIRST_SHARED_AXIS, _INT64),
+        _const("sentinel", DEFAULT_AXES_SENTINEL, _INT64),
+        _const("axis1", [1], _INT64),
+        _const("axis0", [0], _INT64),
+        oh.make_node("Shape", ["data"], ["shape"]),
+        oh.make_node("Size", ["shape"], ["rank"]),
+        oh.make_node("Greater", ["rank", "zero_i"], ["rank_ok"]),
+        *_guard("check_data_rank_at_least_1", "rank_ok", "g_rank"),
+        oh.make_node("Range", ["zero_i", "rank", "one_i"], ["idx"]),
+        axes_attr,
+        oh.make_node("Size", ["axes"], ["n_axes"]),
+        # Default axes: the attribute holds only the sentinel.
+        oh.make_node("Concat", ["axes", "zero_vec"], ["axes_padded"], axis=0),
+        oh.make_node("Gather", ["axes_padded", "zero_i"], ["first_axis"]),
+        oh.make_node("Equal", ["first_axis", "sentinel"], ["is_default"]),
+        oh.make_node("GreaterOrEqual", ["idx", "first_shared"], ["default_b"]),
+        oh.make_node("Cast", ["default_b"], ["default_hits"], to=_INT64),
+        # Explicit axes: normalise negatives, count how often each axis is named.
+        oh.make_node("Less", ["axes", "zero_i"], ["neg_b"]),
+        oh.make_node("Cast", ["neg_b"], ["neg"], to=_INT64),
+        oh.make_node("Mul", ["neg", "rank"], ["shift"]),
+        oh.make_node("Add", ["axes", "shift"], ["norm"]),
+        oh.make_node("Unsqueeze", ["idx", "axis1"], ["idx_col"]),
+        oh.make_node("Unsqueeze", ["norm", "axis0"], ["norm_row"]),
+        oh.make_node("Equal", ["idx_col", "norm_row"], ["hit_b"]),
+        oh.make_node("Cast", ["hit_b"], ["hit"], to=_INT64),
+        oh.make_node("ReduceSum", ["hit", "axis1"], ["explicit_hits"], keepdims=0),
+        # Valid iff every axis hits exactly one dim (in range) and none twice.
+        oh.make_node("ReduceSum", ["explicit_hits"], ["n_hits"], keepdims=0),
+        oh.make_node("Equal", ["n_hits", "n_axes"], ["in_range"]),
+        oh.make_node("Greater", ["explicit_hits", "one_i"], ["dup_b"]),
+        oh.make_node("Cast", ["dup_b"], ["dup"], to=_INT64),
+        oh.make_node("ReduceSum", ["dup"], ["n_dup"], keepdims=0),
+        oh.make_node("Equal", ["n_dup", "zero_i"], ["no_dup"]),
+        oh.make_node("And", ["in_range", "no_dup"], ["explicit_ok"]),
+        oh.make_node("Or", ["is_default", "explicit_ok"], ["axes_ok"]),
+        *_guard("check_shared_axes_valid_for_rank", "axes_ok", "g_axes"),
+        oh.make_node("Where", ["is_default", "default_hits", "explicit_hits"], ["hits"]),
+        oh.make_node("Greater", ["hits", "zero_i"], ["shared_b"]),
+        oh.make_node("Where", ["shared_b", "one_i", "shape"], ["noise_raw"]),
+        oh.make_node("Add", ["g_rank", "g_axes"], ["g_shape"]),
+        oh.make_node("Add", ["noise_raw", "g_shape"], ["noise"]),
+    ]
+
+
+def _ratio_nodes() -> list[NodeProto]:
+    """``ratio_d`` (double), ``active`` (training and ratio > 0), with the ratio check."""
+    return [
+        _const("zero_vec", [0], _INT64),
+        _const("zero_d", 0.0, _DOUBLE),
+        _const("one_d", 1.0, _DOUBLE),
+        oh.make_node("Cast", ["ratio"], ["ratio_raw"], to=_DOUBLE),
+        oh.make_node("GreaterOrEqual", ["ratio_raw", "zero_d"], ["ratio_ge0"]),
+        oh.make_node("LessOrEqual", ["ratio_raw", "one_d"], ["ratio_le1"]),
+        oh.make_node("And", ["ratio_ge0", "ratio_le1"], ["ratio_ok"]),
+        *_guard("check_ratio_in_0_1", "ratio_ok", "g_ratio"),
+        oh.make_node("Cast", ["g_ratio"], ["g_ratio_d"], to=_DOUBLE),
+        oh.make_node("Add", ["ratio_raw", "g_ratio_d"], ["ratio_d"]),
+        oh.make_node("Greater", ["ratio_d", "zero_d"], ["ratio_pos"]),
+        oh.make_node("And", ["training_mode", "ratio_pos"], ["active"]),
+    ]
+
+
+def _train_branch(seed: int | None) -> GraphProto:
+    """Draw the noise-shape mask and scale the kept values (exact in T: see spec.kept_scale)."""
+    random_attrs = {"dtype": _DOUBLE} | ({} if seed is None else {"seed": float(seed)})
+    nodes = [
+        oh.make_node("ConstantOfShape", ["noise"], ["noise_zeros"]),
+        oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform"], **random_attrs),
+        oh.make_node("GreaterOrEqual", ["uniform", "ratio_d"], ["keep"]),
+        oh.make_node("Sub", ["one_d", "ratio_d"], ["keep_prob"]),
+        oh.make_node("Div", ["one_d", "keep_prob"], ["scale_exact"]),
+        # Round the scale to T once, then multiply in double: the product of two
+        # T values is exact in double, so one final rounding gives T arithmetic
+        # (and works for bfloat16, which onnxruntime's Mul lacks).
+        oh.make_node("CastLike", ["scale_exact", "data"], ["scale_t"]),
+        oh.make_node("Cast", ["scale_t"], ["scale_d"], to=_DOUBLE),
+        oh.make_node("Cast", ["data"], ["data_d"], to=_DOUBLE),
+        oh.make_node("Mul", ["data_d", "scale_d"], ["scaled_d"]),
+        oh.make_node("Where", ["keep", "scaled_d", "zero_d"], ["dropped_d"]),
+        oh.make_node("CastLike", ["dropped_d", "data"], ["train_output"]),
+    ]
+    return oh.make_graph(nodes, "train", [], [
+        oh.make_value_info("train_output", onnx.TypeProto()),
+        oh.make_tensor_value_info("keep", TensorProto.BOOL, None),
+    ])
+
+
+def _infer_branch() -> GraphProto:
+    """Training off or ratio 0: output is data, every decision is 'keep'."""
+    true_value = oh.make_tensor("true", TensorProto.BOOL, [1], [True])
+    nodes = [
+        oh.make_node("Identity", ["data"], ["infer_output"]),
+        oh.make_node("ConstantOfShape", ["noise"], ["all_kept"], value=true_value),
+    ]
+    return oh.make_graph(nodes, "infer", [], [
+        oh.make_value_info("infer_output", onnx.TypeProto()),
+        oh.make_tensor_value_info("all_kept", TensorProto.BOOL, None),
+    ])
+
+
+def overload_for_seed(seed: int | None) -> str:
+    """Function overload name for nodes with this ``seed`` ('' when unseeded)."""
+    if seed is None:
+        return ""
+    return f"seed_{seed}" if seed >= 0 else f"seed_m{-seed}"
+
+
+def build_function(opset: int, seed: int | None = None) -> FunctionProto:
+    """The SpatialDropout function body for a model importing default-domain ``opset``."""
+    if opset < MIN_OPSET:
+        raise ValueError(
+            f"SpatialDropout function bodies need default-domain opset >= {MIN_OPSET}, "
+            f"the model imports {opset} (convert it with onnx.version_converter first)"
+        )
+    select = oh.make_node("If", ["active"], ["output", "mask"],
+                          then_branch=_train_branch(seed), else_branch=_infer_branch())
+    function = oh.make_function(
+        spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS),
+        [*_ratio_nodes(), *_noise_shape_nodes(), select],
+        [oh.make_opsetid("", opset)],
+        overload=overload_for_seed(seed),
+        doc_string="SpatialDropout from standard ops (spatialdrop_onnx.function_body).",
+    )
+    function.attribute_proto.append(oh.make_attribute(
+        spec.ATTR_SHARED_AXES, [DEFAULT_AXES_SENTINEL], attr_type=AttributeProto.INTS))
+    return function
+
+
+# --- Model traversal --------------------------------------------------------
+
+
+def _subgraphs(node: NodeProto) -> Iterator[GraphProto]:
+    for attr in node.attribute:
+        if attr.type == AttributeProto.GRAPH:
+            yield attr.g
+        elif attr.type == AttributeProto.GRAPHS:
+            yield from attr.graphs
+
+
+def _node_lists(model: onnx.ModelProto) -> Iterator[tuple[list, str]]:
+    """Every node container (graphs, subgraphs, functions) with a display path."""
+    def walk(graph: GraphProto, path: str) -> Iterator[tuple[list, str]]:
+        yield graph.node, path
+        for node in graph.node:
+            for sub in _subgraphs(node):
+                yield from walk(sub, f"{path}/{node.name or node.op_type}/{sub.name}")
+
+    yield from walk(model.graph, model.graph.name or "main")
+    for function in model.functions:
+        yield function.node, f"function {function.domain}.{function.name}"
+        for node in function.node:
+            for sub in _subgraphs(node):
+                yield from walk(sub, f"function {function.name}/{sub.name}")
+
+
+def is_spatial_dropout(node: NodeProto) -> bool:
+    return node.op_type == spec.OP_TYPE and node.domain == spec.DOMAIN
+
+
+def _attr(node: NodeProto, name: str) -> AttributeProto | None:
+    return next((a for a in node.attribute if a.name == name), None)
+
+
+def _known_ranks(model: onnx.ModelProto) -> dict[str, int]:
+    """Ranks of tensors whose shape inference knows them (best effort)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - ranks are an optimisation; fall back to the sentinel
+        inferred = model
+    ranks = {}
+    graph = inferred.graph
+    for info in [*graph.input, *graph.value_info, *graph.output]:
+        tensor_type = info.type.tensor_type
+        if tensor_type.HasField("shape"):
+            ranks[info.name] = len(tensor_type.shape.dim)
+    return ranks
+
+
+def _make_explicit(nodes: list, ranks: dict[str, int], used_names: set[str]) -> None:
+    """Give every SpatialDropout node all inputs, both outputs and explicit shared_axes."""
+    def fresh(base: str) -> str:
+        name, k = base, 0
+        while name in used_names:
+            k += 1
+            name = f"{base}_{k}"
+        used_names.add(name)
+        return name
+
+    position = 0
+    while position < len(nodes):
+        node = nodes[position]
+        if not is_spatial_dropout(node):
+            position += 1
+            continue
+        label = node.name or node.output[0]
+        inputs = list(node.input) + [""] * (3 - len(node.input))
+        constants = []
+        defaults = [None, (spec.DEFAULT_RATIO, TensorProto.FLOAT),
+                    (spec.DEFAULT_TRAINING_MODE, TensorProto.BOOL)]
+        for slot in (1, 2):
+            if not inputs[slot]:
+                value, dtype = defaults[slot]
+                inputs[slot] = fresh(f"{label}_{spec.INPUTS[slot]}_default")
+                constants.append(oh.make_node(
+                    "Constant", [], [inputs[slot]], name=inputs[slot],
+                    value=oh.make_tensor(inputs[slot], dtype, [], [value])))
+        del node.input[:]
+        node.input.extend(inputs)
+        if len(node.output) < 2 or not node.output[1]:
+            del node.output[1:]
+            node.output.append(fresh(f"{label}_mask_unused"))
+        if _attr(node, spec.ATTR_SHARED_AXES) is None and inputs[0] in ranks:
+            axes = spec.default_shared_axes(ranks[inputs[0]])
+            node.attribute.append(oh.make_attribute(
+                spec.ATTR_SHARED_AXES, list(axes), attr_type=AttributeProto.INTS))
+        shared = _attr(node, spec.ATTR_SHARED_AXES)
+        if shared is not None and inputs[0] in ranks:
+            spec.resolve_shared_axes(ranks[inputs[0]], list(shared.ints))  # raises if invalid
+        for constant in reversed(constants):
+            nodes.insert(position, constant)
+        position += len(constants) + 1
+
+
+def _all_names(model: onnx.ModelProto) -> set[str]:
+    names = {i.name for i in model.graph.initializer}
+    for nodes, _ in _node_lists(model):
+        for node in nodes:
+            names.update(node.input)
+            names.update(node.output)
+            names.add(node.name)
+    names.update(i.name for i in model.graph.input)
+    return names
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Return a copy of ``model`` where every SpatialDropout node has a function body.
+
+    Idempotent. Raises ValueError if the default-domain opset is below
+    ``MIN_OPSET`` or a node's ``shared_axes`` is invalid for its data's rank.
+    """
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    ranks = _known_ranks(result)
+    used = _all_names(result)
+    seeds: set[int | None] = set()
+    for nodes, _ in _node_lists(result):
+        _make_explicit(nodes, ranks, used)
+        for node in nodes:
+            if is_spatial_dropout(node):
+                seed_attr = _attr(node, spec.ATTR_SEED)
+                seed = None if seed_attr is None else int(seed_attr.i)
+                seeds.add(seed)
+                node.overload = overload_for_seed(seed)
+    if not seeds:
+        return result
+
+    opset = _default_opset(result)
+    kept = [f for f in result.functions if f.domain != spec.DOMAIN or f.name != spec.OP_TYPE]
+    del result.functions[:]
+    result.functions.extend(kept)
+    for seed in sorted(seeds, key=lambda s: (s is not None, s or 0)):
+        result.functions.append(build_function(opset, seed))
+    _import_domain(result.opset_import)
+    for function in result.functions:
+        if any(is_spatial_dropout(n) for n in function.node):
+            _import_domain(function.opset_import)
+    # Function overloads are an IR 10 feature.
+    result.ir_version = max(result.ir_version, 10)
+    return result
+
+
+def _import_domain(opset_imports) -> None:  # noqa: ANN001 - repeated OperatorSetIdProto
+    if not any(o.domain == spec.DOMAIN for o in opset_imports):
+        opset_imports.append(oh.make_opsetid(spec.DOMAIN, spec.OPSET_VERSION))
