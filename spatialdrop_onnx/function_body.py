@@ -71,7 +71,13 @@ def _noise_shape_nodes() -> list[NodeProto]:
         oh.make_node("Size", ["shape"], ["rank"]),
         oh.make_node("Greater", ["rank", "zero_i"], ["rank_ok"]),
         *_guard("check_data_rank_at_least_1", "rank_ok", "g_rank"),
-        oh.make_node("Range", ["zero_i", "rank", "one_i"], ["idx"]),
+        # idx = [0, 1, ..., rank-1], built as CumSum(ones like shape) - 1 rather
+        # than Range, whose inferred length onnxruntime gets wrong for static shapes.
+        oh.make_node("Shape", ["shape"], ["rank_vec"]),
+        oh.make_node("ConstantOfShape", ["rank_vec"], ["ones_like_shape"],
+                     value=oh.make_tensor("one", _INT64, [1], [1])),
+        oh.make_node("CumSum", ["ones_like_shape", "zero_i"], ["counts"]),
+        oh.make_node("Sub", ["counts", "one_i"], ["idx"]),
         axes_attr,
         oh.make_node("Size", ["axes"], ["n_axes"]),
         # Default axes: the attribute holds only the sentinel.

@@ -71,7 +71,7 @@ def build_schema() -> OpSchema:
         _DOC,
         inputs=[
             _Param(spec.INPUTS[0], "T", "The input data."),
-            _Param(spec.INPUTS[1], "T1", f"Drop probability in [0, 1]; default {spec.DEFAULT_RATIO}.",
+            _Param(spec.INPUTS[1], "T1", f"Drop probability, default {spec.DEFAULT_RATIO}",
                    param_option=_OPTIONAL),
             _Param(spec.INPUTS[2], "T2", "Scalar bool; when false (default) output = data.",
                    param_option=_OPTIONAL),
