@@ -1,0 +1,377 @@
+"""Keras 3 → raw ONNX through tf2onnx, with only the dropout-family layers in training mode.
+
+tf2onnx's ``from_keras`` reads Keras-2 attributes and fails on Keras 3, so the
+model is wrapped in a ``tf.function`` and converted with ``from_function``.
+The model is called with ``training=False`` (BatchNormalization and every other
+layer in inference form), while each dropout-family layer's ``call`` is
+temporarily replaced by a wrapper that forces ``training=True``: its random
+subgraph survives into the export for the rewrite passes to turn into
+SpatialDropout / ONNX Dropout / standard random ops.
+
+The wrappers also record the TensorFlow name scope each layer ran under, so a
+node tf2onnx could not convert can be traced back to the Keras layer that made it.
+
+Nothing here touches files: loading lives in ``keras_convert``. TensorFlow,
+Keras and tf2onnx are imported lazily (they are the optional ``[keras]`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+import onnx
+
+from ..errors import UserError
+
+#: The pip extra that brings TensorFlow, Keras and tf2onnx.
+KERAS_EXTRA = "spatialdrop-onnx[keras]"
+#: Default-domain opsets accepted: the function body needs 15, tf2onnx 1.17 knows up to 18.
+MIN_OPSET = 15
+MAX_OPSET = 18
+DEFAULT_OPSET = 17
+#: dim_param given to the (dynamic) batch dimension of graph inputs and outputs.
+BATCH_DIM = "batch"
+
+# Site kinds: how Keras implements the layer in training mode.
+SPATIAL = "spatial_dropout"            # SpatialDropout1D/2D/3D
+NOISE_SHAPE = "dropout_noise_shape"    # Dropout(noise_shape=...)
+DROPOUT = "dropout"                    # plain element-wise Dropout
+GAUSSIAN_DROPOUT = "gaussian_dropout"  # multiplicative N(1, rate/(1-rate)) noise
+GAUSSIAN_NOISE = "gaussian_noise"      # additive N(0, stddev) noise
+ALPHA_DROPOUT = "alpha_dropout"        # SELU-preserving dropout
+RNN = "rnn_dropout"                    # GRU/LSTM/SimpleRNN/ConvLSTM dropout masks
+
+
+@dataclass
+class DropoutSite:
+    """One dropout-family layer found in a Keras model (possibly nested in another layer)."""
+
+    path: str
+    """Layer path from the model, e.g. ``tcn/residual_block_0/spatial_dropout1d``."""
+    layer_class: str
+    kind: str
+    rate: float
+    """Dropout rate (for GaussianNoise: the noise stddev; for RNNs: the input dropout)."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Kind-specific facts: ``shared_axes`` (Keras layout), ``data_format``,
+    ``noise_shape``, ``recurrent_dropout``."""
+    scopes: list[str] = field(default_factory=list)
+    """TensorFlow name scopes the layer's ``call`` ran under while tracing."""
+    layer: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def active(self) -> bool:
+        """Whether the layer draws any random numbers in training mode."""
+        return self.rate > 0 or self.details.get("recurrent_dropout", 0) > 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly description (without the layer object and scopes)."""
+        return {"path": self.path, "layer_class": self.layer_class, "kind": self.kind,
+                "rate": self.rate, **self.details}
+
+
+# --- Optional dependencies --------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KerasStack:
+    """The lazily imported optional modules."""
+
+    tf: ModuleType
+    keras: ModuleType
+    tf2onnx: ModuleType
+
+
+def import_keras_stack() -> KerasStack:
+    """Import TensorFlow, Keras 3 and tf2onnx quietly, or raise a UserError naming the extra."""
+    # TensorFlow's C++ logging is read once, at import: set it before.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    try:
+        import keras
+        import tensorflow as tf
+        import tf2onnx
+    except ImportError as err:
+        raise UserError(
+            f"converting Keras models needs TensorFlow, Keras 3 and tf2onnx ({err}); "
+            f"install them with: pip install '{KERAS_EXTRA}'"
+        ) from None
+    if not keras.__version__.startswith("3."):
+        raise UserError(f"Keras 3 is required, found Keras {keras.__version__}")
+    tf.get_logger().setLevel(logging.ERROR)
+    # tf2onnx logs every unsupported op (ERROR) and freezing retry (WARNING);
+    # the converter reports what matters itself.
+    logging.getLogger("tf2onnx").setLevel(logging.CRITICAL)
+    return KerasStack(tf=tf, keras=keras, tf2onnx=tf2onnx)
+
+
+# --- Finding dropout layers ---------------------------------------------------
+
+
+def iter_sublayers(model: Any) -> Iterator[tuple[str, Any]]:
+    """Every layer inside ``model``, breadth first, as ``(path, layer)``; each layer once.
+
+    Keras 3 tracks the sub-layers of any layer (functional, sequential or a
+    custom layer holding layers in attributes or lists) in ``_layers``; there is
+    no public recursive accessor. Breadth first gives each layer its shortest path.
+    """
+    seen = {id(model)}
+    queue: list[tuple[str, Any]] = [("", model)]
+    while queue:
+        prefix, parent = queue.pop(0)
+        for child in getattr(parent, "_layers", None) or ():
+            if id(child) in seen:
+                continue
+            seen.add(id(child))
+            path = f"{prefix}/{child.name}" if prefix else child.name
+            yield path, child
+            queue.append((path, child))
+
+
+def _spatial_axes(layer: Any, rank: int) -> list[int]:
+    """Shared axes of a SpatialDropoutND in the layer's own layout (batch axis 0)."""
+    if getattr(layer, "data_format", "channels_last") == "channels_first":
+        return list(range(2, rank))
+    return list(range(1, rank - 1))
+
+
+def classify_layer(layer: Any, keras: ModuleType) -> tuple[str, float, dict[str, Any]] | None:
+    """``(kind, rate, details)`` for a dropout-family layer, None for any other layer."""
+    layers = keras.layers
+    spatial_ranks = {layers.SpatialDropout1D: 3, layers.SpatialDropout2D: 4,
+                     layers.SpatialDropout3D: 5}
+    for cls, rank in spatial_ranks.items():
+        if isinstance(layer, cls):
+            details = {"shared_axes": _spatial_axes(layer, rank)}
+            if hasattr(layer, "data_format"):
+                details["data_format"] = layer.data_format
+            return SPATIAL, float(layer.rate), details
+    if isinstance(layer, layers.Dropout):
+        if layer.noise_shape is not None:
+            shape = [None if d is None else int(d) for d in layer.noise_shape]
+            shared = [i for i, d in enumerate(shape) if d == 1]
+            return NOISE_SHAPE, float(layer.rate), {"noise_shape": shape, "shared_axes": shared}
+        return DROPOUT, float(layer.rate), {}
+    if isinstance(layer, layers.GaussianDropout):
+        return GAUSSIAN_DROPOUT, float(layer.rate), {}
+    if isinstance(layer, layers.GaussianNoise):
+        return GAUSSIAN_NOISE, float(layer.stddev), {}
+    if isinstance(layer, layers.AlphaDropout):
+        details = {}
+        if layer.noise_shape is not None:
+            details["noise_shape"] = [None if d is None else int(d) for d in layer.noise_shape]
+        return ALPHA_DROPOUT, float(layer.rate), details
+    if isinstance(layer, layers.RNN):
+        cells = getattr(layer.cell, "cells", None) or [layer.cell]  # StackedRNNCells
+        rates = [float(getattr(c, "dropout", 0.0) or 0.0) for c in cells]
+        recurrent = [float(getattr(c, "recurrent_dropout", 0.0) or 0.0) for c in cells]
+        if max(rates) > 0 or max(recurrent) > 0:
+            return RNN, max(rates), {"recurrent_dropout": max(recurrent)}
+    return None
+
+
+def find_dropout_sites(model: Any, keras: ModuleType | None = None) -> list[DropoutSite]:
+    """All dropout-family layers in ``model``, including those nested in other layers.
+
+    RNN layers count when their cell has ``dropout`` or ``recurrent_dropout``;
+    the cell itself is not listed separately (the RNN layer drives it).
+    """
+    if keras is None:
+        keras = import_keras_stack().keras
+    sites = []
+    for path, layer in iter_sublayers(model):
+        found = classify_layer(layer, keras)
+        if found is not None:
+            kind, rate, details = found
+            sites.append(DropoutSite(path=path, layer_class=type(layer).__name__, kind=kind,
+                                     rate=rate, details=details, layer=layer))
+    return sites
+
+
+# --- Tracing -------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _instrumented_calls(
+    tf: ModuleType,
+    layers: Sequence[tuple[str, Any]],
+    forced: set[int],
+    scopes: dict[str, str],
+) -> Iterator[None]:
+    """Wrap each layer's ``call``: record its name scope; force ``training=True`` if in ``forced``.
+
+    ``Layer.__call__`` looks ``self.call`` up on the instance at every call, so an
+    instance attribute overrides the method for this model only; it is removed
+    afterwards (``object`` methods bypass Keras' attribute tracking).
+    """
+    patched = []
+
+    def wrap(original: Callable, path: str, force: bool) -> Callable:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            scopes.setdefault(tf.get_current_name_scope(), path)
+            if force:
+                kwargs["training"] = True
+            return original(*args, **kwargs)
+        return call
+
+    try:
+        for path, layer in layers:
+            own = vars(layer).get("call")  # a call already set on the instance, if any
+            object.__setattr__(layer, "call", wrap(layer.call, path, id(layer) in forced))
+            patched.append((layer, own))
+        yield
+    finally:
+        for layer, own in patched:
+            if own is None:
+                object.__delattr__(layer, "call")
+            else:
+                object.__setattr__(layer, "call", own)
+            # RNN cells cache their masks; never leave a graph tensor behind.
+            for method in ("reset_dropout_mask", "reset_recurrent_dropout_mask"):
+                if callable(getattr(layer, method, None)):
+                    getattr(layer, method)()
+
+
+def _tf_name(name: str, fallback: str) -> str:
+    """A valid TensorFlow op name derived from a Keras tensor or layer name."""
+    clean = re.sub(r"[^A-Za-z0-9_.\-/]", "_", name or "")
+    return clean if re.match(r"[A-Za-z0-9.]", clean) else fallback
+
+
+def _output_names(model: Any, count: int) -> list[str]:
+    names = list(getattr(model, "output_names", None) or [])
+    if len(names) != count or len(set(names)) != count:
+        names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
+    return [_tf_name(n, f"output_{i}") for i, n in enumerate(names)]
+
+
+@dataclass
+class TraceResult:
+    """A raw tf2onnx export and what the trace learnt about it."""
+
+    model: onnx.ModelProto
+    scopes: dict[str, str]
+    """TensorFlow name scope → Keras layer path, for every layer that ran."""
+    input_names: list[str]
+    output_names: list[str]
+
+
+def trace_to_onnx(
+    model: Any,
+    stack: KerasStack,
+    *,
+    opset: int = DEFAULT_OPSET,
+    training_layers: Sequence[Any] = (),
+    on_traced: Callable[[], None] | None = None,
+) -> TraceResult:
+    """Convert ``model`` with tf2onnx, ``training_layers`` in training mode, the rest in inference.
+
+    The batch dimension stays dynamic (``BATCH_DIM``); inputs and outputs keep
+    the Keras names. ``on_traced`` is called between tracing and converting
+    (progress display). tf2onnx leaves ops it cannot convert in the graph:
+    the caller checks for them.
+    """
+    tf, keras = stack.tf, stack.keras
+    inputs = list(getattr(model, "inputs", None) or [])
+    if not inputs:
+        raise UserError("the model has no known inputs (build it with keras.Input before saving)")
+    specs = [tf.TensorSpec(shape=tuple(t.shape), dtype=t.dtype, name=_tf_name(t.name, f"input_{i}"))
+             for i, t in enumerate(inputs)]
+    if len({s.name for s in specs}) != len(specs):
+        specs = [tf.TensorSpec(s.shape, s.dtype, name=f"input_{i}") for i, s in enumerate(specs)]
+    out_names = _output_names(model, len(keras.tree.flatten(model.output)))
+
+    def forward(*args: Any) -> dict[str, Any]:
+        packed = keras.tree.pack_sequence_as(model.input, list(args))
+        outputs = keras.tree.flatten(model(packed, training=False))
+        return dict(zip(out_names, outputs, strict=True))
+
+    function = tf.function(forward, input_signature=specs, autograph=False)
+    scopes: dict[str, str] = {}
+    sublayers = list(iter_sublayers(model))
+    with _instrumented_calls(tf, sublayers, {id(x) for x in training_layers}, scopes), \
+            warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        function.get_concrete_function(*specs)  # trace now; from_function reuses it
+        if on_traced is not None:
+            on_traced()
+        onnx_model, _ = stack.tf2onnx.convert.from_function(
+            function, input_signature=specs, opset=opset)
+    _name_batch_dims(onnx_model, [s.name for s in specs], out_names)
+    _order_outputs(onnx_model, out_names)
+    return TraceResult(onnx_model, scopes, [s.name for s in specs], out_names)
+
+
+def _name_batch_dims(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> None:
+    """Call the leading dynamic dimension of every graph input and output ``batch``."""
+    wanted = set(inputs) | set(outputs)
+    for info in [*model.graph.input, *model.graph.output]:
+        dims = info.type.tensor_type.shape.dim
+        if info.name in wanted and dims and not dims[0].HasField("dim_value"):
+            dims[0].dim_param = BATCH_DIM
+
+
+def _order_outputs(model: onnx.ModelProto, names: list[str]) -> None:
+    """Graph outputs in the Keras model's order (tf2onnx sorts dict outputs by key)."""
+    by_name = {o.name: o for o in model.graph.output}
+    if set(by_name) == set(names):
+        ordered = [onnx.ValueInfoProto() for _ in names]
+        for slot, name in zip(ordered, names, strict=True):
+            slot.CopyFrom(by_name[name])
+        del model.graph.output[:]
+        model.graph.output.extend(ordered)
+
+
+def export_keras_training_graph(model: Any, opset: int = DEFAULT_OPSET) -> onnx.ModelProto:
+    """Raw tf2onnx export of an in-memory Keras 3 model, dropout layers in training mode.
+
+    Every dropout-family layer (found recursively) runs with ``training=True``,
+    every other layer in inference mode; the batch dimension is dynamic. This is
+    the exporter output the rewrite passes consume: it still holds TensorFlow's
+    ``StatelessRandom*`` ops, so onnxruntime cannot run it as is.
+    """
+    stack = import_keras_stack()
+    sites = find_dropout_sites(model, stack.keras)
+    return trace_to_onnx(model, stack, opset=opset,
+                         training_layers=[s.layer for s in sites]).model
+
+
+# --- Reading the raw export ----------------------------------------------------
+
+
+def iter_all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+    """Every node of ``graph`` and of its subgraphs (Loop/If/Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from iter_all_nodes(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from iter_all_nodes(sub)
+
+
+def unconverted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes in the default domain that are not ONNX operators (tf2onnx left them as TF ops)."""
+    found = []
+    for node in iter_all_nodes(model.graph):
+        if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
+            found.append(node)
+    return found
+
+
+def layer_of_node(node_name: str, scopes: dict[str, str]) -> str | None:
+    """The Keras layer path whose name scope is the longest prefix of ``node_name``."""
+    best = None
+    for scope, path in scopes.items():
+        if scope and (node_name == scope or node_name.startswith(scope + "/")):
+            if best is None or len(scope) > len(best[0]):
+                best = (scope, path)
+    return None if best is None else best[1]
