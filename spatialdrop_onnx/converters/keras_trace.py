@@ -253,39 +253,48 @@ def _output_names(model: Any, count: int) -> list[str]:
 
 
 @dataclass
+class TracedModel:
+    """A traced ``tf.function`` ready for tf2onnx, and what the trace learnt."""
+
+    function: Any
+    specs: list[Any]
+    """``tf.TensorSpec`` per input; their names become the ONNX input names."""
+    output_names: list[str]
+    scopes: dict[str, str] = field(default_factory=dict)
+    """TensorFlow name scope → Keras layer path, for every layer that ran."""
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+
+@dataclass
 class TraceResult:
-    """A raw tf2onnx export and what the trace learnt about it."""
+    """A raw tf2onnx export and the trace it came from."""
 
     model: onnx.ModelProto
     scopes: dict[str, str]
-    """TensorFlow name scope → Keras layer path, for every layer that ran."""
     input_names: list[str]
     output_names: list[str]
 
 
-def trace_to_onnx(
-    model: Any,
-    stack: KerasStack,
-    *,
-    opset: int = DEFAULT_OPSET,
-    training_layers: Sequence[Any] = (),
-    on_traced: Callable[[], None] | None = None,
-) -> TraceResult:
-    """Convert ``model`` with tf2onnx, ``training_layers`` in training mode, the rest in inference.
-
-    The batch dimension stays dynamic (``BATCH_DIM``); inputs and outputs keep
-    the Keras names. ``on_traced`` is called between tracing and converting
-    (progress display). tf2onnx leaves ops it cannot convert in the graph:
-    the caller checks for them.
-    """
-    tf, keras = stack.tf, stack.keras
+def keras_input_specs(model: Any, stack: KerasStack) -> list[Any]:
+    """One named ``tf.TensorSpec`` per model input (Keras names, made valid for TensorFlow)."""
     inputs = list(getattr(model, "inputs", None) or [])
     if not inputs:
         raise UserError("the model has no known inputs (build it with keras.Input before saving)")
+    tf = stack.tf
     specs = [tf.TensorSpec(shape=tuple(t.shape), dtype=t.dtype, name=_tf_name(t.name, f"input_{i}"))
              for i, t in enumerate(inputs)]
     if len({s.name for s in specs}) != len(specs):
         specs = [tf.TensorSpec(s.shape, s.dtype, name=f"input_{i}") for i, s in enumerate(specs)]
+    return specs
+
+
+def trace_keras(model: Any, stack: KerasStack, training_layers: Sequence[Any] = ()) -> TracedModel:
+    """Trace ``model(x, training=False)`` with only ``training_layers`` forced to training mode."""
+    keras = stack.keras
+    specs = keras_input_specs(model, stack)
     out_names = _output_names(model, len(keras.tree.flatten(model.output)))
 
     def forward(*args: Any) -> dict[str, Any]:
@@ -293,20 +302,45 @@ def trace_to_onnx(
         outputs = keras.tree.flatten(model(packed, training=False))
         return dict(zip(out_names, outputs, strict=True))
 
-    function = tf.function(forward, input_signature=specs, autograph=False)
-    scopes: dict[str, str] = {}
-    sublayers = list(iter_sublayers(model))
-    with _instrumented_calls(tf, sublayers, {id(x) for x in training_layers}, scopes), \
+    traced = TracedModel(stack.tf.function(forward, input_signature=specs, autograph=False),
+                         specs, out_names)
+    with _instrumented_calls(stack.tf, list(iter_sublayers(model)),
+                             {id(x) for x in training_layers}, traced.scopes), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        function.get_concrete_function(*specs)  # trace now; from_function reuses it
-        if on_traced is not None:
-            on_traced()
+        # Trace now, while the wrappers are in place; tf2onnx reuses this trace.
+        traced.function.get_concrete_function(*specs)
+    return traced
+
+
+def trace_callable(call: Callable[..., dict[str, Any]], specs: list[Any],
+                   stack: KerasStack) -> TracedModel:
+    """Trace any callable taking one tensor per spec and returning a dict of outputs."""
+    function = stack.tf.function(call, input_signature=specs, autograph=False)
+    outputs = function.get_concrete_function(*specs).structured_outputs
+    return TracedModel(function, specs, sorted(outputs))
+
+
+def convert_traced(traced: TracedModel, stack: KerasStack, opset: int = DEFAULT_OPSET,
+                   ) -> TraceResult:
+    """tf2onnx ``from_function`` on a trace; dynamic batch dim named ``BATCH_DIM``.
+
+    tf2onnx leaves ops it cannot convert in the graph as TensorFlow ops: see
+    ``unconverted_nodes``.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         onnx_model, _ = stack.tf2onnx.convert.from_function(
-            function, input_signature=specs, opset=opset)
-    _name_batch_dims(onnx_model, [s.name for s in specs], out_names)
-    _order_outputs(onnx_model, out_names)
-    return TraceResult(onnx_model, scopes, [s.name for s in specs], out_names)
+            traced.function, input_signature=traced.specs, opset=opset)
+    _name_batch_dims(onnx_model, traced.input_names, traced.output_names)
+    _order_outputs(onnx_model, traced.output_names)
+    return TraceResult(onnx_model, traced.scopes, traced.input_names, traced.output_names)
+
+
+def trace_to_onnx(model: Any, stack: KerasStack, *, opset: int = DEFAULT_OPSET,
+                  training_layers: Sequence[Any] = ()) -> TraceResult:
+    """``trace_keras`` then ``convert_traced``."""
+    return convert_traced(trace_keras(model, stack, training_layers), stack, opset)
 
 
 def _name_batch_dims(model: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> None:

@@ -1,0 +1,78 @@
+"""``spatialdrop-onnx convert``: a Keras 3 model to ONNX with its dropout kept switchable."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+
+from ..converters import keras_convert
+from ..converters.keras_trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from . import app
+
+
+class TerminalProgress:
+    """Writes ``label … 1.2 s`` lines to stderr for each slow step."""
+
+    def __init__(self, stream=None) -> None:  # noqa: ANN001 - a text stream
+        self.stream = stream or sys.stderr
+
+    @contextlib.contextmanager
+    def __call__(self, label: str) -> Iterator[None]:
+        click.echo(f"{label} …", file=self.stream, nl=False)
+        self.stream.flush()
+        start = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            click.echo(" failed", file=self.stream)
+            raise
+        click.echo(f" {time.perf_counter() - start:.1f} s", file=self.stream)
+
+
+@app.command("convert")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
+              help="Where to write the ONNX model (written atomically).")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True,
+              help=f"Default-domain ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")
+@click.option("--strip", is_flag=True,
+              help="Write the inference model: every dropout removed, no training_mode input.")
+@click.option("--trust-model", is_flag=True,
+              help="Allow .h5/.hdf5 files and SavedModel directories (they can run code "
+                   "when loaded). .keras files always load with safe_mode=True.")
+@click.option("--import", "imports", multiple=True, metavar="MODULE",
+              help="Import MODULE first so the custom Keras layers it registers load "
+                   "(repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
+def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: bool,
+            imports: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+    """Convert a Keras 3 MODEL (.keras) to ONNX, keeping its dropout layers.
+
+    Dropout layers (SpatialDropout1D/2D/3D, Dropout, GaussianDropout,
+    GaussianNoise, AlphaDropout, RNN dropout), also those nested inside other
+    layers, become SpatialDropout, ONNX Dropout or standard random ops switched
+    by a boolean `training_mode` input that defaults to false; every other layer
+    is exported in inference mode. Needs TensorFlow and tf2onnx:
+    pip install "spatialdrop-onnx[keras]".
+    """
+    progress = (TerminalProgress() if sys.stderr.isatty() and not quiet
+                else keras_convert.no_progress)
+    report = keras_convert.convert_keras(model, output, opset=opset, strip=strip,
+                                         trust_model=trust_model, imports=imports,
+                                         progress=progress)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    elif not quiet:
+        for line in report.summary_lines():
+            click.echo(line)
+    if quiet or as_json:
+        # A layer exported for inference only is never left unsaid.
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
