@@ -6,6 +6,7 @@ Layers, each depending only on those above it:
 """
 
 from .function_body import make_portable
+from .native import get_library_path, session_options
 from .schema import register_schema
 from .spec import DOMAIN, OP_TYPE, OPSET_VERSION, SpatialDropoutError
 
@@ -14,8 +15,10 @@ __all__ = [
     "OPSET_VERSION",
     "OP_TYPE",
     "SpatialDropoutError",
+    "get_library_path",
     "make_portable",
     "register_schema",
+    "session_options",
 ]
 
 register_schema()

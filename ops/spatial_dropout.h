@@ -1,0 +1,228 @@
+// The SpatialDropout kernel: one lite custom-op struct per (data, ratio) type pair.
+//
+// Run k of a kernel instance (one per node per session) draws its keep
+// decisions from the Philox stream (key, call_index = k), one 64-bit word per
+// noise-shape element, so a seeded node reproduces
+// spatialdrop_onnx.reference.spatial_dropout(..., seed, call_index=k) bit for bit.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "dropout_plan.h"
+#include "element_types.h"
+#include "onnxruntime_cxx_api.h"
+#include "op_spec.h"
+#include "philox.h"
+
+namespace spatialdrop {
+
+/// Attributes, read once when ORT creates the kernel.
+struct KernelConfig {
+  std::optional<std::vector<int64_t>> shared_axes;
+  PhiloxKey key{0, 0};
+  std::string error;  // a malformed attribute, reported by every run
+};
+
+/// Never throws: an attribute problem is kept in `error` (the lite API
+/// creates kernels in a callback that must not throw into onnxruntime).
+KernelConfig ReadKernelConfig(const OrtApi* api, const OrtKernelInfo* info) noexcept;
+
+namespace detail {
+
+// Work per thread-pool task: large enough to amortise scheduling, small
+// enough to balance (the data pass is bound by memory bandwidth).
+constexpr int64_t kBytesPerTask = 64 * 1024;
+constexpr uint64_t kBlocksPerTask = 512;  // 2048 Philox words
+
+/// Runs fn(0..tasks-1) on the session's intra-op thread pool (ORT API 17).
+/// `fn` must not throw.
+template <typename Fn>
+void ParallelFor(OrtKernelContext* context, size_t tasks, Fn& fn) {
+  if (tasks <= 1) {
+    if (tasks == 1) fn(size_t{0});
+    return;
+  }
+  auto trampoline = [](void* user, size_t task) { (*static_cast<Fn*>(user))(task); };
+  Ort::ThrowOnError(Ort::GetApi().KernelContext_ParallelFor(context, trampoline, tasks, 0, &fn));
+}
+
+inline size_t TaskCount(int64_t work, int64_t per_task) {
+  return static_cast<size_t>(work <= 0 ? 0 : (work + per_task - 1) / per_task);
+}
+
+/// The input at `index`, or nullptr when the node omits it (index past the
+/// count, or an empty name in the middle).
+const OrtValue* OptionalInput(OrtKernelContext* context, size_t index);
+
+/// A one-element tensor's value as double / bool; raises for other sizes.
+double ReadRatio(const OrtValue* value);
+bool ReadFlag(const OrtValue* value, const char* name);
+
+const void* TensorData(const OrtValue* value);
+void* MutableTensorData(OrtValue* value);
+std::vector<int64_t> TensorShape(const OrtValue* value);
+
+/// Output `index` with `shape`, or nullptr when the node does not produce it.
+OrtValue* OptionalOutput(OrtKernelContext* context, size_t index,
+                         const std::vector<int64_t>& shape);
+
+/// Copy (inference mode), in parallel chunks.
+void ParallelCopy(OrtKernelContext* context, const void* source, void* target, size_t bytes);
+
+/// Kept run: out = x * factor.
+template <typename D>
+inline void ScaleRun(const typename D::Storage* __restrict x, typename D::Storage* __restrict out,
+                     int64_t n, typename D::Factor factor) {
+  for (int64_t j = 0; j < n; ++j) out[j] = D::Scale(x[j], factor);
+}
+
+/// Row with per-element decisions: out = bits(x * factor) & keep_bits.
+template <typename D>
+inline void ScaleMaskRun(const typename D::Storage* __restrict x,
+                         typename D::Storage* __restrict out,
+                         const typename D::Bits* __restrict keep_bits, int64_t n,
+                         typename D::Factor factor) {
+  using Bits = typename D::Bits;
+  for (int64_t j = 0; j < n; ++j) {
+    const Bits product = BitCast<Bits>(D::Scale(x[j], factor));
+    out[j] = BitCast<typename D::Storage>(static_cast<Bits>(product & keep_bits[j]));
+  }
+}
+
+/// Decisions for every noise element: keep_bits all ones (kept) or zero,
+/// and the bool mask when the node asks for it.
+template <typename D>
+void DrawDecisions(OrtKernelContext* context, const PhiloxStream& stream, double ratio,
+                   int64_t count, typename D::Bits* keep_bits, bool* mask) {
+  using Bits = typename D::Bits;
+  const uint64_t blocks = (static_cast<uint64_t>(count) + 3) / 4;
+  auto task = [&](size_t t) {
+    const uint64_t first = t * kBlocksPerTask;
+    const uint64_t last = std::min<uint64_t>(blocks, first + kBlocksPerTask);
+    for (uint64_t b = first; b < last; ++b) {
+      const PhiloxBlock words = stream.Block(b);
+      for (uint64_t w = 0; w < 4; ++w) {
+        const uint64_t i = 4 * b + w;
+        if (i >= static_cast<uint64_t>(count)) break;
+        const bool keep = WordToUnitDouble(words[w]) >= ratio;
+        keep_bits[i] = keep ? static_cast<Bits>(~Bits{0}) : Bits{0};
+        if (mask) mask[i] = keep;
+      }
+    }
+  };
+  ParallelFor(context, TaskCount(static_cast<int64_t>(blocks), kBlocksPerTask), task);
+}
+
+/// One pass over the data, in parallel over contiguous element ranges.
+template <typename D>
+void ApplyDecisions(OrtKernelContext* context, const Layout& layout,
+                    const typename D::Storage* x, typename D::Storage* out,
+                    const typename D::Bits* keep_bits, typename D::Factor factor) {
+  const auto per_task = std::max<int64_t>(1, kBytesPerTask / static_cast<int64_t>(sizeof(*x)));
+  auto task = [&](size_t t) {
+    int64_t begin = static_cast<int64_t>(t) * per_task;
+    const int64_t end = std::min(layout.total, begin + per_task);
+    int64_t column = begin % layout.inner;
+    RowCursor row(layout, begin / layout.inner);
+    while (begin < end) {
+      const int64_t n = std::min(layout.inner - column, end - begin);
+      const int64_t noise = row.noise_offset();
+      if (!layout.inner_shared) {
+        ScaleMaskRun<D>(x + begin, out + begin, keep_bits + noise + column, n, factor);
+      } else if (keep_bits[noise]) {
+        ScaleRun<D>(x + begin, out + begin, n, factor);
+      } else {
+        std::memset(out + begin, 0, static_cast<size_t>(n) * sizeof(*out));
+      }
+      begin += n;
+      column = 0;
+      row.Next();
+    }
+  };
+  ParallelFor(context, TaskCount(layout.total, per_task), task);
+}
+
+/// One run of the op on an ORT kernel context.
+template <typename D, typename R>
+void RunSpatialDropout(const KernelConfig& config, uint64_t call_index, OrtKernelContext* context) {
+  if (!config.error.empty()) FailInvalid(config.error);
+  const OrtValue* data = OptionalInput(context, 0);
+  if (data == nullptr) FailInvalid(std::string(kOpType) + " needs its data input");
+  const OrtValue* ratio_value = OptionalInput(context, 1);
+  const OrtValue* training_value = OptionalInput(context, 2);
+
+  // Same order of checks as the reference: ratio, then rank and axes.
+  const double ratio = ratio_value ? ReadRatio(ratio_value) : kDefaultRatio;
+  CheckRatio(ratio);
+  const bool training = training_value ? ReadFlag(training_value, "training_mode")
+                                        : kDefaultTrainingMode;
+  const std::vector<int64_t> shape = TensorShape(data);
+  const std::vector<int64_t> noise = NoiseShape(shape, ResolveSharedAxes(shape.size(),
+                                                                         config.shared_axes));
+  OrtValue* output = OptionalOutput(context, 0, shape);
+  if (output == nullptr) FailInvalid(std::string(kOpType) + " needs its output");
+  OrtValue* mask_value = OptionalOutput(context, 1, noise);
+
+  using Storage = typename D::Storage;
+  const int64_t total = ElementCount(shape);
+  const int64_t noise_count = ElementCount(noise);
+  const auto* x = total ? static_cast<const Storage*>(TensorData(data)) : nullptr;
+  auto* out = total ? static_cast<Storage*>(MutableTensorData(output)) : nullptr;
+  bool* mask = mask_value && noise_count ? static_cast<bool*>(MutableTensorData(mask_value))
+                                         : nullptr;
+
+  if (!training || ratio == 0.0) {  // identity; every decision is "keep"
+    ParallelCopy(context, x, out, static_cast<size_t>(total) * sizeof(Storage));
+    if (mask) std::memset(mask, 1, static_cast<size_t>(noise_count));
+    return;
+  }
+  // Left uninitialised: every element is written by DrawDecisions.
+  const std::unique_ptr<typename D::Bits[]> keep_bits(
+      new typename D::Bits[static_cast<size_t>(noise_count)]);
+  DrawDecisions<D>(context, PhiloxStream(config.key, call_index), ratio, noise_count,
+                   keep_bits.get(), mask);
+  if (total == 0) return;
+  const auto factor = D::MakeFactor(1.0 / (1.0 - ratio));
+  ApplyDecisions<D>(context, MakeLayout(shape, noise), x, out, keep_bits.get(), factor);
+}
+
+}  // namespace detail
+
+/// The lite custom-op struct: attributes in the constructor, a thread-safe
+/// Compute (ORT may call it from several threads at once for one session).
+template <typename D, typename R>
+struct SpatialDropoutKernel {
+  SpatialDropoutKernel(const OrtApi* api, const OrtKernelInfo* info) noexcept
+      : config_(ReadKernelConfig(api, info)) {}
+
+  // Inputs and outputs are read from the context rather than as typed lite
+  // arguments: those dereference every input slot below the input count (an
+  // omitted middle input, as in (x, "", training_mode), would crash) and
+  // their Data() needs ORT API 23; the types are declared at registration.
+  Ort::Status Compute(OrtKernelContext* context) {
+    const uint64_t call_index = calls_.fetch_add(1, std::memory_order_relaxed);
+    try {
+      detail::RunSpatialDropout<D, R>(config_, call_index, context);
+      return Ort::Status{nullptr};
+    } catch (const Ort::Exception& error) {
+      return Ort::Status(error);
+    } catch (const std::exception& error) {
+      return Ort::Status(error.what(), ORT_RUNTIME_EXCEPTION);
+    } catch (...) {
+      return Ort::Status("SpatialDropout: unknown error", ORT_RUNTIME_EXCEPTION);
+    }
+  }
+
+ private:
+  const KernelConfig config_;
+  std::atomic<uint64_t> calls_{0};
+};
+
+}  // namespace spatialdrop

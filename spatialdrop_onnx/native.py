@@ -1,0 +1,78 @@
+"""The native ONNX Runtime kernel for SpatialDropout (built from ``ops/`` by the install).
+
+``session_options()`` registers the library with an ``onnxruntime.SessionOptions``;
+sessions created with it run SpatialDropout nodes natively, and onnxruntime
+prefers the kernel over a model-local function body of the same name, so
+``make_portable`` models switch to the fast path without changes.
+
+A seeded node's k-th run (per node, per session) is bit-identical to
+``reference.spatial_dropout(..., seed=seed, call_index=k)``.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import sys
+import threading
+import weakref
+
+import onnxruntime as ort
+
+from .errors import UserError
+
+# CMake MODULE libraries: "lib<name>.so" on Linux and macOS, "<name>.dll" on Windows.
+_LIBRARY_NAMES = {"win32": "spatialdrop_ops.dll"}
+_DEFAULT_LIBRARY_NAME = "libspatialdrop_ops.so"
+
+# SessionOptions that already carry the library: registering it twice on one
+# object would add the custom-op domain twice.
+_registered: weakref.WeakSet[ort.SessionOptions] = weakref.WeakSet()
+_lock = threading.Lock()
+
+
+class NativeLibraryMissing(UserError):
+    """The compiled kernel is not installed with the package."""
+
+
+def library_name() -> str:
+    """File name of the compiled kernel on this platform."""
+    return _LIBRARY_NAMES.get(sys.platform, _DEFAULT_LIBRARY_NAME)
+
+
+def get_library_path() -> str:
+    """Absolute path of the native kernel library, for ``register_custom_ops_library``.
+
+    Works for regular and editable installs (where the library sits in
+    site-packages while the Python sources stay in the checkout). Raises
+    NativeLibraryMissing if the package was installed without building it.
+    """
+    resource = importlib.resources.files(__package__) / library_name()
+    if resource.is_file():
+        with importlib.resources.as_file(resource) as path:
+            return str(path)
+    raise NativeLibraryMissing(
+        f"the native SpatialDropout kernel ({library_name()}) is not installed next to the "
+        "spatialdrop_onnx package: reinstall with `pip install .` (or `pip install -e .`), "
+        "which builds it from ops/ (needs a C++17 compiler, CMake and npm or "
+        "SPATIALDROP_ORT_INCLUDE_DIR; see docs/native-kernel.md)"
+    )
+
+
+def session_options(so: ort.SessionOptions | None = None) -> ort.SessionOptions:
+    """``so`` (or new SessionOptions) with the native kernel registered.
+
+    Safe to call again on the same object (the library is registered once per
+    object) and for any number of sessions and threads in one process.
+    """
+    so = ort.SessionOptions() if so is None else so
+    with _lock:
+        if so not in _registered:
+            so.register_custom_ops_library(get_library_path())
+            _registered.add(so)
+    return so
+
+
+def is_registered(so: ort.SessionOptions) -> bool:
+    """Whether ``session_options`` already registered the library on ``so``."""
+    with _lock:
+        return so in _registered
