@@ -1,0 +1,261 @@
+"""What every dropout rewrite rule shares: the rewrite context, checks, and the replacement.
+
+A rule (one class per exporter pattern, in the sibling modules) declares a
+``pattern`` and a ``check``. The check works out a :class:`SiteInfo` (data
+tensor, ratio, shared axes) or fails with a :class:`MatchResult` that says
+why ("noise dim 2 is 3, neither 1 nor the data dim 6"). The replacement is
+the same for every rule: ``SpatialDropout`` when some axis is shared, ONNX
+``Dropout``-13 when none is, both reading the scope's ``training_mode``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern as orp
+
+from ... import spec
+from ..shapes import Dim, ShapeReasoner, scalar_const, shared_axes_for
+
+TRAINING_MODE = "training_mode"
+SPATIAL = "spatial"
+ELEMENTWISE = "elementwise"
+
+
+@dataclass
+class SiteInfo:
+    """A recognised dropout site, as the replacement needs it and inspect reports it."""
+
+    name: str
+    rule: str
+    ratio: float
+    shared_axes: list[int]
+    graph: str
+    data: ir.Value
+    #: When the mask is applied in a transposed layout: the permutation applied
+    #: after the dropout (shared axes are given in the data's own layout).
+    perm: list[int] | None = None
+    seed: int | None = None
+    random_op: str = ""
+
+    @property
+    def kind(self) -> str:
+        return SPATIAL if self.shared_axes else ELEMENTWISE
+
+    def report(self) -> dict:
+        return {
+            "name": self.name,
+            "kind": "random-subgraph",
+            "becomes": "SpatialDropout" if self.shared_axes else "Dropout",
+            "ratio": self.ratio,
+            "shared_axes": list(self.shared_axes),
+            "graph": self.graph,
+            "rule": self.rule,
+            "random_op": self.random_op,
+        }
+
+
+@dataclass
+class RewriteContext:
+    """State shared by the rules during one rewrite of one model."""
+
+    model: ir.Model
+    shapes: ShapeReasoner
+    #: Graph/function -> display path; subgraph -> owning function (None: main graph).
+    paths: dict[int, str]
+    owners: dict[int, ir.Function | None]
+    make_training_value: Callable[[ir.Function | None], ir.Value]
+    sites: list[SiteInfo] = field(default_factory=list)
+    #: Random node -> why no rule converted it (first informative reason).
+    failures: dict[int, tuple[ir.Node, str]] = field(default_factory=dict)
+    #: Values the removed nodes read: candidates for dead-code removal.
+    dead_candidates: list[ir.Value] = field(default_factory=list)
+    used_names: set[str] = field(default_factory=set)
+
+    def path_of(self, graph_or_function: ir.Graph | ir.Function) -> str:
+        return self.paths.get(id(graph_or_function), "main")
+
+    def training_for(self, graph_or_function: ir.Graph | ir.Function) -> ir.Value:
+        owner = self.owners.get(id(graph_or_function))
+        return self.make_training_value(owner)
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used_names:
+            k += 1
+            name = f"{base}_{k}"
+        self.used_names.add(name)
+        return name
+
+
+class DropoutRule(orp.RewriteRuleClassBase):
+    """Base of the dropout rules: subclasses give ``pattern`` and ``analyse``.
+
+    ``analyse(context, **bindings)`` returns a :class:`SiteInfo` or raises
+    :class:`NoMatch` with the reason; ``check`` turns that into a
+    ``MatchResult`` and records the reason against the random node so
+    ``inspect`` can explain an unconverted site.
+    """
+
+    #: Whether a failed check's reason describes the site (False for rules that
+    #: only specialise another rule, whose reasons would be uninformative).
+    explains_failures = True
+
+    def __init__(self, ctx: RewriteContext, name: str) -> None:
+        super().__init__(name=name, remove_nodes=True)
+        self.ctx = ctx
+        self._site: SiteInfo | None = None
+        self._graph: ir.Graph | ir.Function | None = None
+
+    def analyse(self, context: orp.MatchContext, **bindings: object) -> SiteInfo:
+        raise NotImplementedError
+
+    def check(self, context: orp.MatchContext, **bindings: object) -> orp.MatchResult:
+        result = orp.MatchResult()
+        self._site = None
+        try:
+            site = self.analyse(context, **bindings)
+        except NoMatch as err:
+            if self.explains_failures and err.random_node is not None:
+                self.ctx.failures.setdefault(id(err.random_node), (err.random_node, err.reason))
+            return result.fail(err.reason)
+        self._site = site
+        self._graph = context.graph_or_function
+        for node in context.nodes:
+            self.ctx.dead_candidates.extend(v for v in node.inputs if v is not None)
+        return result
+
+    def rewrite(self, op: orp.RewriterContext, **bindings: object) -> ir.Value:
+        site = self._site
+        assert site is not None and self._graph is not None
+        self.ctx.sites.append(site)
+        training = self.ctx.training_for(self._graph)
+        return emit_dropout(op, site, training, self.ctx)
+
+
+class NoMatch(Exception):
+    """A rule's structural match is not a convertible dropout; ``reason`` says why."""
+
+    def __init__(self, reason: str, random_node: ir.Node | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.random_node = random_node
+
+
+def emit_dropout(op: orp.RewriterContext, site: SiteInfo, training: ir.Value,
+                 ctx: RewriteContext) -> ir.Value:
+    """The replacement: SpatialDropout / Dropout-13 on the data, then the layout permutation.
+
+    The new dropout node takes the name of the node whose output it replaces.
+    """
+    name = site.name or ctx.fresh("dropout")
+    ratio_name = ctx.fresh(f"{name}/ratio")
+    ratio = op.Constant(value=ir.tensor(np.array(site.ratio, dtype=np.float32), name=ratio_name),
+                        _name=ratio_name, _outputs=[ratio_name])
+    seed = {} if site.seed is None else {spec.ATTR_SEED: site.seed}
+    if site.perm is not None:
+        out_name = [ctx.fresh(f"{name}/output")]
+    else:
+        out_name = 1
+    if site.shared_axes:
+        output = op.op(spec.OP_TYPE, site.data, ratio, training, _domain=spec.DOMAIN,
+                       _name=name, _outputs=out_name,
+                       **{spec.ATTR_SHARED_AXES: list(site.shared_axes)}, **seed)
+    else:
+        output = op.Dropout(site.data, ratio, training, _name=name, _outputs=out_name, **seed)
+    if site.perm is not None:
+        output = op.Transpose(output, perm=list(site.perm),
+                              _name=ctx.fresh(f"{name}/transpose"))
+    return output
+
+
+# --- Checks shared by the rules ------------------------------------------------
+
+
+def float_data(x: ir.Value) -> None:
+    if x.dtype is not None and not x.dtype.is_floating_point():
+        raise NoMatch(f"data {x.name!r} is {x.dtype}, not floating point")
+
+
+def constant(value: ir.Value | None, what: str, random_node: ir.Node | None) -> float:
+    found = scalar_const(value)
+    if found is None or not math.isfinite(found):
+        name = value.name if value is not None else "(none)"
+        raise NoMatch(f"{what} {name!r} is not a constant scalar", random_node)
+    return found
+
+
+def close(a: float, b: float, rtol: float = 2e-6) -> bool:
+    return math.isclose(a, b, rel_tol=rtol, abs_tol=1e-12)
+
+
+def tolerance_for(value: ir.Value | None) -> float:
+    """Relative tolerance for comparing a constant stored in ``value``'s type with a double."""
+    if value is not None and value.dtype in (ir.DataType.FLOAT16, ir.DataType.BFLOAT16):
+        return 1e-2
+    if value is not None and value.dtype == ir.DataType.DOUBLE:
+        return 1e-12
+    return 2e-6
+
+
+def check_ratio(ratio: float, random_node: ir.Node | None) -> float:
+    if not 0.0 <= ratio < 1.0:
+        raise NoMatch(f"drop probability {ratio:g} is outside [0, 1)", random_node)
+    return ratio
+
+
+def check_scale(multiplier: float, ratio: float, value: ir.Value | None,
+                random_node: ir.Node | None) -> None:
+    """The kept values must be scaled by 1/(1-ratio): inverted dropout."""
+    expected = 1.0 / (1.0 - ratio)
+    if not close(multiplier, expected, tolerance_for(value)):
+        raise NoMatch(
+            f"kept values are scaled by {multiplier:.9g}, not 1/(1-ratio) = {expected:.9g}",
+            random_node)
+
+
+def uniform_range(node: ir.Node) -> tuple[float, float]:
+    low = node.attributes.get("low")
+    high = node.attributes.get("high")
+    return (low.as_float() if low is not None else 0.0,
+            high.as_float() if high is not None else 1.0)
+
+
+def seed_of(node: ir.Node) -> int | None:
+    """A random op's float ``seed`` as our int ``seed`` (seeded sites stay seeded)."""
+    attr = node.attributes.get("seed")
+    if attr is None:
+        return None
+    value = attr.as_float()
+    return int(value) if float(value).is_integer() else None
+
+
+def noise_and_axes(ctx: RewriteContext, noise: list[Dim] | None, data: ir.Value,
+                   random_node: ir.Node | None) -> list[int]:
+    """Shared axes from the noise dims and the data dims, by shape reasoning."""
+    if noise is None:
+        raise NoMatch("the noise shape cannot be worked out", random_node)
+    dims = ctx.shapes.data_dims(data)
+    if dims is None:
+        raise NoMatch(f"the rank of data {data.name!r} is unknown", random_node)
+    axes, reason = shared_axes_for(noise, dims)
+    if axes is None:
+        raise NoMatch(reason, random_node)
+    if len(axes) == len(dims) and len(dims) > 0:
+        # One decision for the whole tensor is still SpatialDropout (all axes shared).
+        return axes
+    return axes
+
+
+def keep_ratio_from_threshold(threshold: float, low: float, high: float, keep_below: bool,
+                              random_node: ir.Node | None) -> float:
+    """Drop probability for ``keep = u < t`` (keep_below) or ``keep = u >= t``, u ~ U[low, high)."""
+    if not high > low:
+        raise NoMatch(f"uniform range [{low:g}, {high:g}) is empty", random_node)
+    fraction = (threshold - low) / (high - low)
+    ratio = 1.0 - fraction if keep_below else fraction
+    return check_ratio(ratio, random_node)

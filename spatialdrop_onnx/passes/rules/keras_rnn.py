@@ -1,0 +1,65 @@
+"""Keras GRU/LSTM ``dropout=`` / ``recurrent_dropout=`` masks, as tf2onnx writes them.
+
+Keras builds each mask once per call as stateless dropout applied to a tensor
+of ones (``ones_like(inputs[:, 0])`` / ``ones_like(state)``) and feeds it to
+the ``Loop`` body, which multiplies it in at every time step::
+
+    mask = Add(Mul(Cast(keep), Mul(ConstantOfShape(shape, 1), 1/(1-rate))),
+               Mul(0, Cast(Not(keep))))         keep from StatelessRandomUniformV2
+
+The mask is not channel-wise, so it does not become ``SpatialDropout``; the
+unconvertible ``StatelessRandomUniformV2`` (and its constant-folded key, which
+would repeat the mask on every run) is replaced by ONNX ``Dropout`` applied
+to the same ones: a standard random op, fresh per run, obeying
+``training_mode``; with training off the mask is all ones, so the layer's
+dropout is the identity. The rule works the same when the mask is built
+inside a ``Loop`` body (the rewriter visits subgraphs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+from onnxscript.rewriter import pattern as orp
+
+from ..shapes import small_const
+from ._common import NoMatch, RewriteContext, SiteInfo
+from .keras_stateless import KerasStatelessDropout
+
+
+class KerasRnnMask(KerasStatelessDropout):
+    """The Keras stateless dropout pattern applied to a tensor of ones (an RNN mask)."""
+
+    # Its failures only say "not ones": the general Keras rule explains the site.
+    explains_failures = False
+
+    def __init__(self, ctx: RewriteContext, *, affine: bool) -> None:
+        super().__init__(ctx, transposed=False, affine=affine)
+        self.name = "keras_rnn_mask" + ("_affine" if affine else "")
+
+    def analyse(self, context: orp.MatchContext, x: ir.Value, **bindings: object) -> SiteInfo:
+        if not _is_ones(x):
+            raise NoMatch(f"{x.name!r} is not a tensor of ones")
+        site = super().analyse(context, x=x, **bindings)
+        if site.shared_axes:
+            raise NoMatch("an RNN mask with shared axes")
+        return site
+
+
+def _is_ones(value: ir.Value) -> bool:
+    """A ``ConstantOfShape`` filled with 1, or a small constant of ones."""
+    producer = value.producer()
+    if producer is not None and producer.op_type == "ConstantOfShape" and \
+            producer.domain in ("", "ai.onnx"):
+        attr = producer.attributes.get("value")
+        if attr is None:
+            return False  # the default fill value is 0
+        fill = attr.as_tensor().numpy()
+        return fill.size == 1 and float(fill.reshape(())) == 1.0
+    const = small_const(value)
+    return const is not None and bool(np.all(const == 1))
+
+
+def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
+    """The Keras RNN-mask rules (tried before the general Keras rule)."""
+    return [KerasRnnMask.rule(ctx, affine=a) for a in (True, False)]

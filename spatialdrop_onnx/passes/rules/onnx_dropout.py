@@ -1,0 +1,62 @@
+"""ONNX ``Dropout`` exported in training mode: give it the model's ``training_mode`` switch.
+
+PyTorch exports ``nn.Dropout`` in training mode as ``Dropout(x, ratio, true)``
+(TorchScript and dynamo alike): a constant ``training_mode`` that nothing can
+turn off. The rule keeps the node (name, ratio, seed, mask output) and only
+rewires its third input to the scope's ``training_mode`` value, so every
+dropout of a rewritten model obeys one switch. A ``Dropout`` reading a graph
+input already (ours or the user's) is left alone.
+"""
+
+from __future__ import annotations
+
+import onnx_ir as ir
+from onnxscript.rewriter import pattern as orp
+
+from ..shapes import scalar_const
+from ._common import RewriteContext
+
+
+class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
+    """``Dropout(x, ratio, <constant>)`` → ``Dropout(x, ratio, training_mode)``."""
+
+    def __init__(self, ctx: RewriteContext, *, with_mask: bool) -> None:
+        super().__init__(name="onnx_dropout_training_switch" + ("_mask" if with_mask else ""),
+                         remove_nodes=True)
+        self.ctx = ctx
+        self.with_mask = with_mask
+        self._graph: ir.Graph | ir.Function | None = None
+        self._node: ir.Node | None = None
+
+    def pattern(self, op, x, ratio, flag):  # noqa: ANN001
+        return op.Dropout(x, ratio, flag, _outputs=2 if self.with_mask else 1)
+
+    def check(self, context: orp.MatchContext, x: ir.Value, ratio: ir.Value | None,  # noqa: ANN001
+              flag: ir.Value | None, **_: object) -> orp.MatchResult:
+        result = orp.MatchResult()
+        node = context.root
+        if node.domain not in ("", "ai.onnx"):
+            return result.fail("not the standard Dropout")
+        if self.with_mask and len(node.outputs) < 2:
+            return result.fail("the node has no mask output")
+        if not self.with_mask and len(node.outputs) > 1 and node.outputs[1].uses():
+            return result.fail("mask output is used (the two-output rule handles it)")
+        if flag is None or flag.is_graph_input() or scalar_const(flag) is None:
+            return result.fail("training_mode is absent or not a constant")
+        self._graph = context.graph_or_function
+        self._node = node
+        self.ctx.dead_candidates.append(flag)
+        return result
+
+    def rewrite(self, op, x: ir.Value, ratio: ir.Value | None, **_: object):  # noqa: ANN001, ANN201
+        node = self._node
+        assert node is not None and self._graph is not None
+        training = self.ctx.training_for(self._graph)
+        attrs = dict(node.attributes)
+        return op.Dropout(x, ratio, training, _name=node.name,
+                          _outputs=2 if self.with_mask else 1, **attrs)
+
+
+def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
+    """The training-switch rules for existing Dropout nodes (mask output first)."""
+    return [OnnxDropoutTrainingSwitch.rule(ctx, with_mask=m) for m in (True, False)]
