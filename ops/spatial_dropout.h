@@ -13,10 +13,12 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "dropout_plan.h"
 #include "element_types.h"
+#include "f16c.h"
 #include "onnxruntime_cxx_api.h"
 #include "op_spec.h"
 #include "philox.h"
@@ -80,6 +82,9 @@ void ParallelCopy(OrtKernelContext* context, const void* source, void* target, s
 template <typename D>
 inline void ScaleRun(const typename D::Storage* __restrict x, typename D::Storage* __restrict out,
                      int64_t n, typename D::Factor factor) {
+  if constexpr (std::is_same_v<D, Float16>) {
+    if (UseF16C()) return ScaleRunF16C(x, out, nullptr, n, factor);
+  }
   for (int64_t j = 0; j < n; ++j) out[j] = D::Scale(x[j], factor);
 }
 
@@ -90,6 +95,9 @@ inline void ScaleMaskRun(const typename D::Storage* __restrict x,
                          const typename D::Bits* __restrict keep_bits, int64_t n,
                          typename D::Factor factor) {
   using Bits = typename D::Bits;
+  if constexpr (std::is_same_v<D, Float16>) {
+    if (UseF16C()) return ScaleRunF16C(x, out, keep_bits, n, factor);
+  }
   for (int64_t j = 0; j < n; ++j) {
     const Bits product = BitCast<Bits>(D::Scale(x[j], factor));
     out[j] = BitCast<typename D::Storage>(static_cast<Bits>(product & keep_bits[j]));

@@ -1,2 +1,5 @@
 """Imports every sub-command module so each registers itself on the CLI group."""
-from . import convert_command  # noqa: F401
+from . import (
+    bench_command,  # noqa: F401
+    convert_command,  # noqa: F401
+)
