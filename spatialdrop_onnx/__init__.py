@@ -7,6 +7,7 @@ Layers, each depending only on those above it:
 
 from .function_body import make_portable
 from .native import get_library_path, session_options
+from .passes import inspect, rewrite, strip
 from .schema import register_schema
 from .spec import DOMAIN, OP_TYPE, OPSET_VERSION, SpatialDropoutError
 
@@ -16,9 +17,12 @@ __all__ = [
     "OP_TYPE",
     "SpatialDropoutError",
     "get_library_path",
+    "inspect",
     "make_portable",
     "register_schema",
+    "rewrite",
     "session_options",
+    "strip",
 ]
 
 register_schema()

@@ -3,3 +3,4 @@ from . import (
     bench_command,  # noqa: F401
     convert_command,  # noqa: F401
 )
+from . import graph_commands  # noqa: F401

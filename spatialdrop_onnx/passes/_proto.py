@@ -85,6 +85,8 @@ def default_opset(opset_imports) -> int:  # noqa: ANN001 - repeated OperatorSetI
 def _walk(graph: GraphProto, path: str, function: FunctionProto | None, opset: int) -> Scope:
     scope = Scope(graph.node, path, graph, function, opset)
     for node in graph.node:
+        if not node.attribute:  # most nodes: skip the attribute scan
+            continue
         for attr, sub in subgraphs(node):
             label = node.name or node.op_type
             scope.children.append(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 
 import onnx
@@ -60,99 +61,154 @@ def strip_with_report(model: onnx.ModelProto) -> tuple[onnx.ModelProto, StripRep
     report = StripReport()
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    if _has_random_ops(result):
+    report.folded, op_types = _fold(result)
+    if not _proto.RANDOM_OPS.isdisjoint(op_types):
         # Only models with random ops pay for the rule-based passes (onnx_ir).
         from .rewrite import rewrite_sites
 
         result, sites, unconvertible = rewrite_sites(result, training_default=False)
         report.rewritten_random_sites = len(sites)
         report.unconvertible = unconvertible
-    report.folded = fold_dropouts(result)
+        report.folded += _fold(result)[0]
     return result, report
-
-
-def _has_random_ops(model: onnx.ModelProto) -> bool:
-    return any(
-        _proto.is_random(node)
-        for top in _proto.model_scopes(model)
-        for scope in _proto.flatten(top)
-        for node in scope.nodes
-    )
 
 
 # --- The fold -----------------------------------------------------------------
 
 
-class _Folder:
-    """Folds the dropouts of one top-level scope (main graph or a function)."""
+class _Lazy:
+    """Model-wide facts only some folds need (types for masks, all names for new nodes)."""
 
-    def __init__(self, model: onnx.ModelProto, top: Scope, names: NameMaker,
-                 types: dict[str, onnx.TypeProto] | None) -> None:
+    def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
+        self._types: dict[str, onnx.TypeProto] | None = None
+        self._names: NameMaker | None = None
+
+    @property
+    def types(self) -> dict[str, onnx.TypeProto]:
+        if self._types is None:
+            self._types = _inferred_types(self.model)
+        return self._types
+
+    @property
+    def names(self) -> NameMaker:
+        if self._names is None:
+            self._names = NameMaker(_proto.all_names(self.model))
+        return self._names
+
+
+class _Folder:
+    """Folds the dropouts of one top-level scope (main graph or a function).
+
+    Written for large graphs (see the benchmark): a single pass over the
+    nodes renames inputs, drops dropout nodes and collects every input name;
+    masks and dead code are handled afterwards from those counts. Scopes are
+    visited parents first (an outer value is defined before the node holding
+    a subgraph that reads it) and written back children first (writing a
+    protobuf node list copies its nodes, subgraphs included).
+    """
+
+    def __init__(self, top: Scope, lazy: _Lazy) -> None:
         self.top = top
         self.scopes = list(_proto.flatten(top))
-        self.names = names
-        self.types = types
+        self.lazy = lazy
         self.rename: dict[str, str] = {}
-        self.candidates: list[str] = []
+        self.candidates: Counter = Counter()
         self.removed_values: set[str] = set()
+        self.op_types: set[str] = set()
         self.folded = 0
 
-    def _uses(self) -> Counter:
+    def _count_uses(self) -> Counter:
         uses: Counter = Counter()
         for scope in self.scopes:
-            for node in scope.nodes:
-                uses.update(node.input)
+            uses.update(chain.from_iterable(node.input for node in scope.nodes))
             uses.update(scope.output_names)
         return uses
 
     def run(self) -> int:
-        uses = self._uses()
         kept_outputs = {name for scope in self.scopes for name in scope.output_names}
-        for scope in self.scopes:
-            self._fold_scope(scope, uses, kept_outputs)
-        if self.folded:
-            self._apply_renames()
-            self._remove_dead()
+        all_inputs: list[str] = []
+        masks: list[tuple[int, int, NodeProto, str, str, str]] = []
+        new_lists: dict[int, list[NodeProto]] = {}
+        for index, scope in enumerate(self.scopes):
+            new_nodes = self._fold_scope(index, scope, kept_outputs, all_inputs, masks)
+            if new_nodes is not None:
+                new_lists[index] = new_nodes
+            all_inputs.extend(scope.output_names)
+        if not self.folded:
+            return 0
+        uses = Counter(all_inputs)
+        if any(uses[name] for name in self.rename):
+            # A reader came before its dropout (unsorted graph): rename everywhere.
+            for index, scope in enumerate(self.scopes):
+                self._rename_all(new_lists.get(index, scope.nodes))
+            uses = None
+        for index, position, node, kind, data, mask in reversed(masks):
+            if uses is None:
+                uses = self._count_uses_in(new_lists)
+            if uses[mask]:
+                scope = self.scopes[index]
+                new_lists[index][position:position] = self._all_true_mask(
+                    node, kind, scope, data, mask)
+            else:
+                self.removed_values.add(mask)
+        for index in sorted(new_lists, reverse=True):  # children first
+            nodes = self.scopes[index].nodes
+            del nodes[:]
+            nodes.extend(new_lists[index])
+        if uses is None:
+            uses = self._count_uses()
+        self._remove_dead(uses)
         return self.folded
 
-    def _fold_scope(self, scope: Scope, uses: Counter, kept_outputs: set[str]) -> None:
+    def _fold_scope(self, index: int, scope: Scope, kept_outputs: set[str],
+                    all_inputs: list[str], masks: list) -> list[NodeProto] | None:
+        """Fold one node list; returns the new list, or None when nothing changed."""
         new_nodes: list[NodeProto] = []
         changed = False
+        rename = self.rename
+        op_types = self.op_types
         for node in scope.nodes:
-            kind = self._kind(node)
-            if kind is None or not node.input or not node.input[0]:
+            op_type = node.op_type
+            op_types.add(op_type)
+            inputs = list(node.input)
+            if rename and not rename.keys().isdisjoint(inputs):
+                inputs = [rename.get(name, name) for name in inputs]
+                del node.input[:]
+                node.input.extend(inputs)
+            kind = _dropout_kind(node) if op_type in _DROPOUT_OPS else None
+            if kind is None or not inputs or not inputs[0]:
                 new_nodes.append(node)
+                all_inputs.extend(inputs)
                 continue
             changed = True
             self.folded += 1
-            data = node.input[0]
-            self.candidates.extend(name for name in node.input[1:] if name)
+            data = inputs[0]
+            for name in inputs[1:]:
+                if name:
+                    self.candidates[name] += 1
             outputs = list(node.output)
             if len(outputs) > 1 and outputs[1]:
-                if uses[outputs[1]]:
-                    new_nodes.extend(self._all_true_mask(node, kind, scope, data, outputs[1]))
-                else:
-                    self.removed_values.add(outputs[1])
+                masks.append((index, len(new_nodes), node, kind, data, outputs[1]))
+                all_inputs.append(data)  # the mask nodes read the data's shape
             if outputs and outputs[0]:
                 if outputs[0] in kept_outputs:
                     # A graph/function output keeps its name.
                     new_nodes.append(oh.make_node("Identity", [data], [outputs[0]],
                                                   name=node.name or None))
+                    all_inputs.append(data)
                 else:
-                    self.rename[outputs[0]] = data
+                    rename[outputs[0]] = data
                     self.removed_values.add(outputs[0])
-        if changed:
-            del scope.nodes[:]
-            scope.nodes.extend(new_nodes)
+        return new_nodes if changed else None
 
-    @staticmethod
-    def _kind(node: NodeProto) -> str | None:
-        if _proto.is_onnx_dropout(node):
-            return "onnx"
-        if _proto.is_spatial_dropout(node):
-            return "spatial"
-        return None
+    def _count_uses_in(self, new_lists: dict[int, list[NodeProto]]) -> Counter:
+        uses: Counter = Counter()
+        for index, scope in enumerate(self.scopes):
+            nodes = new_lists.get(index, scope.nodes)
+            uses.update(chain.from_iterable(node.input for node in nodes))
+            uses.update(scope.output_names)
+        return uses
 
     def _resolve(self, name: str) -> str:
         seen = 0
@@ -163,16 +219,15 @@ class _Folder:
                 raise UserError(f"dropout outputs form a cycle at {name!r}")
         return name
 
-    def _apply_renames(self) -> None:
-        rename = self.rename
-        if not rename:
-            return
-        for scope in self.scopes:
-            for node in scope.nodes:
-                inputs = node.input
-                for i, name in enumerate(inputs):
-                    if name in rename:
-                        inputs[i] = self._resolve(name)
+    def _rename_all(self, nodes: list[NodeProto]) -> None:
+        keys = self.rename.keys()
+        for node in nodes:
+            inputs = node.input
+            if keys.isdisjoint(inputs):
+                continue
+            for i, name in enumerate(inputs):
+                if name in self.rename:
+                    inputs[i] = self._resolve(name)
 
     # -- mask replacement -----------------------------------------------------
 
@@ -181,7 +236,7 @@ class _Folder:
         """Nodes computing an all-true (all-one for Dropout-7..9) mask named ``mask``."""
         label = node.name or mask
         opset = scope.opset
-        fresh = self.names
+        fresh = self.lazy.names
         shape = fresh(f"{label}/data_shape")
         nodes = [oh.make_node("Shape", [data], [shape], name=fresh(f"{label}/mask_shape"))]
         if kind == "spatial":
@@ -191,7 +246,7 @@ class _Folder:
             noise = shape
         if kind == "onnx" and opset < 10:
             # Dropout-7..9: the mask has the data's type, ones mean "kept".
-            elem = _proto.elem_type_of(self.types or {}, data) or TensorProto.FLOAT
+            elem = _proto.elem_type_of(self.lazy.types, data) or TensorProto.FLOAT
             one = oh.make_tensor("one", elem, [1], [1])
         else:
             elem = TensorProto.BOOL
@@ -206,7 +261,7 @@ class _Folder:
             nodes.append(oh.make_node("Expand", [scalar], [mask], name=fresh(f"{label}/all_kept")))
             nodes[-1].input.append(noise)
         else:
-            rank = _proto.rank_of(self.types or {}, data)
+            rank = _proto.rank_of(self.lazy.types, data)
             if rank is None:
                 raise UserError(
                     f"node {label!r}: its mask output is used but the data rank is unknown "
@@ -221,10 +276,10 @@ class _Folder:
     def _noise_shape(self, node: NodeProto, scope: Scope, data: str, shape: str,
                      label: str) -> tuple[str, list[NodeProto]]:
         """SpatialDropout's mask shape: the data shape with 1 at every shared axis."""
-        fresh = self.names
+        fresh = self.lazy.names
         attr = _proto.get_attr(node, spec.ATTR_SHARED_AXES)
         axes = list(attr.ints) if attr is not None else None
-        rank = _proto.rank_of(self.types or {}, data) if scope.function is None else None
+        rank = _proto.rank_of(self.lazy.types, data) if scope.function is None else None
         noise = fresh(f"{label}/noise_shape")
         ones_name = fresh(f"{label}/one_i")
         nodes = [oh.make_node("Constant", [], [ones_name], name=ones_name,
@@ -277,40 +332,43 @@ class _Folder:
 
     # -- dead code ------------------------------------------------------------
 
-    def _remove_dead(self) -> None:
+    def _remove_dead(self, uses: Counter) -> None:
         """Remove what only the folded nodes used: producers, initializers, the flag input."""
-        uses = self._uses()
-        producers: dict[str, tuple[Scope, NodeProto]] = {}
-        for scope in self.scopes:
-            for node in scope.nodes:
-                for out in node.output:
-                    if out:
-                        producers[out] = (scope, node)
+        # ``uses`` counts the nodes left after folding, so a candidate at 0 is dead.
+        work = [name for name in self.candidates if uses[name] <= 0]
+        if not work:
+            return
+        producers: dict[str, NodeProto] | None = None
+        top_graph = self.top.graph
+        stored = set() if top_graph is None else (
+            {i.name for i in top_graph.initializer} | {i.name for i in top_graph.input})
         dead_nodes: set[int] = set()
-        work = list(self.candidates)
-        graph_inputs: set[str] = set()
-        initializers: set[str] = set()
+        unproduced: set[str] = set()
         while work:
             name = work.pop()
             if uses[name] > 0:
                 continue
-            if name in producers:
-                _, node = producers[name]
-                if id(node) in dead_nodes or any(uses[o] for o in node.output if o):
-                    continue
-                if any(True for _ in _proto.subgraphs(node)):
-                    continue
-                dead_nodes.add(id(node))
-                self.removed_values.update(o for o in node.output if o)
-                for inp in node.input:
-                    if inp:
-                        uses[inp] -= 1
-                        work.append(inp)
-            else:
-                initializers.add(name)
-                graph_inputs.add(name)
+            if name in stored:
+                unproduced.add(name)
+                continue
+            if producers is None:
+                producers = {out: node for scope in self.scopes for node in scope.nodes
+                             for out in node.output if out}
+            node = producers.get(name)
+            if node is None:
+                unproduced.add(name)  # an initializer or a graph input
+                continue
+            if id(node) in dead_nodes or any(uses[o] for o in node.output if o) or \
+                    any(True for _ in _proto.subgraphs(node)):
+                continue
+            dead_nodes.add(id(node))
+            self.removed_values.update(o for o in node.output if o)
+            for inp in node.input:
+                if inp:
+                    uses[inp] -= 1
+                    work.append(inp)
         if dead_nodes:
-            for scope in self.scopes:
+            for scope in reversed(self.scopes):  # children first, as in run()
                 kept = [n for n in scope.nodes if id(n) not in dead_nodes]
                 if len(kept) != len(scope.nodes):
                     del scope.nodes[:]
@@ -319,9 +377,10 @@ class _Folder:
             graph = scope.graph
             if graph is None:
                 continue
-            self._drop_initializers(graph, initializers, uses)
-            if scope is self.top:
-                self._drop_flag_inputs(graph, graph_inputs, uses)
+            if unproduced:
+                self._drop_initializers(graph, unproduced, uses)
+                if scope is self.top:
+                    self._drop_flag_inputs(graph, unproduced, uses)
             self._drop_value_info(graph)
 
     def _drop_initializers(self, graph: onnx.GraphProto, names: set[str], uses: Counter) -> None:
@@ -362,23 +421,6 @@ class _Folder:
         graph.value_info.extend(kept)
 
 
-def _needs_types(model: onnx.ModelProto) -> bool:
-    """Types are needed only to rebuild a consumed mask output."""
-    for top in _proto.model_scopes(model):
-        outputs: set[str] = set()
-        used: set[str] = set()
-        for scope in _proto.flatten(top):
-            for node in scope.nodes:
-                used.update(node.input)
-                if (_proto.is_onnx_dropout(node) or _proto.is_spatial_dropout(node)) \
-                        and len(node.output) > 1 and node.output[1]:
-                    outputs.add(node.output[1])
-            used.update(scope.output_names)
-        if outputs & used:
-            return True
-    return False
-
-
 def _inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     types = _proto.value_types(model)
     try:
@@ -390,31 +432,51 @@ def _inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
     return types
 
 
+_DROPOUT_OPS = frozenset({"Dropout", spec.OP_TYPE})
+
+
+def _dropout_kind(node: NodeProto) -> str | None:
+    if _proto.is_onnx_dropout(node):
+        return "onnx"
+    if _proto.is_spatial_dropout(node):
+        return "spatial"
+    return None
+
+
 def fold_dropouts(model: onnx.ModelProto) -> int:
     """Fold every Dropout / SpatialDropout of ``model`` in place; return how many."""
-    types = _inferred_types(model) if _needs_types(model) else None
-    names = NameMaker(_proto.all_names(model))
+    return _fold(model)[0]
+
+
+def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
+    """Fold in place; return the count and every op type seen (one pass over the nodes)."""
+    lazy = _Lazy(model)
     folded = 0
+    op_types: set[str] = set()
     for top in _proto.model_scopes(model):
-        folded += _Folder(model, top, names, types).run()
-    if folded:
-        _remove_unused_functions(model)
-        _remove_unused_domain(model)
-    return folded
+        folder = _Folder(top, lazy)
+        folded += folder.run()
+        op_types |= folder.op_types
+    if folded and any(o.domain == spec.DOMAIN for o in model.opset_import):
+        # Recomputed: folding replaced the node lists the scopes hold.
+        scopes = _proto.model_scopes(model)
+        _remove_unused_functions(model, scopes)
+        _remove_unused_domain(model, scopes)
+    return folded, op_types
 
 
-def _called(model: onnx.ModelProto) -> set[tuple[str, str, str]]:
+def _called(scopes: list[Scope]) -> set[tuple[str, str, str]]:
     calls = set()
-    for top in _proto.model_scopes(model):
+    for top in scopes:
         for scope in _proto.flatten(top):
             for node in scope.nodes:
                 calls.add((node.domain, node.op_type, node.overload))
     return calls
 
 
-def _remove_unused_functions(model: onnx.ModelProto) -> None:
+def _remove_unused_functions(model: onnx.ModelProto, scopes: list[Scope]) -> None:
     """Drop our SpatialDropout function bodies once nothing calls them."""
-    calls = _called(model)
+    calls = _called(scopes)
     kept = [f for f in model.functions
             if f.domain != spec.DOMAIN or (f.domain, f.name, f.overload) in calls]
     if len(kept) != len(model.functions):
@@ -422,12 +484,12 @@ def _remove_unused_functions(model: onnx.ModelProto) -> None:
         model.functions.extend(kept)
 
 
-def _remove_unused_domain(model: onnx.ModelProto) -> None:
+def _remove_unused_domain(model: onnx.ModelProto, scopes: list[Scope]) -> None:
     """Drop our opset import (model and functions) when no node uses the domain."""
     def uses_domain(nodes) -> bool:  # noqa: ANN001
         return any(n.domain == spec.DOMAIN for n in nodes)
 
-    if any(uses_domain(s.nodes) for t in _proto.model_scopes(model) for s in _proto.flatten(t)):
+    if any(uses_domain(s.nodes) for t in scopes for s in _proto.flatten(t)):
         return
     for owner in [model, *model.functions]:
         kept = [o for o in owner.opset_import if o.domain != spec.DOMAIN]
