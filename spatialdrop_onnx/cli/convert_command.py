@@ -17,14 +17,14 @@ from . import app
 
 
 class TerminalProgress:
-    """Writes ``label … 1.2 s`` lines to stderr for each slow step."""
+    """Writes ``label ... 1.2 s`` lines to stderr for each slow step."""
 
     def __init__(self, stream=None) -> None:  # noqa: ANN001 - a text stream
         self.stream = stream or sys.stderr
 
     @contextlib.contextmanager
     def __call__(self, label: str) -> Iterator[None]:
-        click.echo(f"{label} …", file=self.stream, nl=False)
+        click.echo(f"{label} ...", file=self.stream, nl=False)
         self.stream.flush()
         start = time.perf_counter()
         try:

@@ -1,4 +1,4 @@
-"""The Keras → ONNX ``convert`` pipeline and its report.
+"""The Keras -> ONNX ``convert`` pipeline and its report.
 
 Steps (each a ``progress`` step, so the CLI can show the slow ones):
 
@@ -24,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import re
 import time
+import warnings
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
@@ -45,6 +47,11 @@ TRAINING_INPUT = "training_mode"
 #: Largest accepted |ONNX - Keras| on the self-check batch, relative to max(1, |Keras|).
 VERIFY_TOLERANCE = 1e-4
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+#: onnxruntime's EliminateDropout deletes ONNX Dropout nodes fed by another node
+#: (whatever their training_mode) unless the session disables it.
+ORT_DROPOUT_NOTE = ("the model has ONNX Dropout nodes: onnxruntime deletes them during graph "
+                    "optimisation even with training_mode true; for training-mode sessions pass "
+                    "disabled_optimizers=['EliminateDropout'] to InferenceSession")
 
 ProgressStep = Callable[[str], AbstractContextManager]
 
@@ -83,7 +90,7 @@ class SiteReport:
             body = "INFERENCE ONLY"
         else:
             body = "no randomness"
-        return f"{head} → {body}" + (f" — {self.note}" if self.note else "")
+        return f"{head} -> {body}" + (f" ({self.note})" if self.note else "")
 
 
 @dataclass
@@ -102,6 +109,9 @@ class ConversionReport:
     max_abs_diff_vs_keras: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    """Dropout the model does not keep in training mode (with the reason)."""
+    notes: list[str] = field(default_factory=list)
+    """How to run the model correctly (runtime caveats)."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable report."""
@@ -111,7 +121,7 @@ class ConversionReport:
 
     def summary_lines(self) -> list[str]:
         """Human-readable summary."""
-        lines = [f"converted {self.input} → {self.output} (opset {self.opset}"
+        lines = [f"converted {self.input} -> {self.output} (opset {self.opset}"
                  + (", stripped for inference)" if self.strip else ")")]
         kept = sum(s.training == "kept" for s in self.sites)
         lines.append(f"dropout sites: {len(self.sites)} found, {kept} random in training mode"
@@ -121,6 +131,7 @@ class ConversionReport:
             lines.append(f"check: onnxruntime vs Keras inference, max abs diff "
                          f"{self.max_abs_diff_vs_keras:.2e}")
         lines += [f"warning: {w}" for w in self.warnings]
+        lines += [f"note: {n}" for n in self.notes]
         return lines
 
 
@@ -192,21 +203,36 @@ def import_modules(names: Sequence[str]) -> None:
 
 def _first_line(err: BaseException, limit: int = 240) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _exception_chain(err: BaseException) -> list[BaseException]:
+    """``err`` and its causes, outermost first (Keras wraps the real reason several times)."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    return chain
 
 
 def _explain_load_error(path: Path, err: Exception) -> UserError:
-    text = str(err)
-    if "safe_mode" in text:
+    chain = _exception_chain(err)
+    texts = [str(e) for e in chain]
+    if any("safe_mode" in t for t in texts):
         return UserError(f"{path}: refused by Keras safe mode: the model holds Python code "
-                         "(a Lambda layer or an arbitrary callable) that would run when loaded; "
-                         "this tool always loads .keras files with safe_mode=True")
-    if "Could not locate" in text or "Unknown layer" in text or "not found" in text.lower():
-        return UserError(f"{path}: cannot load the model: {_first_line(err)} "
-                         "(a custom layer? import the module that registers it with "
-                         "--import MODULE)")
+                         "(e.g. a Lambda layer) that would run when loaded; this tool always "
+                         "loads .keras files with safe_mode=True")
+    for text in reversed(texts):
+        missing = re.search(r"Could not locate (class|function) '([^']+)'", text)
+        if missing:
+            module = re.search(r"'module': '([^']+)'", text)
+            origin = f" from module '{module.group(1)}'" if module else ""
+            return UserError(
+                f"{path}: cannot load the model: it names the {missing.group(1)} "
+                f"'{missing.group(2)}'{origin}, which Keras does not know or will not load in "
+                "safe mode (for a custom layer of an installed package, pass --import MODULE)")
+    innermost = chain[-1]
     return UserError(f"{path}: cannot load the Keras model: "
-                     f"{err.__class__.__name__}: {_first_line(err)}")
+                     f"{innermost.__class__.__name__}: {_first_line(innermost)}")
 
 
 def load_model(path: Path, source_format: str, stack: kt.KerasStack) -> Any:
@@ -215,7 +241,9 @@ def load_model(path: Path, source_format: str, stack: kt.KerasStack) -> Any:
     if source_format == "savedmodel":
         return _load_savedmodel(path, stack)
     try:
-        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras' build/compile hints are not the user's concern
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
     except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files
         raise _explain_load_error(path, err) from None
     if not isinstance(model, keras.Model):
@@ -259,61 +287,22 @@ def _load_savedmodel(path: Path, stack: kt.KerasStack) -> _SavedModelFunction:
 # --- 5. Per-site results ----------------------------------------------------------------
 
 
-def _const_value(model: onnx.ModelProto, name: str) -> float | None:
-    """Scalar value of an initializer or Constant output ``name`` in the main graph."""
-    for init in model.graph.initializer:
-        if init.name == name:
-            values = onnx.numpy_helper.to_array(init)
-            return float(values.reshape(-1)[0]) if values.size == 1 else None
-    for node in model.graph.node:
-        if node.op_type == "Constant" and name in node.output:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    values = onnx.numpy_helper.to_array(attr.t)
-                    return float(values.reshape(-1)[0]) if values.size == 1 else None
-    return None
-
-
-def _describe_node(model: onnx.ModelProto, node: onnx.NodeProto) -> str:
-    ratio = _const_value(model, node.input[1]) if len(node.input) > 1 and node.input[1] else None
-    ratio_text = "" if ratio is None else f"ratio={ratio:.6g}"
-    if node.op_type == spec.OP_TYPE and node.domain == spec.DOMAIN:
-        axes = next((list(a.ints) for a in node.attribute if a.name == spec.ATTR_SHARED_AXES),
-                    None)
-        axes_text = "default" if axes is None else str(axes)
-        return f"SpatialDropout(shared_axes={axes_text}" + (f", {ratio_text})" if ratio_text
-                                                            else ")")
-    if node.op_type == "Dropout":
-        return f"Dropout({ratio_text})"
-    return node.op_type
-
-
-#: ONNX ops a rewritten dropout site may consist of, reported per site.
-_SITE_OPS = {"Dropout", "RandomUniformLike", "RandomUniform", "RandomNormalLike",
-             "RandomNormal", "Bernoulli"}
-
-
-def _site_nodes(model: onnx.ModelProto, scopes: dict[str, str]) -> dict[str, list[str]]:
-    """Layer path → descriptions of the dropout/random nodes attributable to it by name."""
-    found: dict[str, list[str]] = {}
-    for node in kt.iter_all_nodes(model.graph):
-        custom = node.op_type == spec.OP_TYPE and node.domain == spec.DOMAIN
-        if not custom and node.op_type not in _SITE_OPS:
-            continue
-        for name in (node.name, *node.output):
-            path = kt.layer_of_node(name, scopes)
-            if path is not None:
-                found.setdefault(path, []).append(_describe_node(model, node))
-                break
-    return found
+def describe_rewrite_site(site: dict[str, Any]) -> str:
+    """One rewritten site of ``passes`` (its report dict) as ``Op(shared_axes=…, ratio=…)``."""
+    ratio = f"ratio={float(site['ratio']):.6g}"
+    if site.get("becomes") == spec.OP_TYPE:
+        return f"SpatialDropout(shared_axes={list(site['shared_axes'])}, {ratio})"
+    if str(site.get("rule", "")).startswith("keras_rnn_mask"):
+        return f"Dropout mask({ratio})"  # an RNN mask: Dropout applied to ones
+    return f"Dropout({ratio})"
 
 
 def _summarise(descriptions: list[str]) -> list[str]:
-    """``["X", "X", "Y"]`` → ``["X ×2", "Y"]`` (order kept)."""
+    """``["X", "X", "Y"]`` -> ``["X x2", "Y"]`` (order kept)."""
     counts: dict[str, int] = {}
     for text in descriptions:
         counts[text] = counts.get(text, 0) + 1
-    return [text if n == 1 else f"{text} ×{n}" for text, n in counts.items()]
+    return [text if n == 1 else f"{text} x{n}" for text, n in counts.items()]
 
 
 # --- The pipeline -------------------------------------------------------------------------
@@ -343,8 +332,10 @@ def _verify(model: onnx.ModelProto, keras_model: Any, input_specs: Sequence[Any]
     import onnxruntime as ort
 
     samples = _sample_inputs(input_specs)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the report says what matters
     try:
-        session = ort.InferenceSession(model.SerializeToString(),
+        session = ort.InferenceSession(model.SerializeToString(), options,
                                        providers=["CPUExecutionProvider"])
         got = session.run(None, dict(zip(input_names, samples, strict=True)))
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
@@ -369,12 +360,6 @@ def _verify(model: onnx.ModelProto, keras_model: Any, input_specs: Sequence[Any]
                             f"{diff:.3g} (more than {VERIFY_TOLERANCE:g}); not written")
         worst = max(worst, diff)
     return worst
-
-
-def _import_passes() -> Any:
-    from .. import passes
-
-    return passes
 
 
 def convert_keras(
@@ -404,7 +389,7 @@ def convert_keras(
 
     with progress("loading TensorFlow"), clock("import"):
         stack = kt.import_keras_stack()
-        passes = _import_passes()
+        from .. import passes
         import_modules(imports)
     with progress(f"loading {model_path.name}"), clock("load"):
         keras_model = load_model(model_path, source_format, stack)
@@ -421,18 +406,21 @@ def convert_keras(
         raw = _trace(keras_model, stack, opset, [s.layer for s in training_layers], progress,
                      clock)
         with progress("rewriting dropout"), clock("rewrite"):
-            rewritten = _rewrite(passes, raw.model)
+            rewritten, rewritten_sites, unconvertible = _rewrite(raw.model)
         leftovers = _leftover_sites(rewritten, raw.scopes, training_layers, keras_model)
         if not leftovers:
             break
         # The passes could not convert these layers' training-mode ops: trace them
         # in inference mode instead and say so, rather than ship a broken model.
+        reasons = _reasons_by_site(unconvertible, raw.scopes, training_layers)
         for site, op_type in leftovers:
-            fallback[site.path] = (f"its training-mode {op_type} could not be converted; "
-                                   "exported for inference only")
+            why = reasons.get(site.path, "no rewrite rule matched")
+            fallback[site.path] = (f"its training-mode {op_type} could not be converted "
+                                   f"({why}); exported for inference only")
         training_layers = [s for s in training_layers if s.path not in fallback]
 
-    report.sites = _site_reports(sites, rewritten, raw.scopes, fallback)
+    report.sites = _site_reports(sites, rewritten_sites, raw.scopes, fallback)
+    _ensure_training_input(rewritten)
     final = rewritten
     if strip:
         with progress("stripping dropout"), clock("strip"):
@@ -447,6 +435,9 @@ def convert_keras(
     report.outputs = [_value_info_dict(v) for v in final.graph.output]
     report.training_input = None if strip else TRAINING_INPUT
     report.warnings += [f"{path}: {why}" for path, why in fallback.items()]
+    if not strip and any(n.op_type == "Dropout" and n.domain in ("", "ai.onnx")
+                         for n in kt.iter_all_nodes(final.graph)):
+        report.notes.append(ORT_DROPOUT_NOTE)
     with clock("save"):
         save_model(final, output_path)
     return report
@@ -485,14 +476,22 @@ def _trace(keras_model: Any, stack: kt.KerasStack, opset: int, training_layers: 
                         f"{err.__class__.__name__}: {_first_line(err)}") from None
 
 
-def _rewrite(passes: Any, model: onnx.ModelProto) -> onnx.ModelProto:
+def _rewrite(model: onnx.ModelProto
+             ) -> tuple[onnx.ModelProto, list[dict[str, Any]], list[dict[str, Any]]]:
+    """``passes.rewrite`` with ``training_mode`` defaulting to false.
+
+    Also returns the rewrite's converted sites and the random ops it could not convert.
+    """
+    from ..passes.rewrite import rewrite_with_report
+
     try:
-        return passes.rewrite(model, training_default=False)
+        result, report = rewrite_with_report(model, training_default=False)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - report a pass failure in one line
         raise UserError(f"rewriting the exported dropout failed: "
                         f"{err.__class__.__name__}: {_first_line(err)}") from None
+    return result, list(report.sites), list(report.unconvertible)
 
 
 def _leftover_sites(model: onnx.ModelProto, scopes: dict[str, str],
@@ -515,6 +514,18 @@ def _leftover_sites(model: onnx.ModelProto, scopes: dict[str, str],
     return list(found.values())
 
 
+def _reasons_by_site(unconvertible: list[dict[str, Any]], scopes: dict[str, str],
+                     sites: list[kt.DropoutSite]) -> dict[str, str]:
+    """Layer path → the rewrite's reason for not converting its random op."""
+    by_path = {s.path: s for s in sites}
+    reasons = {}
+    for entry in unconvertible:
+        site = _owning_site(kt.layer_of_node(str(entry.get("name", "")), scopes), by_path)
+        if site is not None and entry.get("reason"):
+            reasons.setdefault(site.path, str(entry["reason"]))
+    return reasons
+
+
 def _owning_site(path: str | None, by_path: dict[str, kt.DropoutSite]) -> kt.DropoutSite | None:
     """The dropout site at ``path`` or enclosing it (an RNN layer owns its cell's ops)."""
     while path:
@@ -532,26 +543,47 @@ def _unconvertible_message(path: str | None, op_type: str, keras_model: Any) -> 
             f"{op_type}, which tf2onnx cannot convert to ONNX")
 
 
-def _site_reports(sites: list[kt.DropoutSite], model: onnx.ModelProto,
+def _site_reports(sites: list[kt.DropoutSite], rewritten: list[dict[str, Any]],
                   scopes: dict[str, str], fallback: dict[str, str]) -> list[SiteReport]:
-    nodes = _site_nodes(model, scopes)
+    """Join the Keras dropout layers with the rewrite's sites (by TensorFlow name scope)."""
+    owned: dict[str, list[str]] = {}
+    unattributed = 0
+    for entry in rewritten:
+        path = kt.layer_of_node(str(entry.get("name", "")), scopes)
+        site = _owning_site(path, {s.path: s for s in sites})
+        if site is None:
+            unattributed += 1
+            continue
+        owned.setdefault(site.path, []).append(describe_rewrite_site(entry))
     reports = []
     for site in sites:
         report = SiteReport(site.path, site.layer_class, site.kind, site.rate, dict(site.details),
-                            training="kept")
-        owned = [d for path, descs in nodes.items() for d in descs
-                 if path == site.path or path.startswith(site.path + "/")]
+                            training="kept", converted_to=_summarise(owned.get(site.path, [])))
         if not site.active:
             report.training = "none"
             report.note = "rate 0: nothing to convert"
         elif site.path in fallback:
             report.training = "inference-only"
             report.note = fallback[site.path]
-        elif not owned:
-            report.note = "its random ops were converted but cannot be attributed by name"
-        report.converted_to = _summarise(owned)
+        elif not report.converted_to:
+            report.note = (f"random ops converted, {unattributed} rewritten site(s) not "
+                           "attributable to a layer by name" if unattributed
+                           else "no random ops found in the trace")
         reports.append(report)
     return reports
+
+
+def _ensure_training_input(model: onnx.ModelProto) -> None:
+    """Give a model without any dropout the same interface: an (unused) ``training_mode``.
+
+    The rewrite adds the input only when it converted something; callers can
+    then feed ``training_mode`` to every converted model alike.
+    """
+    if any(i.name == TRAINING_INPUT for i in model.graph.input):
+        return
+    model.graph.input.append(onnx.helper.make_tensor_value_info(
+        TRAINING_INPUT, onnx.TensorProto.BOOL, []))
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(False), TRAINING_INPUT))
 
 
 def _check(model: onnx.ModelProto, strip: bool) -> None:
