@@ -48,8 +48,21 @@ def convert_with_cli(out: Path) -> dict:
           f"dropout sites:")
     for site in report["sites"]:
         how = ", ".join(site["converted_to"]) or site["training"]
-        print(f"    {site['path']:<16} {site['layer_class']:<17} → {how}")
+        if site["training"] == "inference-only":
+            how = f"INFERENCE ONLY: {site['note']}"
+        print(f"    {site['path']:<16} {site['layer_class']:<17} -> {how}")
     return report
+
+
+#: onnxruntime deletes ONNX Dropout nodes (the GRU's masks) while optimising the
+#: graph, even with training_mode true: Monte-Carlo sessions switch that off.
+KEEP_DROPOUT = ["EliminateDropout"]
+
+
+def quiet(options):  # noqa: ANN001, ANN201 - onnxruntime.SessionOptions in and out
+    """Only errors from onnxruntime's logger (it warns about the training_mode default)."""
+    options.log_severity_level = 3
+    return options
 
 
 def sessions(path: Path) -> dict:
@@ -58,13 +71,14 @@ def sessions(path: Path) -> dict:
 
     import spatialdrop_onnx
 
-    made = {"function body": ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])}
+    made = {"function body": ort.InferenceSession(str(path), quiet(ort.SessionOptions()),
+                                                  providers=["CPUExecutionProvider"])}
     options = getattr(spatialdrop_onnx, "session_options", None)
     if options is None:
         print("  (native kernel: not available in this build; function body only)")
         return made
     try:
-        made["native kernel"] = ort.InferenceSession(str(path), options(),
+        made["native kernel"] = ort.InferenceSession(str(path), quiet(options()),
                                                      providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - report and carry on with the portable path
         print(f"  (native kernel: could not be loaded: {err}; function body only)")
@@ -100,9 +114,9 @@ def monte_carlo(session, tokens: np.ndarray, targets: np.ndarray, samples: int) 
     distinct = len({d.tobytes() for d in draws})
     print(f"  {samples} stochastic passes over {len(tokens)} sequences in {elapsed:.2f} s; "
           f"{distinct}/{samples} distinct outputs (masks change run to run)")
-    print("  first sequences (token: MC prediction, mean prob ± std over samples):")
+    print("  first sequences (token: MC prediction, mean prob +- std over samples):")
     for row in range(3):
-        cells = [f"{p}:{mean[row, t, p]:.2f}±{np.sqrt(variance[row, t]):.2f}"
+        cells = [f"{p}:{mean[row, t, p]:.2f}+-{np.sqrt(variance[row, t]):.2f}"
                  for t, p in enumerate(predicted[row])]
         print(f"    input {tokens[row].tolist()}  target {targets[row].tolist()}")
         print(f"      {'  '.join(cells)}")
@@ -142,7 +156,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = sessions(onnx_path)
         ok = check_equality(keras_model, runs, tokens)
         print("3. Monte-Carlo dropout in onnxruntime (training_mode=true)")
-        monte_carlo(runs["function body"], tokens, targets, args.samples)
+        import onnxruntime as ort
+
+        sampler = ort.InferenceSession(str(onnx_path), quiet(ort.SessionOptions()),
+                                       providers=["CPUExecutionProvider"],
+                                       disabled_optimizers=KEEP_DROPOUT)
+        monte_carlo(sampler, tokens, targets, args.samples)
     if not ok:
         print("main job: FAILED — ONNX inference differs from Keras")
         return 1

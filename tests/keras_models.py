@@ -64,6 +64,9 @@ def dropout_zoo(keras: Any) -> Any:
     outputs["lstm"] = layers.LSTM(4, dropout=0.3, recurrent_dropout=0.3, return_sequences=True,
                                   name="lstm")(seq)
     outputs["no_drop"] = layers.Dropout(0.0, name="no_drop")(seq)
+    # A dropout layer its wrapper calls through ``.call`` (no name scope of its own).
+    outputs["td_drop"] = layers.TimeDistributed(layers.Dropout(0.1, name="inner_drop"),
+                                                name="td_drop")(seq)
     return keras.Model(list(inputs.values()), list(outputs.values()), name="dropout_zoo")
 
 
@@ -138,9 +141,11 @@ def lambda_model(keras: Any, sentinel: Path) -> Any:
 
 
 def tiny_dense_model(keras: Any) -> Any:
-    """Dense → Dropout → Dense: quick to save as .h5 or SavedModel."""
+    """Sequential Dense -> Dropout -> Dense: quick to save as .h5 or SavedModel."""
     keras.utils.set_random_seed(5)
-    x = keras.Input((4,), name="x")
-    h = keras.layers.Dense(6, activation="relu", name="hidden")(x)
-    h = keras.layers.Dropout(0.25, name="dropout")(h)
-    return keras.Model(x, keras.layers.Dense(2, name="out")(h))
+    return keras.Sequential([
+        keras.Input((4,), name="x"),
+        keras.layers.Dense(6, activation="relu", name="hidden"),
+        keras.layers.Dropout(0.25, name="dropout"),
+        keras.layers.Dense(2, name="out"),
+    ], name="tiny")

@@ -256,6 +256,15 @@ def test_zoo_plain_dropout_is_elementwise(zoo: dict[str, Any]) -> None:
     assert_drop_fraction(kept, km.ZOO_DROPOUT_RATE)
 
 
+def test_zoo_dropout_called_through_its_wrapper(zoo: dict[str, Any]) -> None:
+    """TimeDistributed calls the inner Dropout's ``call`` directly; it is still found and kept."""
+    site = zoo["sites"]["td_drop/inner_drop"]
+    assert site["training"] == "kept" and site["converted_to"], site
+    feeds = km.zoo_inputs(200, seed=5)
+    got = run(session(str(zoo["path"]), keep_dropout=True), feeds, True)["td_drop"]
+    assert_drop_fraction(got != 0, 0.1)
+
+
 def test_zoo_lstm_masks_change_between_runs(zoo: dict[str, Any]) -> None:
     sess = session(str(zoo["path"]), keep_dropout=True)
     feeds = km.zoo_inputs(32, seed=3)

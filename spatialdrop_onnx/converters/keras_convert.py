@@ -344,7 +344,8 @@ def _verify(model: onnx.ModelProto, keras_model: Any, input_specs: Sequence[Any]
     if isinstance(keras_model, _SavedModelFunction):
         expected = [np.asarray(v) for _, v in sorted(keras_model(*samples).items())]
     else:
-        packed = stack.keras.tree.pack_sequence_as(keras_model.input, samples)
+        packed = samples[0] if len(samples) == 1 else stack.keras.tree.pack_sequence_as(
+            keras_model.input, samples)
         expected = [np.asarray(v) for v in
                     stack.keras.tree.flatten(keras_model(packed, training=False))]
     worst = 0.0

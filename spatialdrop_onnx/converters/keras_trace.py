@@ -215,10 +215,15 @@ def _instrumented_calls(
 
     def wrap(original: Callable, path: str, force: bool) -> Callable:
         def call(*args: Any, **kwargs: Any) -> Any:
-            scopes.setdefault(tf.get_current_name_scope(), path)
             if force:
                 kwargs["training"] = True
-            return original(*args, **kwargs)
+            if scopes.setdefault(tf.get_current_name_scope(), path) == path:
+                return original(*args, **kwargs)
+            # Called through ``.call`` by its parent (e.g. TimeDistributed), so it
+            # shares the parent's scope: give its ops a scope of their own.
+            with tf.name_scope(path.rpartition("/")[2]):
+                scopes.setdefault(tf.get_current_name_scope(), path)
+                return original(*args, **kwargs)
         return call
 
     try:
@@ -246,10 +251,22 @@ def _tf_name(name: str, fallback: str) -> str:
 
 
 def _output_names(model: Any, count: int) -> list[str]:
+    """Functional models' output names; a Sequential's last layer; else ``output_i``."""
     names = list(getattr(model, "output_names", None) or [])
+    layers = getattr(model, "layers", None) or []
+    if not names and count == 1 and layers:
+        names = [layers[-1].name]
     if len(names) != count or len(set(names)) != count:
         names = ["output"] if count == 1 else [f"output_{i}" for i in range(count)]
     return [_tf_name(n, f"output_{i}") for i, n in enumerate(names)]
+
+
+def _input_name(tensor: Any, index: int) -> str:
+    """The ``keras.Input(name=…)`` of a model input (Sequential tensors carry generated names)."""
+    history = getattr(tensor, "_keras_history", None)
+    layer = getattr(history, "operation", None)
+    name = getattr(layer, "name", None) or getattr(tensor, "name", "")
+    return _tf_name(name, f"input_{index}")
 
 
 @dataclass
@@ -284,7 +301,7 @@ def keras_input_specs(model: Any, stack: KerasStack) -> list[Any]:
     if not inputs:
         raise UserError("the model has no known inputs (build it with keras.Input before saving)")
     tf = stack.tf
-    specs = [tf.TensorSpec(shape=tuple(t.shape), dtype=t.dtype, name=_tf_name(t.name, f"input_{i}"))
+    specs = [tf.TensorSpec(shape=tuple(t.shape), dtype=t.dtype, name=_input_name(t, i))
              for i, t in enumerate(inputs)]
     if len({s.name for s in specs}) != len(specs):
         specs = [tf.TensorSpec(s.shape, s.dtype, name=f"input_{i}") for i, s in enumerate(specs)]
@@ -295,11 +312,15 @@ def trace_keras(model: Any, stack: KerasStack, training_layers: Sequence[Any] = 
     """Trace ``model(x, training=False)`` with only ``training_layers`` forced to training mode."""
     keras = stack.keras
     specs = keras_input_specs(model, stack)
-    out_names = _output_names(model, len(keras.tree.flatten(model.output)))
+    out_names: list[str] = []  # known once the model has run (Sequential has no .output)
 
     def forward(*args: Any) -> dict[str, Any]:
-        packed = keras.tree.pack_sequence_as(model.input, list(args))
+        # One input: the tensor itself (Sequential models take nothing else);
+        # several: the functional model's own input structure (list or dict).
+        packed = args[0] if len(args) == 1 else keras.tree.pack_sequence_as(model.input,
+                                                                            list(args))
         outputs = keras.tree.flatten(model(packed, training=False))
+        out_names[:] = _output_names(model, len(outputs))
         return dict(zip(out_names, outputs, strict=True))
 
     traced = TracedModel(stack.tf.function(forward, input_signature=specs, autograph=False),
