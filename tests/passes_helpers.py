@@ -1,0 +1,112 @@
+"""Helpers shared by the graph-pass tests: build, check and run small models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnx.parser
+import onnxruntime as ort
+
+from spatialdrop_onnx import spec
+
+ort.set_default_logger_severity(3)
+
+OUR_DOMAIN = spec.DOMAIN
+RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "StatelessRandomUniformV2",
+              "RandomNormal", "RandomNormalLike", "Bernoulli"}
+
+
+def parse(text: str) -> onnx.ModelProto:
+    """An ONNX model from the textual syntax, checked."""
+    model = onnx.parser.parse_model(text)
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def full_check(model: onnx.ModelProto) -> None:
+    onnx.checker.check_model(model, full_check=True)
+
+
+def session(model: onnx.ModelProto) -> ort.InferenceSession:
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run in onnxruntime, passing only the feeds the model takes (inputs or overridable)."""
+    sess = session(model)
+    names = {i.name for i in sess.get_inputs()} | {
+        i.name for i in sess.get_overridable_initializers()}
+    return sess.run(None, {k: v for k, v in feeds.items() if k in names})
+
+
+def assert_same(a: Iterable[np.ndarray], b: Iterable[np.ndarray]) -> None:
+    """Bit-identical outputs (same dtype, shape and bytes)."""
+    a, b = list(a), list(b)
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert x.dtype == y.dtype and x.shape == y.shape, (x.dtype, x.shape, y.dtype, y.shape)
+        assert x.tobytes() == y.tobytes(), np.abs(x.astype(float) - y.astype(float)).max()
+
+
+def all_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Every node: main graph, subgraphs, and model-local functions."""
+    found: list[onnx.NodeProto] = []
+
+    def walk(nodes: Iterable[onnx.NodeProto]) -> None:
+        for node in nodes:
+            found.append(node)
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    walk(attr.g.node)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for graph in attr.graphs:
+                        walk(graph.node)
+
+    walk(model.graph.node)
+    for function in model.functions:
+        if function.domain != OUR_DOMAIN:
+            walk(function.node)
+    return found
+
+
+def op_types(model: onnx.ModelProto) -> list[str]:
+    return [n.op_type for n in all_nodes(model)]
+
+
+def count(model: onnx.ModelProto, op_type: str) -> int:
+    return sum(1 for n in all_nodes(model) if n.op_type == op_type)
+
+
+def assert_no_dropout(model: onnx.ModelProto) -> None:
+    """No Dropout, SpatialDropout, random op, our functions or our opset import left."""
+    types = set(op_types(model))
+    assert not types & ({"Dropout", spec.OP_TYPE} | RANDOM_OPS), types
+    assert not any(f.domain == OUR_DOMAIN for f in model.functions)
+    assert not any(o.domain == OUR_DOMAIN for o in model.opset_import)
+
+
+def flag(value: bool) -> np.ndarray:
+    return np.array(value)
+
+
+def sample(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    """Values in [1, 2) so a dropped element (0) is recognisable."""
+    return (np.random.default_rng(seed).random(shape) + 1.0).astype(np.float32)
+
+
+def check_noise_slices(data: np.ndarray, output: np.ndarray, ratio: float,
+                       shared_axes: list[int]) -> np.ndarray:
+    """Training-mode structure: each noise slice is all dropped or all data * 1/(1-ratio).
+
+    The scale is rounded once to the data type (``spec.kept_scale``), as the
+    op's definition says. Returns the keep decisions (noise shape).
+    """
+    scale = spec.kept_scale(ratio, data.dtype)
+    kept = (data * scale).astype(data.dtype)
+    axes = tuple(a for a in shared_axes if data.shape[a] != 1)
+    dropped = (output == 0).all(axis=axes, keepdims=True)
+    is_kept = (output == kept).all(axis=axes, keepdims=True)
+    assert np.all(dropped | is_kept), "a noise slice is neither all dropped nor exactly scaled"
+    return is_kept
