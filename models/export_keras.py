@@ -113,7 +113,7 @@ def export_keras_models(out_dir: str | os.PathLike, names: list[str] | None = No
 
 def main(argv: list[str]) -> None:
     out = Path(argv[1]) if len(argv) > 1 else Path(__file__).parent / "keras_exports"
-    for name, export in export_keras_models(out).items():
+    for export in export_keras_models(out).values():
         print(f"{export.path}  expected shared axes {export.expected_axes}")
 
 

@@ -166,7 +166,8 @@ LOOP_IF_SCAN = """<ir_version: 8, opset_import: ["": 13]>
                 b = Dropout(outer, ratio, t)
             }>
         s = Loop(trips, cond, x) <
-            body = body_g (int64 i, bool c, float[2,3,4,5] acc) => (bool c_out, float[2,3,4,5] acc_out) {
+            body = body_g (int64 i, bool c, float[2,3,4,5] acc)
+                       => (bool c_out, float[2,3,4,5] acc_out) {
                 c_out = Identity(c)
                 dropped, mask = Dropout(acc, ratio, t)
                 mf = Cast<to = 1>(mask)
