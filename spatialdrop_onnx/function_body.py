@@ -132,8 +132,31 @@ def _ratio_nodes() -> list[NodeProto]:
     ]
 
 
-def _train_branch(seed: int | None) -> GraphProto:
-    """Draw the noise-shape mask and scale the kept values (exact in T: see spec.kept_scale)."""
+def _scale_nodes(via_double: bool) -> list[NodeProto]:
+    """``train_output`` = keep ? data * T(1/(1-ratio)) : 0, in T's arithmetic.
+
+    The scale is rounded to T once. ``via_double`` multiplies in double and
+    rounds back: the product of two T values is exact in double, so the result
+    is the same bits, and it works for bfloat16 (onnxruntime's CPU Mul lacks
+    it) and for a T unknown when the model is made portable — at the price of
+    four extra passes over the data.
+    """
+    nodes = [oh.make_node("CastLike", ["scale_exact", "data"], ["scale_t"])]
+    if not via_double:
+        return [*nodes,
+                oh.make_node("CastLike", ["zero_d", "data"], ["zero_t"]),
+                oh.make_node("Mul", ["data", "scale_t"], ["scaled"]),
+                oh.make_node("Where", ["keep", "scaled", "zero_t"], ["train_output"])]
+    return [*nodes,
+            oh.make_node("Cast", ["scale_t"], ["scale_d"], to=_DOUBLE),
+            oh.make_node("Cast", ["data"], ["data_d"], to=_DOUBLE),
+            oh.make_node("Mul", ["data_d", "scale_d"], ["scaled_d"]),
+            oh.make_node("Where", ["keep", "scaled_d", "zero_d"], ["dropped_d"]),
+            oh.make_node("CastLike", ["dropped_d", "data"], ["train_output"])]
+
+
+def _train_branch(seed: int | None, via_double: bool) -> GraphProto:
+    """Draw the noise-shape mask and scale the kept values."""
     random_attrs = {"dtype": _DOUBLE} | ({} if seed is None else {"seed": float(seed)})
     nodes = [
         oh.make_node("ConstantOfShape", ["noise"], ["noise_zeros"]),
@@ -141,15 +164,7 @@ def _train_branch(seed: int | None) -> GraphProto:
         oh.make_node("GreaterOrEqual", ["uniform", "ratio_d"], ["keep"]),
         oh.make_node("Sub", ["one_d", "ratio_d"], ["keep_prob"]),
         oh.make_node("Div", ["one_d", "keep_prob"], ["scale_exact"]),
-        # Round the scale to T once, then multiply in double: the product of two
-        # T values is exact in double, so one final rounding gives T arithmetic
-        # (and works for bfloat16, which onnxruntime's Mul lacks).
-        oh.make_node("CastLike", ["scale_exact", "data"], ["scale_t"]),
-        oh.make_node("Cast", ["scale_t"], ["scale_d"], to=_DOUBLE),
-        oh.make_node("Cast", ["data"], ["data_d"], to=_DOUBLE),
-        oh.make_node("Mul", ["data_d", "scale_d"], ["scaled_d"]),
-        oh.make_node("Where", ["keep", "scaled_d", "zero_d"], ["dropped_d"]),
-        oh.make_node("CastLike", ["dropped_d", "data"], ["train_output"]),
+        *_scale_nodes(via_double),
     ]
     return oh.make_graph(nodes, "train", [], [
         oh.make_value_info("train_output", onnx.TypeProto()),
@@ -170,14 +185,17 @@ def _infer_branch() -> GraphProto:
     ])
 
 
-def overload_for_seed(seed: int | None) -> str:
-    """Function overload name for nodes with this ``seed`` ('' when unseeded)."""
-    if seed is None:
-        return ""
-    return f"seed_{seed}" if seed >= 0 else f"seed_m{-seed}"
+def overload_name(seed: int | None, via_double: bool) -> str:
+    """Function overload for a node's variant ('' when unseeded with a direct-arithmetic T)."""
+    parts = []
+    if seed is not None:
+        parts.append(f"seed_{seed}" if seed >= 0 else f"seed_m{-seed}")
+    if via_double:
+        parts.append("via_double")
+    return "_".join(parts)
 
 
-def build_function(opset: int, seed: int | None = None) -> FunctionProto:
+def build_function(opset: int, seed: int | None = None, via_double: bool = True) -> FunctionProto:
     """The SpatialDropout function body for a model importing default-domain ``opset``."""
     if opset < MIN_OPSET:
         raise ValueError(
@@ -185,12 +203,13 @@ def build_function(opset: int, seed: int | None = None) -> FunctionProto:
             f"the model imports {opset} (convert it with onnx.version_converter first)"
         )
     select = oh.make_node("If", ["active"], ["output", "mask"],
-                          then_branch=_train_branch(seed), else_branch=_infer_branch())
+                          then_branch=_train_branch(seed, via_double),
+                          else_branch=_infer_branch())
     function = oh.make_function(
         spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS),
         [*_ratio_nodes(), *_noise_shape_nodes(), select],
         [oh.make_opsetid("", opset)],
-        overload=overload_for_seed(seed),
+        overload=overload_name(seed, via_double),
         doc_string="SpatialDropout from standard ops (spatialdrop_onnx.function_body).",
     )
     function.attribute_proto.append(oh.make_attribute(
@@ -233,19 +252,27 @@ def _attr(node: NodeProto, name: str) -> AttributeProto | None:
     return next((a for a in node.attribute if a.name == name), None)
 
 
-def _known_ranks(model: onnx.ModelProto) -> dict[str, int]:
-    """Ranks of tensors whose shape inference knows them (best effort)."""
+#: Data types whose body multiplies directly in T. Not float16: onnxruntime's
+#: InsertCast transformer computes float16 Mul/Where in float and drops the
+#: scale's rounding to float16, so float16 takes the exact path through double.
+_DIRECT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE})
+
+
+def _known_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
+    """Ranks and element types of main-graph tensors that shape inference knows (best effort)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - ranks are an optimisation; fall back to the sentinel
+    except Exception:  # noqa: BLE001 - an optimisation; unknown means the generic body
         inferred = model
-    ranks = {}
+    ranks, elem_types = {}, {}
     graph = inferred.graph
     for info in [*graph.input, *graph.value_info, *graph.output]:
         tensor_type = info.type.tensor_type
+        if tensor_type.elem_type:
+            elem_types[info.name] = tensor_type.elem_type
         if tensor_type.HasField("shape"):
             ranks[info.name] = len(tensor_type.shape.dim)
-    return ranks
+    return ranks, elem_types
 
 
 def _make_explicit(nodes: list, ranks: dict[str, int], used_names: set[str]) -> None:
@@ -316,26 +343,27 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
     """
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    ranks = _known_ranks(result)
+    ranks, elem_types = _known_types(result)
     used = _all_names(result)
-    seeds: set[int | None] = set()
+    variants: set[tuple[int | None, bool]] = set()  # (seed, via_double)
     for nodes, _ in _node_lists(result):
         _make_explicit(nodes, ranks, used)
         for node in nodes:
             if is_spatial_dropout(node):
                 seed_attr = _attr(node, spec.ATTR_SEED)
                 seed = None if seed_attr is None else int(seed_attr.i)
-                seeds.add(seed)
-                node.overload = overload_for_seed(seed)
-    if not seeds:
+                via_double = elem_types.get(node.input[0]) not in _DIRECT_TYPES
+                variants.add((seed, via_double))
+                node.overload = overload_name(seed, via_double)
+    if not variants:
         return result
 
     opset = _default_opset(result)
     kept = [f for f in result.functions if f.domain != spec.DOMAIN or f.name != spec.OP_TYPE]
     del result.functions[:]
     result.functions.extend(kept)
-    for seed in sorted(seeds, key=lambda s: (s is not None, s or 0)):
-        result.functions.append(build_function(opset, seed))
+    for seed, via_double in sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1])):
+        result.functions.append(build_function(opset, seed, via_double))
     _import_domain(result.opset_import)
     for function in result.functions:
         if any(is_spatial_dropout(n) for n in function.node):

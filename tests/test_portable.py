@@ -173,7 +173,7 @@ def test_one_function_per_seed_and_idempotent():
                                                 oh.make_opsetid(sd.DOMAIN, 1)])
     portable = sd.make_portable(model)
     overloads = sorted(f.overload for f in portable.functions)
-    assert overloads == ["", "seed_1", "seed_m1"]
+    assert overloads == ["", "seed_1", "seed_m1"]  # float data: direct arithmetic
     assert sd.make_portable(portable) == portable
     onnx.checker.check_model(portable, full_check=True)
     data = np.ones((2, 3, 4), np.float32)
