@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Iterable
+from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import onnx
@@ -12,6 +16,19 @@ import onnxruntime as ort
 from spatialdrop_onnx import spec
 
 ort.set_default_logger_severity(3)
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+
+
+def load_script(name: str) -> ModuleType:
+    """Import ``models/<name>.py`` (the export scripts are not a package)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec_ = importlib.util.spec_from_file_location(name, MODELS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec_)
+    sys.modules[name] = module  # dataclasses look their module up while being defined
+    spec_.loader.exec_module(module)
+    return module
 
 OUR_DOMAIN = spec.DOMAIN
 RANDOM_OPS = {"RandomUniform", "RandomUniformLike", "StatelessRandomUniformV2",
@@ -33,9 +50,14 @@ def session(model: onnx.ModelProto) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    """Run in onnxruntime, passing only the feeds the model takes (inputs or overridable)."""
-    sess = session(model)
+def run(model: onnx.ModelProto | ort.InferenceSession,
+        feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Run in onnxruntime, passing only the feeds the model takes (inputs or overridable).
+
+    Pass a session to run several times: onnxruntime seeds unseeded random ops
+    the same way in every new session, so masks differ per run, not per session.
+    """
+    sess = model if isinstance(model, ort.InferenceSession) else session(model)
     names = {i.name for i in sess.get_inputs()} | {
         i.name for i in sess.get_overridable_initializers()}
     return sess.run(None, {k: v for k, v in feeds.items() if k in names})

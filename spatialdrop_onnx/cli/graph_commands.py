@@ -29,14 +29,20 @@ def _summarise_unconvertible(entries: list[dict]) -> str:
 @click.option("--training-default", type=click.BOOL, default=True, show_default=True,
               help="Initializer default of the training_mode input (true keeps what the "
                    "exported model did).")
-def rewrite_command(src: str, output: str, training_default: bool) -> None:
+@click.option("--elementwise", type=click.Choice(["dropout", "spatial"]), default="dropout",
+              show_default=True,
+              help="Write element-wise sites as ONNX Dropout, or as SpatialDropout with no "
+                   "shared axis (onnxruntime optimises interior Dropout nodes away even in "
+                   "training mode).")
+def rewrite_command(src: str, output: str, training_default: bool, elementwise: str) -> None:
     """Turn exporter dropout into SpatialDropout / Dropout with one training_mode switch."""
     from ..passes.rewrite import rewrite_path
 
-    report = rewrite_path(src, output, training_default=training_default)
-    spatial = sum(1 for s in report.sites if s["shared_axes"])
+    report = rewrite_path(src, output, training_default=training_default,
+                          elementwise=elementwise)
+    dropout = sum(1 for s in report.sites if s["becomes"] == "Dropout")
     click.echo(
-        f"{output}: {spatial} SpatialDropout, {len(report.sites) - spatial} Dropout from random "
+        f"{output}: {len(report.sites) - dropout} SpatialDropout, {dropout} Dropout from random "
         f"subgraphs, {report.rewired_dropouts} Dropout rewired to training_mode"
         + (f" (opset converted from {report.opset_converted_from})"
            if report.opset_converted_from else ""),

@@ -29,7 +29,7 @@ class IrRewrite:
     """One rewrite of one ``ir.Model`` in place."""
 
     def __init__(self, model: ir.Model, hints: dict, *, training_default: bool,
-                 used_names: set[str]) -> None:
+                 used_names: set[str], elementwise: str = "dropout") -> None:
         self.model = model
         self.training_default = training_default
         self.paths: dict[int, str] = {}
@@ -37,7 +37,8 @@ class IrRewrite:
         self.scopes: list[tuple[ir.Graph | ir.Function, str]] = []
         self._index()
         self.ctx = RewriteContext(model, ShapeReasoner(hints), self.paths, self.owners,
-                                  self._training_value, used_names=set(used_names))
+                                  self._training_value, used_names=set(used_names),
+                                  elementwise=elementwise)
         self._training: dict[int | None, ir.Value] = {}
         self._functions_with_new_flag: list[ir.Function] = []
         self.rewired = 0

@@ -115,7 +115,8 @@ def _spatial_entry(node: onnx.NodeProto, scope: _proto.Scope, constants: dict,
     seed = _proto.get_attr(node, spec.ATTR_SEED)
     return {
         "name": node.name or node.output[0],
-        "kind": SPATIAL,
+        # SpatialDropout with no shared axis is element-wise dropout.
+        "kind": ELEMENTWISE if shared == [] else SPATIAL,
         "op_type": node.op_type,
         "ratio": _ratio(node, constants),
         "shared_axes": shared,

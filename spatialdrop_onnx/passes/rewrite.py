@@ -33,6 +33,9 @@ from ..function_body import MIN_OPSET, make_portable
 from . import _proto
 
 TRAINING_MODE = "training_mode"
+#: Accepted values of ``elementwise`` (kept in sync with rules._common.ELEMENTWISE_OPS,
+#: which is not imported here so that strip stays free of onnxscript).
+ELEMENTWISE_OPS = ("dropout", "spatial")
 
 
 @dataclass
@@ -45,7 +48,8 @@ class RewriteReport:
     opset_converted_from: int | None = None
 
 
-def rewrite(model: onnx.ModelProto, *, training_default: bool = True) -> onnx.ModelProto:
+def rewrite(model: onnx.ModelProto, *, training_default: bool = True,
+            elementwise: str = "dropout") -> onnx.ModelProto:
     """Return a copy of ``model`` with its exporter dropout rewritten.
 
     Channel-wise random-mask sites become ``SpatialDropout``, element-wise ones
@@ -54,13 +58,25 @@ def rewrite(model: onnx.ModelProto, *, training_default: bool = True) -> onnx.Mo
     ``training_mode``, whose initializer default is ``training_default``
     (true keeps what the exported model did). The result is portable
     (function bodies attached) and rewriting it again changes nothing.
+
+    ``elementwise="spatial"`` writes element-wise sites as
+    ``SpatialDropout(shared_axes=[])`` instead of ONNX ``Dropout``: onnxruntime's
+    inference builds delete a ``Dropout`` whose input is computed and whose
+    output is not a graph output during session optimisation, whatever its
+    ``training_mode`` (see docs/passes.md). Keras RNN masks are always written
+    that way for the same reason.
     """
-    return rewrite_with_report(model, training_default=training_default)[0]
+    return rewrite_with_report(model, training_default=training_default,
+                               elementwise=elementwise)[0]
 
 
-def rewrite_with_report(model: onnx.ModelProto, *, training_default: bool = True
+def rewrite_with_report(model: onnx.ModelProto, *, training_default: bool = True,
+                        elementwise: str = "dropout"
                         ) -> tuple[onnx.ModelProto, RewriteReport]:
     """Like :func:`rewrite`, also returning a :class:`RewriteReport`."""
+    if elementwise not in ELEMENTWISE_OPS:
+        raise UserError(f"elementwise must be one of {', '.join(ELEMENTWISE_OPS)}, "
+                        f"got {elementwise!r}")
     report = RewriteReport()
     source = model
     opset = _proto.default_opset(model.opset_import)
@@ -68,7 +84,7 @@ def rewrite_with_report(model: onnx.ModelProto, *, training_default: bool = True
         source = _convert_opset(model, opset)
         report.opset_converted_from = opset
     result, sites, unconvertible, rewired = _rewrite_sites(
-        source, training_default=training_default)
+        source, training_default=training_default, elementwise=elementwise)
     report.sites = sites
     report.unconvertible = unconvertible
     report.rewired_dropouts = rewired
@@ -81,13 +97,15 @@ def rewrite_with_report(model: onnx.ModelProto, *, training_default: bool = True
     return result, report
 
 
-def rewrite_sites(model: onnx.ModelProto, *, training_default: bool
+def rewrite_sites(model: onnx.ModelProto, *, training_default: bool,
+                  elementwise: str = "dropout"
                   ) -> tuple[onnx.ModelProto, list[dict], list[dict]]:
     """Apply the rules only (no opset conversion, no function bodies); used by strip/inspect.
 
     Returns the model, the converted sites and the unconvertible random sites.
     """
-    result, sites, unconvertible, _ = _rewrite_sites(model, training_default=training_default)
+    result, sites, unconvertible, _ = _rewrite_sites(
+        model, training_default=training_default, elementwise=elementwise)
     return result, sites, unconvertible
 
 
@@ -138,7 +156,7 @@ def _shape_hints(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
     return hints
 
 
-def _rewrite_sites(model: onnx.ModelProto, *, training_default: bool
+def _rewrite_sites(model: onnx.ModelProto, *, training_default: bool, elementwise: str
                    ) -> tuple[onnx.ModelProto, list[dict], list[dict], int]:
     if not _has_candidates(model):
         result = onnx.ModelProto()
@@ -153,11 +171,12 @@ def _rewrite_sites(model: onnx.ModelProto, *, training_default: bool
     hints = _shape_hints(model)
     ir_model = ir.serde.deserialize_model(model)
     job = IrRewrite(ir_model, hints, training_default=training_default,
-                    used_names=_proto.all_names(model))
+                    used_names=_proto.all_names(model), elementwise=elementwise)
     job.run()
     result = ir.serde.serialize_model(ir_model)
     _set_training_default(result, training_default)
-    return result, [s.report() for s in job.ctx.sites], job.unconvertible(), job.rewired
+    return (result, [s.report(elementwise) for s in job.ctx.sites], job.unconvertible(),
+            job.rewired)
 
 
 def _set_training_default(model: onnx.ModelProto, value: bool) -> None:
@@ -172,11 +191,12 @@ def _set_training_default(model: onnx.ModelProto, value: bool) -> None:
 
 
 def rewrite_path(src: str | os.PathLike, dst: str | os.PathLike, *,
-                 training_default: bool = True) -> RewriteReport:
-    """Load ``src`` safely, rewrite it, check it, and save it atomically to ``dst``."""
+                 training_default: bool = True, elementwise: str = "dropout") -> RewriteReport:
+    """Load ``src`` safely, rewrite it and save it atomically to ``dst`` (weights never read)."""
     from ..modelio import load_model, save_model
 
     model = load_model(src)
-    result, report = rewrite_with_report(model, training_default=training_default)
+    result, report = rewrite_with_report(model, training_default=training_default,
+                                         elementwise=elementwise)
     save_model(result, dst, source_dir=Path(src).parent)
     return report

@@ -24,6 +24,12 @@ from ..shapes import Dim, ShapeReasoner, scalar_const, shared_axes_for
 TRAINING_MODE = "training_mode"
 SPATIAL = "spatial"
 ELEMENTWISE = "elementwise"
+#: How element-wise sites are written. "dropout": ONNX Dropout-13 (the standard op).
+#: "spatial": SpatialDropout with shared_axes=[]. onnxruntime's inference builds
+#: remove a Dropout node during session optimisation (EliminateDropout) whatever its
+#: training_mode, unless its output is a graph output or its input a graph input;
+#: SpatialDropout keeps training working there.
+ELEMENTWISE_OPS = ("dropout", "spatial")
 
 
 @dataclass
@@ -41,16 +47,23 @@ class SiteInfo:
     perm: list[int] | None = None
     seed: int | None = None
     random_op: str = ""
+    #: Element-wise, but always written as SpatialDropout(shared_axes=[]) (RNN masks:
+    #: onnxruntime would optimise a Dropout node there away, see ``ELEMENTWISE_OPS``).
+    force_spatial: bool = False
 
     @property
     def kind(self) -> str:
         return SPATIAL if self.shared_axes else ELEMENTWISE
 
-    def report(self) -> dict:
+    def writes_dropout(self, elementwise: str) -> bool:
+        """Whether the replacement is ONNX Dropout (else SpatialDropout)."""
+        return not self.shared_axes and not self.force_spatial and elementwise == "dropout"
+
+    def report(self, elementwise: str = "dropout") -> dict:
         return {
             "name": self.name,
             "kind": "random-subgraph",
-            "becomes": "SpatialDropout" if self.shared_axes else "Dropout",
+            "becomes": "Dropout" if self.writes_dropout(elementwise) else "SpatialDropout",
             "ratio": self.ratio,
             "shared_axes": list(self.shared_axes),
             "graph": self.graph,
@@ -75,6 +88,7 @@ class RewriteContext:
     #: Values the removed nodes read: candidates for dead-code removal.
     dead_candidates: list[ir.Value] = field(default_factory=list)
     used_names: set[str] = field(default_factory=set)
+    elementwise: str = "dropout"
 
     def path_of(self, graph_or_function: ir.Graph | ir.Function) -> str:
         return self.paths.get(id(graph_or_function), "main")
@@ -161,12 +175,14 @@ def emit_dropout(op: orp.RewriterContext, site: SiteInfo, training: ir.Value,
         out_name = [ctx.fresh(f"{name}/output")]
     else:
         out_name = 1
-    if site.shared_axes:
-        output = op.op(spec.OP_TYPE, site.data, ratio, training, _domain=spec.DOMAIN,
-                       _name=name, _outputs=out_name,
-                       **{spec.ATTR_SHARED_AXES: list(site.shared_axes)}, **seed)
-    else:
+    if site.writes_dropout(ctx.elementwise):
         output = op.Dropout(site.data, ratio, training, _name=name, _outputs=out_name, **seed)
+    else:
+        output = op.op(spec.OP_TYPE, site.data, ratio, training, _domain=spec.DOMAIN,
+                       _name=name, _outputs=out_name, **seed,
+                       # Typed explicitly: an empty list has no type of its own.
+                       **{spec.ATTR_SHARED_AXES: ir.AttrInt64s(spec.ATTR_SHARED_AXES,
+                                                               list(site.shared_axes))})
     if site.perm is not None:
         output = op.Transpose(output, perm=list(site.perm),
                               _name=ctx.fresh(f"{name}/transpose"))

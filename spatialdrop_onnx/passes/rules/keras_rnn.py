@@ -7,13 +7,15 @@ the ``Loop`` body, which multiplies it in at every time step::
     mask = Add(Mul(Cast(keep), Mul(ConstantOfShape(shape, 1), 1/(1-rate))),
                Mul(0, Cast(Not(keep))))         keep from StatelessRandomUniformV2
 
-The mask is not channel-wise, so it does not become ``SpatialDropout``; the
-unconvertible ``StatelessRandomUniformV2`` (and its constant-folded key, which
-would repeat the mask on every run) is replaced by ONNX ``Dropout`` applied
-to the same ones: a standard random op, fresh per run, obeying
-``training_mode``; with training off the mask is all ones, so the layer's
-dropout is the identity. The rule works the same when the mask is built
-inside a ``Loop`` body (the rewriter visits subgraphs).
+The mask is element-wise. The unconvertible ``StatelessRandomUniformV2`` (and
+its constant-folded key, which would repeat the mask on every run) goes; the
+mask becomes ``SpatialDropout(ones, rate, training_mode, shared_axes=[])``,
+whose portable body draws it with ``RandomUniformLike``: valid, fresh per run,
+obeying ``training_mode``; with training off the mask is all ones, so the
+layer's dropout is the identity. (An ONNX ``Dropout`` here would be removed by
+onnxruntime's session optimiser whatever ``training_mode`` says: its input is
+computed and its output feeds the Loop.) The rule works the same when the
+mask is built inside a ``Loop`` body (the rewriter visits subgraphs).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class KerasRnnMask(KerasStatelessDropout):
         site = super().analyse(context, x=x, **bindings)
         if site.shared_axes:
             raise NoMatch("an RNN mask with shared axes")
+        site.force_spatial = True
         return site
 
 

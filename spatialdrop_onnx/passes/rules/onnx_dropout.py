@@ -5,14 +5,18 @@ PyTorch exports ``nn.Dropout`` in training mode as ``Dropout(x, ratio, true)``
 turn off. The rule keeps the node (name, ratio, seed, mask output) and only
 rewires its third input to the scope's ``training_mode`` value, so every
 dropout of a rewritten model obeys one switch. A ``Dropout`` reading a graph
-input already (ours or the user's) is left alone.
+input already (ours or the user's) is left alone. With ``elementwise="spatial"``
+the node becomes ``SpatialDropout(shared_axes=[])`` instead (same outputs),
+which onnxruntime does not optimise away.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
+from ... import spec
 from ..shapes import scalar_const
 from ._common import RewriteContext
 
@@ -53,8 +57,14 @@ class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
         assert node is not None and self._graph is not None
         training = self.ctx.training_for(self._graph)
         attrs = dict(node.attributes)
-        return op.Dropout(x, ratio, training, _name=node.name,
-                          _outputs=2 if self.with_mask else 1, **attrs)
+        outputs = 2 if self.with_mask else 1
+        if self.ctx.elementwise == "spatial":
+            if ratio is None:
+                ratio = op.Constant(value=ir.tensor(np.array(spec.DEFAULT_RATIO, np.float32)))
+            return op.op(spec.OP_TYPE, x, ratio, training, _domain=spec.DOMAIN,
+                         _name=node.name, _outputs=outputs, **attrs,
+                         **{spec.ATTR_SHARED_AXES: ir.AttrInt64s(spec.ATTR_SHARED_AXES, [])})
+        return op.Dropout(x, ratio, training, _name=node.name, _outputs=outputs, **attrs)
 
 
 def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
