@@ -53,6 +53,8 @@ def _modules(torch):  # noqa: ANN001, ANN202 - torch is imported lazily
             self.p = p
 
         def forward(self, x):  # noqa: ANN001, ANN202
+            if not self.training:
+                return x
             keep = 1.0 - self.p
             mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
             return x * mask / keep
