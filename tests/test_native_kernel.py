@@ -1,0 +1,399 @@
+"""The native ONNX Runtime kernel: bit-identical to the numpy reference, structurally
+and statistically valid, and refusing bad input with onnxruntime errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from conftest import require
+from dropout_checks import (
+    DTYPES,
+    assert_drop_fraction,
+    assert_identity,
+    assert_structurally_valid,
+    noise_shape_of,
+    sample_data,
+)
+from native_helpers import assert_bits_equal, native_options, require_native, run
+from onnx import TensorProto
+from onnx import helper as oh
+from onnx.reference import ReferenceEvaluator
+from op_models import dropout_model, ort_session
+
+import spatialdrop_onnx as sd
+from spatialdrop_onnx import bench, reference
+
+# (shape, shared_axes): ranks 2-5, default, negative, empty, size-1 axes.
+CASES = [
+    ((5, 12), None),
+    ((5, 12), [-1]),
+    ((3, 6, 7), [1]),
+    ((3, 6, 7), []),
+    ((3, 6, 4, 4), None),
+    ((3, 6, 4, 4), [0, -1]),
+    ((2, 4, 3, 3, 3), [-1, 1]),
+    ((2, 4, 3, 3, 5), [2, 3, 4]),
+    ((2, 3, 1, 4, 1), [4]),
+]
+
+
+@pytest.fixture(scope="module")
+def so() -> ort.SessionOptions:
+    return native_options()
+
+
+def _reference(x, ratio, training, axes, seed, call_index):
+    with np.errstate(invalid="ignore", over="ignore"):
+        return reference.spatial_dropout(x, ratio, training, axes, seed=seed,
+                                         call_index=call_index, return_mask=True)
+
+
+@pytest.mark.parametrize("with_mask", [True, False], ids=["mask", "no_mask"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("shape", "axes"), CASES)
+def test_bit_identical_to_reference(so, shape, axes, dtype, with_mask):
+    seed = 1000 + len(shape) * 10 + (len(axes) if axes is not None else 7)
+    session = ort_session(dropout_model(shape, dtype, axes, seed=seed, with_mask=with_mask), so)
+    x = sample_data(shape, DTYPES[dtype], seed=seed)
+    for k in range(3):
+        outputs = run(session, x, 0.3, True)
+        expected, expected_mask = _reference(x, 0.3, True, axes, seed, k)
+        assert_bits_equal(outputs[0], expected)
+        if with_mask:
+            np.testing.assert_array_equal(outputs[1], expected_mask)
+        else:
+            assert len(outputs) == 1
+
+
+def test_kth_run_is_call_index_k(so):
+    """Run k of a node uses call_index k, inference runs included (they count too,
+    exactly as the onnx.reference op counts them)."""
+    shape, axes, seed = (4, 8, 3, 3), None, 7
+    model = dropout_model(shape, "float32", axes, seed=seed)
+    session = ort_session(model, so)
+    evaluator = ReferenceEvaluator(model, new_ops=[reference.SpatialDropout])
+    x = sample_data(shape, np.dtype(np.float32))
+    masks = set()
+    for k in range(60):
+        training = k % 5 != 3
+        feeds = {"x": x, "ratio": np.array(0.5), "training_mode": np.array(training)}
+        output, mask = session.run(None, feeds)
+        expected, expected_mask = _reference(x, 0.5, training, axes, seed, k)
+        assert_bits_equal(output, expected)
+        np.testing.assert_array_equal(mask, expected_mask)
+        ev_output, ev_mask = evaluator.run(None, feeds)
+        assert_bits_equal(output, ev_output)
+        masks.add(mask.tobytes())
+    assert len(masks) > 40  # the stream moves on with every run
+
+
+def test_seeded_streams_repeat_across_sessions(so):
+    model = dropout_model((6, 16, 2), "float32", [2], seed=99)
+    x = sample_data((6, 16, 2), np.dtype(np.float32))
+    first, second = ort_session(model, so), ort_session(model, so)
+    for _ in range(3):
+        np.testing.assert_array_equal(run(first, x, 0.5)[1], run(second, x, 0.5)[1])
+
+
+def test_seeds_wrap_like_numpy(so):
+    """Negative seeds are the two's complement key, as in numpy's Philox(key=seed & 2**64-1)."""
+    x = sample_data((64, 32), np.dtype(np.float64))
+    for seed in (-1, -(2**63), 2**63 - 1, 0):
+        session = ort_session(dropout_model((64, 32), "float64", [], seed=seed), so)
+        output, mask = run(session, x, 0.5)
+        expected, expected_mask = _reference(x, 0.5, True, [], seed, 0)
+        assert_bits_equal(output, expected)
+        np.testing.assert_array_equal(mask, expected_mask)
+
+
+@pytest.mark.parametrize("ratio_type", [TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_ratio_types(so, ratio_type, dtype):
+    """ratio may be float16/float/double whatever the data type; it is used exactly."""
+    model = dropout_model((8, 8, 5), dtype, None, seed=3)
+    model.graph.input[1].type.tensor_type.elem_type = ratio_type
+    session = ort_session(model, so)
+    ratio = np.array(0.3, onnx.helper.tensor_dtype_to_np_dtype(ratio_type))
+    x = sample_data((8, 8, 5), DTYPES[dtype])
+    output, mask = run(session, x, ratio)
+    expected, expected_mask = _reference(x, float(ratio), True, None, 3, 0)
+    assert_bits_equal(output, expected)
+    np.testing.assert_array_equal(mask, expected_mask)
+
+
+def _check_all_bit_patterns(dtype: str) -> None:
+    """Every float16/bfloat16 bit pattern (NaNs, infinities, subnormals) times several
+    scales, against numpy. Also run in a subprocess without F16C."""
+    storage = DTYPES[dtype]
+    x = np.arange(2**16, dtype=np.uint16).view(storage).reshape(256, 256)
+    session = ort_session(dropout_model(x.shape, dtype, [], seed=5), native_options())
+    for k, ratio in enumerate([0.3, 0.7, 0.1, 1 / 3, 0.999]):
+        output, mask = run(session, x, ratio)
+        expected, expected_mask = _reference(x, ratio, True, [], 5, k)
+        assert_bits_equal(output, expected)
+        np.testing.assert_array_equal(mask, expected_mask)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_all_16bit_patterns(dtype):
+    _check_all_bit_patterns(dtype)
+
+
+def test_all_float16_patterns_portable_path():
+    """The same with the portable float16 conversion (the F16C path switched off)."""
+    require_native()
+    code = "import test_native_kernel as t; t._check_all_bit_patterns('float16')"
+    env = dict(os.environ, SPATIALDROP_NO_F16C="1")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_special_values(so, dtype):
+    """NaN payloads, infinities, signed zeros and subnormals scale exactly as in numpy."""
+    finfo = np.finfo(dtype)
+    values = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, finfo.tiny, finfo.tiny / 8,
+                       -finfo.smallest_subnormal, finfo.max, -finfo.max, 1.5, -2.25], dtype)
+    x = np.tile(values, (40, 1))
+    session = ort_session(dropout_model(x.shape, dtype, [], seed=11), so)
+    for k, ratio in enumerate([0.4, 0.75]):
+        output, mask = run(session, x, ratio)
+        expected, expected_mask = _reference(x, ratio, True, [], 11, k)
+        assert_bits_equal(output, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_edge_ratios_and_modes(so, dtype):
+    shape, axes = (4, 6, 3, 3), None
+    x = sample_data(shape, DTYPES[dtype])
+    x[0, 0, 0, 0] = np.inf
+    session = ort_session(dropout_model(shape, dtype, axes, seed=1), so)
+    output, mask = run(session, x, 1.0)  # everything dropped: zeros, never 0 * inf = NaN
+    assert_bits_equal(output, np.zeros_like(x))
+    assert not mask.any() and mask.shape == noise_shape_of(shape, axes)
+    for ratio, training in [(0.0, True), (0.5, False), (1.0, False)]:
+        output, mask = run(session, x, ratio, training)
+        assert_identity(x, output, mask)
+        assert mask.shape == noise_shape_of(shape, axes)
+
+
+@pytest.mark.parametrize(("shape", "axes"), [((0, 3, 4), [1]), ((2, 0, 4), [1]),
+                                             ((2, 3, 0), None), ((1,), None), ((1, 1), [])])
+def test_empty_and_single_element(so, shape, axes):
+    session = ort_session(dropout_model(shape, "float32", axes, seed=2), so)
+    x = sample_data(shape, np.dtype(np.float32))
+    output, mask = run(session, x, 0.5)
+    expected, expected_mask = _reference(x, 0.5, True, axes, 2, 0)
+    assert_bits_equal(output, expected)
+    np.testing.assert_array_equal(mask, expected_mask)
+
+
+def _node_model(inputs: list[str], outputs: list[str], **attrs) -> onnx.ModelProto:
+    node = oh.make_node(sd.OP_TYPE, inputs, outputs, domain=sd.DOMAIN, **attrs)
+    graph_inputs = [oh.make_tensor_value_info("x", TensorProto.FLOAT, [3, 4, 5])]
+    if "t" in inputs:
+        graph_inputs.append(oh.make_tensor_value_info("t", TensorProto.BOOL, []))
+    graph_outputs = [oh.make_tensor_value_info(name, TensorProto.FLOAT if i == 0 else
+                                               TensorProto.BOOL, None)
+                     for i, name in enumerate(outputs) if name]
+    graph = oh.make_graph([node], "g", graph_inputs, graph_outputs)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18),
+                                               oh.make_opsetid(sd.DOMAIN, sd.OPSET_VERSION)])
+
+
+@pytest.mark.parametrize(("inputs", "outputs", "training"), [
+    (["x", "", "t"], ["y"], True),       # ratio omitted in the middle: default 0.5
+    (["x"], ["y", "m"], False),          # training_mode omitted: default false
+    (["x", "", "t"], ["y", ""], True),   # mask named empty
+])
+def test_omitted_inputs_and_outputs(so, inputs, outputs, training):
+    session = ort_session(_node_model(inputs, outputs, seed=4), so)
+    x = sample_data((3, 4, 5), np.dtype(np.float32))
+    feeds = {"x": x} | ({"t": np.array(training)} if "t" in inputs else {})
+    results = session.run(None, feeds)
+    expected, expected_mask = _reference(x, sd.spec.DEFAULT_RATIO, training, None, 4, 0)
+    assert_bits_equal(results[0], expected)
+    if len(results) > 1:
+        np.testing.assert_array_equal(results[1], expected_mask)
+
+
+# --- Structure and statistics ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [None, 0, 12345])
+@pytest.mark.parametrize(("shape", "axes", "ratio"), [
+    ((64, 128, 3, 3), None, 0.3),
+    ((32, 64, 50), [1], 0.5),
+    ((20000,), [], 0.9),
+])
+def test_structure_and_drop_fraction(so, shape, axes, ratio, seed):
+    session = ort_session(dropout_model(shape, "float32", axes, seed=seed), so)
+    x = sample_data(shape, np.dtype(np.float32))
+    keeps = []
+    for _ in range(2):
+        output, mask = run(session, x, ratio)
+        keep = assert_structurally_valid(x, output, ratio, axes, mask)
+        assert_drop_fraction(keep, ratio)
+        keeps.append(keep)
+    assert not np.array_equal(keeps[0], keeps[1])
+
+
+def test_unseeded_streams_differ_across_sessions(so):
+    model = dropout_model((8, 64, 2, 2), "float32", None)
+    x = sample_data((8, 64, 2, 2), np.dtype(np.float32))
+    masks = [run(ort_session(model, so), x, 0.5)[1].tobytes() for _ in range(4)]
+    assert len(set(masks)) == 4
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_same_model_with_and_without_library(so, dtype):
+    """A portable model runs its function body without the library and the native
+    kernel with it: both valid; only the native run matches the reference bits."""
+    shape, axes, seed, ratio = (16, 32, 4, 4), None, 21, 0.4
+    as_float = dtype == "bfloat16"  # the function path is fed through Casts
+    portable = sd.make_portable(dropout_model(shape, dtype, axes, seed=seed, io_as_float=as_float))
+    x = sample_data(shape, DTYPES[dtype])
+    fed = x.astype(np.float32) if as_float else x
+    for session, native in [(ort_session(portable), False), (ort_session(portable, so), True)]:
+        output, mask = run(session, fed, ratio)
+        output = output.astype(x.dtype) if as_float else output
+        keep = assert_structurally_valid(x, output, ratio, axes, mask)
+        assert_drop_fraction(keep, ratio)
+        expected, _ = _reference(x, ratio, True, axes, seed, 0)
+        assert np.array_equal(output.view(np.uint8), expected.view(np.uint8)) == native
+        output, mask = run(session, fed, ratio, False)
+        assert_identity(fed, output, mask)
+
+
+# --- Registration and errors -----------------------------------------------------------
+
+
+def test_library_path_and_registering_twice():
+    path = require_native()
+    assert Path(path).is_file()
+    so = ort.SessionOptions()
+    assert sd.session_options(so) is so
+    assert sd.session_options(so) is so  # registered once, not twice
+    x = sample_data((2, 3, 4), np.dtype(np.float32))
+    model = dropout_model((2, 3, 4), seed=1)
+    outputs = [run(ort_session(model, so), x)[0] for _ in range(3)]
+    assert all(np.array_equal(outputs[0], o) for o in outputs)
+    for _ in range(20):  # many options objects and sessions in one process
+        run(ort_session(model, sd.session_options()), x)
+
+
+def test_registering_twice_by_hand_is_what_session_options_prevents():
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(require_native())
+    so.register_custom_ops_library(sd.get_library_path())
+    with pytest.raises(Exception, match="Domain already set"):
+        ort_session(dropout_model((2, 3, 4)), so)
+
+
+def test_session_without_library_names_the_op():
+    with pytest.raises(Exception, match=f"{sd.DOMAIN}:{sd.OP_TYPE}.*not a registered"):
+        ort_session(dropout_model((2, 3, 4)))
+
+
+@pytest.mark.parametrize(("ratio", "message"), [
+    (1.5, r"ratio must be in \[0, 1\], got 1\.5"),
+    (-0.25, r"ratio must be in \[0, 1\], got -0\.25"),
+    (float("nan"), r"ratio must be in \[0, 1\], got nan"),
+    (np.array([0.1, 0.2]), "ratio must be a scalar"),
+])
+def test_invalid_ratio(so, ratio, message):
+    session = ort_session(dropout_model((2, 3, 4), seed=1), so)
+    x = sample_data((2, 3, 4), np.dtype(np.float32))
+    with pytest.raises(Exception, match=message):
+        run(session, x, np.asarray(ratio, np.float64))
+    with pytest.raises(Exception, match=message):  # also with training off, like the reference
+        run(session, x, np.asarray(ratio, np.float64), False)
+    run(session, x, 0.5)  # the session still works
+
+
+@pytest.mark.parametrize(("shape", "axes", "message"), [
+    ((2, 3, 4), [3], "shared_axes value 3 is out of range for data of rank 3"),
+    ((2, 3, 4), [-4], "shared_axes value -4 is out of range for data of rank 3"),
+    ((2, 3, 4), [1, -2], r"shared_axes \[1, -2\] names an axis twice"),
+    ((), None, "SpatialDropout needs data of rank >= 1, got rank 0"),
+])
+def test_invalid_axes_and_rank(so, shape, axes, message):
+    session = ort_session(dropout_model(shape, "float32", axes, seed=1, with_mask=False), so)
+    with pytest.raises(Exception, match=message) as raised:
+        run(session, np.asarray(sample_data(shape, np.dtype(np.float32))), 0.5)
+    assert "SpatialDropout node" in str(raised.value)  # an onnxruntime error, not a crash
+    # The reference refuses the same input with the same words.
+    with pytest.raises(sd.SpatialDropoutError, match=message):
+        reference.spatial_dropout(np.ones(shape, np.float32), 0.5, True, axes)
+
+
+def test_malformed_seed_attribute_is_an_error(so):
+    model = dropout_model((2, 3, 4))
+    model.graph.node[0].attribute.append(oh.make_attribute("seed", 1.5))
+    session = ort_session(model, so)
+    with pytest.raises(Exception, match="SpatialDropout"):
+        run(session, sample_data((2, 3, 4), np.dtype(np.float32)))
+
+
+def test_only_register_custom_ops_is_exported():
+    path = require_native()
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("nm (binutils) not installed")
+    listed = subprocess.run([nm, "-D", "--defined-only", path], capture_output=True, text=True,
+                            check=True).stdout.split()
+    exported = {word for word in listed if word.isidentifier() and not word.isupper()}
+    assert exported == {"RegisterCustomOps"}
+
+
+# --- onnxruntime-extensions oracle ------------------------------------------------------
+
+
+@pytest.mark.parametrize(("dtype", "shape", "axes"), [
+    ("float32", (4, 16, 6, 6), None),
+    ("float32", (3, 20, 9), [1]),
+    ("float64", (5, 7, 3), [-1, 0]),
+])
+def test_matches_reference_run_as_extensions_python_op(so, dtype, shape, axes):
+    """The numpy reference running inside onnxruntime as a Python op and the native
+    kernel, on the same input, agree bit for bit run after run."""
+    require("onnxruntime_extensions")
+    seed = 77
+    oracle = ort_session(bench.extensions_model(shape, dtype, axes, seed,
+                                                stream=f"oracle-{dtype}-{shape}-{axes}",
+                                                with_mask=True),
+                         bench.extensions_session_options())
+    native = ort_session(dropout_model(shape, dtype, axes, seed=seed), so)
+    x = sample_data(shape, DTYPES[dtype])
+    for ratio in (0.25, 0.5, 0.5, 0.9):
+        feeds = {"x": x, "ratio": np.array(ratio), "training_mode": np.array(True)}
+        expected, expected_mask = oracle.run(None, feeds)
+        output, mask = native.run(None, feeds)
+        assert_bits_equal(output, expected)
+        np.testing.assert_array_equal(mask, expected_mask)
+
+
+@pytest.mark.parametrize(("dtype", "mantissa_bits"), [("float16", 10), ("bfloat16", 7)])
+def test_scale_rounds_to_data_type_like_numpy(so, dtype, mantissa_bits):
+    """A ratio whose scale 1/(1-ratio) lies just above a tie of T: numpy rounds the
+    double straight to float16 (up) but ml_dtypes goes through float for bfloat16
+    (the tie, then even: down). The kernel follows each."""
+    scale = 1 + 2.0 ** -(mantissa_bits + 1) + 2.0 ** -30
+    ratio = 1 - 1 / scale
+    kept = np.asarray(1.0 / (1.0 - ratio)).astype(DTYPES[dtype])
+    assert float(kept) == (1 + 2.0 ** -mantissa_bits if dtype == "float16" else 1.0)
+    x = np.ones((4, 64), DTYPES[dtype])
+    session = ort_session(dropout_model(x.shape, dtype, [], seed=8), so)
+    output, mask = run(session, x, ratio)
+    assert mask.any()
+    np.testing.assert_array_equal(output[mask].astype(np.float64), float(kept))
+    assert_bits_equal(output, _reference(x, ratio, True, [], 8, 0)[0])
