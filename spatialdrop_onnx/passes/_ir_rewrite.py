@@ -42,6 +42,37 @@ class IrRewrite:
         self._training: dict[int | None, ir.Value] = {}
         self._functions_with_new_flag: list[ir.Function] = []
         self.rewired = 0
+        self._function_input_shapes()
+
+    def _function_input_shapes(self) -> None:
+        """Give function inputs the dims every call site agrees on (functions are untyped).
+
+        Iterated so a function called only from another function gets them too.
+        """
+        shapes = self.ctx.shapes
+        functions = [f for f in self.model.functions.values() if f.domain != spec.DOMAIN]
+        known: set[tuple[int, int]] = set()
+        for _ in range(len(functions) + 1):
+            progress = False
+            for function in functions:
+                identifier = function.identifier()
+                calls = [n for scope, _ in self.scopes for n in scope
+                         if n.op_identifier() == identifier]
+                if not calls:
+                    continue
+                for index, value in enumerate(function.inputs):
+                    if (id(function), index) in known:
+                        continue
+                    seen = [shapes.data_dims(c.inputs[index]) if index < len(c.inputs) and
+                            c.inputs[index] is not None else None for c in calls]
+                    first = seen[0]
+                    if first is None or any(d != first for d in seen[1:]):
+                        continue
+                    shapes.assume(value, first)
+                    known.add((id(function), index))
+                    progress = True
+            if not progress:
+                break
 
     # -- indexing ---------------------------------------------------------------
 

@@ -139,6 +139,10 @@ def _shape_hints(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
     except Exception:  # noqa: BLE001 - hints are optional
         return {}
+    # Inference names unknown dims itself ("unk__0"): such a name says nothing about
+    # another tensor's dims, so only dim_params the model declares are kept.
+    declared = {dim.dim_param for t in _proto.value_types(model).values()
+                for dim in t.tensor_type.shape.dim if dim.dim_param}
     hints: dict[str, list[int | str | None]] = {}
     for name, type_proto in _proto.value_types(inferred).items():
         tensor = type_proto.tensor_type
@@ -148,7 +152,7 @@ def _shape_hints(model: onnx.ModelProto) -> dict[str, list[int | str | None]]:
         for dim in tensor.shape.dim:
             if dim.HasField("dim_value"):
                 dims.append(dim.dim_value)
-            elif dim.HasField("dim_param") and dim.dim_param:
+            elif dim.HasField("dim_param") and dim.dim_param in declared:
                 dims.append(dim.dim_param)
             else:
                 dims.append(None)
@@ -173,6 +177,13 @@ def _rewrite_sites(model: onnx.ModelProto, *, training_default: bool, elementwis
     job = IrRewrite(ir_model, hints, training_default=training_default,
                     used_names=_proto.all_names(model), elementwise=elementwise)
     job.run()
+    if not job.ctx.sites and not job.rewired:
+        # Nothing matched: keep the input byte for byte (no IR round trip), which
+        # also makes a second rewrite a no-op.
+        result = onnx.ModelProto()
+        result.CopyFrom(model)
+        _set_training_default(result, training_default)
+        return result, [], job.unconvertible(), 0
     result = ir.serde.serialize_model(ir_model)
     _set_training_default(result, training_default)
     return (result, [s.report(elementwise) for s in job.ctx.sites], job.unconvertible(),

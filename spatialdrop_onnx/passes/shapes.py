@@ -97,6 +97,10 @@ class ShapeReasoner:
         self.hints = hints or {}
         self._dims: dict[int, list[Dim] | None] = {}
 
+    def assume(self, value: ir.Value, dims: list[Dim]) -> None:
+        """Declare ``value``'s dims (a function input, from what every call site passes)."""
+        self._dims[id(value)] = list(dims)
+
     # -- data tensors --------------------------------------------------------
 
     def data_dims(self, value: ir.Value | None, depth: int = 0) -> list[Dim] | None:
