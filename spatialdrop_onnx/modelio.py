@@ -273,6 +273,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise UserError(f"{path}: is a directory")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd, _default_mode())  # mkstemp makes 0600; a new file gets the usual mode
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -282,6 +283,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_folder(folder)
+
+
+def _default_mode() -> int:
+    """0666 minus the process umask: the mode ``open()`` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def _fsync_folder(folder: Path) -> None:
@@ -340,6 +348,7 @@ def copy_sparse_file(source: Path, target: Path) -> None:
     folder = _folder_of(target)
     fd_out, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     try:
+        os.fchmod(fd_out, _default_mode())
         fd_in = os.open(source, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         try:
             size = os.fstat(fd_in).st_size
