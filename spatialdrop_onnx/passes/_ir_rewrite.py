@@ -42,6 +42,8 @@ class IrRewrite:
         self._training: dict[int | None, ir.Value] = {}
         self._functions_with_new_flag: list[ir.Function] = []
         self.rewired = 0
+        # Names as the input model has them (the rewriter names unnamed nodes).
+        self._given_names = {id(n): n.name or "" for scope, _ in self.scopes for n in scope}
         self._function_input_shapes()
 
     def _function_input_shapes(self) -> None:
@@ -219,8 +221,9 @@ class IrRewrite:
                     consumers = sorted({c.op_type for o in node.outputs for c in o.consumers()})
                     reason = ("no rule matches the nodes around it (it feeds "
                               f"{', '.join(consumers) or 'nothing'})")
+                given = self._given_names.get(id(node), "")
                 found.append({
-                    "name": node.name or (node.outputs[0].name if node.outputs else ""),
+                    "name": given or (node.outputs[0].name if node.outputs else ""),
                     "kind": "unconvertible",
                     "op_type": node.op_type,
                     "ratio": None,
