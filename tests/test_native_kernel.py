@@ -3,6 +3,7 @@ and statistically valid, and refusing bad input with onnxruntime errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -397,3 +398,42 @@ def test_scale_rounds_to_data_type_like_numpy(so, dtype, mantissa_bits):
     assert mask.any()
     np.testing.assert_array_equal(output[mask].astype(np.float64), float(kept))
     assert_bits_equal(output, _reference(x, ratio, True, [], 8, 0)[0])
+
+
+# --- The shipped benchmark (smoke only: timings are not asserted) ----------------------
+
+
+def test_bench_command_json(capsys):
+    require_native()
+    require("onnxruntime_extensions")
+    from spatialdrop_onnx.cli import main
+
+    code = main(["bench", "--shape", "4,8,16", "--shared-axes", "1", "--repeat", "2", "--json"])
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["noise_shape"] == [4, 1, 16]
+    rows = {row["name"]: row for row in result["rows"]}
+    assert list(rows) == [name for name, _ in bench.ROWS]
+    for row in rows.values():
+        assert row["error"] is None and row["median_ms"] > 0 and row["ratio_to_floor"] > 0
+    assert rows["floor"]["ratio_to_floor"] == 1.0
+
+
+def test_bench_table_reports_rows_the_runtime_lacks():
+    require_native()
+    result = bench.run_bench((2, 4, 8), "bfloat16", None, repeat=1, warmup=0,
+                             include_extensions=False)
+    table = bench.format_table(result)
+    assert result.row("native_train").median_ms is not None
+    for row in result.rows:  # onnxruntime 1.32 has no bfloat16 Mul or Dropout on CPU
+        assert (row.median_ms is None) == bool(row.error)
+        assert (f"{row.label:<20}"[:20] in table)
+    assert table.count("n/a") == sum(row.median_ms is None for row in result.rows)
+
+
+def test_bench_rejects_bad_arguments(capsys):
+    from spatialdrop_onnx.cli import main
+
+    assert main(["bench", "--shape", "2,x"]) == 2
+    assert main(["bench", "--shape", "2,3", "--shared-axes", "5"]) == 2
+    assert "out of range" in capsys.readouterr().err
