@@ -113,8 +113,9 @@ def _has_candidates(model: onnx.ModelProto) -> bool:
     for top in _proto.model_scopes(model):
         for scope in _proto.flatten(top):
             for node in scope.nodes:
-                if _proto.is_random(node) or (_proto.is_onnx_dropout(node) and
-                                              len(node.input) > 2 and node.input[2]):
+                if _proto.is_random(node) or (
+                        (_proto.is_onnx_dropout(node) or _proto.is_spatial_dropout(node))
+                        and len(node.input) > 2 and node.input[2] not in ("", TRAINING_MODE)):
                     return True
     return False
 

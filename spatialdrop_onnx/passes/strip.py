@@ -457,7 +457,7 @@ def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
         folder = _Folder(top, lazy)
         folded += folder.run()
         op_types |= folder.op_types
-    if folded and any(o.domain == spec.DOMAIN for o in model.opset_import):
+    if any(o.domain == spec.DOMAIN for o in model.opset_import):
         # Recomputed: folding replaced the node lists the scopes hold.
         scopes = _proto.model_scopes(model)
         _remove_unused_functions(model, scopes)

@@ -4,7 +4,8 @@ PyTorch exports ``nn.Dropout`` in training mode as ``Dropout(x, ratio, true)``
 (TorchScript and dynamo alike): a constant ``training_mode`` that nothing can
 turn off. The rule keeps the node (name, ratio, seed, mask output) and only
 rewires its third input to the scope's ``training_mode`` value, so every
-dropout of a rewritten model obeys one switch. A ``Dropout`` reading a graph
+dropout of a rewritten model obeys one switch (``SpatialDropout`` nodes already in
+the model get the same treatment). A ``Dropout`` reading a graph
 input already (ours or the user's) is left alone. With ``elementwise="spatial"``
 the node becomes ``SpatialDropout(shared_axes=[])`` instead (same outputs),
 which onnxruntime does not optimise away.
@@ -24,6 +25,8 @@ from ._common import RewriteContext
 class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
     """``Dropout(x, ratio, <constant>)`` → ``Dropout(x, ratio, training_mode)``."""
 
+    domains: tuple[str, ...] = ("", "ai.onnx")
+
     def __init__(self, ctx: RewriteContext, *, with_mask: bool) -> None:
         super().__init__(name="onnx_dropout_training_switch" + ("_mask" if with_mask else ""),
                          remove_nodes=True)
@@ -39,8 +42,8 @@ class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
               flag: ir.Value | None, **_: object) -> orp.MatchResult:
         result = orp.MatchResult()
         node = context.root
-        if node.domain not in ("", "ai.onnx"):
-            return result.fail("not the standard Dropout")
+        if node.domain not in self.domains:
+            return result.fail(f"domain {node.domain!r} is not {self.domains[0]!r}")
         if self.with_mask and len(node.outputs) < 2:
             return result.fail("the node has no mask output")
         if not self.with_mask and len(node.outputs) > 1 and node.outputs[1].uses():
@@ -67,6 +70,29 @@ class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
         return op.Dropout(x, ratio, training, _name=node.name, _outputs=outputs, **attrs)
 
 
+class SpatialDropoutTrainingSwitch(OnnxDropoutTrainingSwitch):
+    """``SpatialDropout(x, ratio, <constant>)`` → the same node reading ``training_mode``."""
+
+    def __init__(self, ctx: RewriteContext, *, with_mask: bool) -> None:
+        super().__init__(ctx, with_mask=with_mask)
+        self.name = "spatial_dropout_training_switch" + ("_mask" if with_mask else "")
+
+    def pattern(self, op, x, ratio, flag):  # noqa: ANN001
+        return op.SpatialDropout(x, ratio, flag, _domain=spec.DOMAIN,
+                                 _outputs=2 if self.with_mask else 1)
+
+    domains = (spec.DOMAIN,)
+
+    def rewrite(self, op, x: ir.Value, ratio: ir.Value | None, **_: object):  # noqa: ANN001, ANN201
+        node = self._node
+        assert node is not None and self._graph is not None
+        training = self.ctx.training_for(self._graph)
+        return op.op(spec.OP_TYPE, x, ratio, training, _domain=spec.DOMAIN, _name=node.name,
+                     _outputs=2 if self.with_mask else 1, **dict(node.attributes))
+
+
 def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
-    """The training-switch rules for existing Dropout nodes (mask output first)."""
-    return [OnnxDropoutTrainingSwitch.rule(ctx, with_mask=m) for m in (True, False)]
+    """The training-switch rules for existing Dropout/SpatialDropout nodes (mask first)."""
+    return [cls.rule(ctx, with_mask=m)
+            for cls in (OnnxDropoutTrainingSwitch, SpatialDropoutTrainingSwitch)
+            for m in (True, False)]

@@ -1,0 +1,167 @@
+"""Property test: random valid graphs with dropout sites sprinkled in.
+
+Hypothesis builds a chain of elementwise ops and Transposes on a small 4-D
+tensor and puts dropout sites between them: ONNX Dropout (with and without a
+consumed mask, training flag constant true or false), SpatialDropout with
+random shared axes, PyTorch-style and generic random masks whose noise dims
+are each 1 or the data dim, and sites inside an If branch. The same graph
+with every site replaced by an Identity is the reference. For every drawn
+graph: rewrite and strip pass the full checker, and onnxruntime gives outputs
+bit-identical to the reference for the stripped model, the rewritten model
+with training off, and the stripped rewritten model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from onnx import TensorProto
+from onnx import helper as oh
+from passes_helpers import assert_no_dropout, assert_same, flag, full_check, run, sample
+
+import spatialdrop_onnx as sd
+
+SHAPE = (2, 3, 4, 5)
+SITES = ("none", "dropout", "dropout_mask", "spatial", "torch", "generic", "in_if")
+UNARY = ("Relu", "Tanh", "Sigmoid", "Neg", "Abs")
+
+
+class Builder:
+    """Two graphs at once: with dropout sites, and with Identity in their place."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.clean: list[onnx.NodeProto] = []
+        self.inits: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def name(self, base: str) -> str:
+        self.count += 1
+        return f"{base}{self.count}"
+
+    def both(self, node: onnx.NodeProto) -> None:
+        self.nodes.append(node)
+        self.clean.append(node)
+
+    def const(self, value: object, dtype: int = TensorProto.FLOAT,
+              dims: list[int] | None = None) -> str:
+        name = self.name("c")
+        values = value if isinstance(value, list) else [value]
+        self.inits.append(oh.make_tensor(name, dtype, dims if dims is not None else [], values))
+        return name
+
+    def site_nodes(self, kind: str, data: str, out: str, shape: list[int], ratio: float,
+                   draw: st.DrawFn) -> list[onnx.NodeProto]:
+        """Nodes computing ``out`` = dropout of ``data`` in the graph with sites."""
+        noise = [d if draw(st.booleans()) else 1 for d in shape]
+        if kind in ("dropout", "dropout_mask"):
+            training = self.const(draw(st.booleans()), TensorProto.BOOL)
+            args = [data, self.const(ratio), training]
+            if kind == "dropout":
+                return [oh.make_node("Dropout", args, [out])]
+            drop, mask = self.name("d"), self.name("mask")
+            return [oh.make_node("Dropout", args, [drop, mask]),
+                    oh.make_node("Where", [mask, drop, data], [out])]
+        if kind == "spatial":
+            axes = [i for i in range(len(shape)) if draw(st.booleans())]
+            node = oh.make_node(sd.OP_TYPE, [data, self.const(ratio),
+                                             self.const(draw(st.booleans()), TensorProto.BOOL)],
+                                [out], domain=sd.DOMAIN)
+            node.attribute.append(oh.make_attribute("shared_axes", axes,
+                                                    attr_type=onnx.AttributeProto.INTS))
+            return [node]
+        u, keep, m, scaled = (self.name(p) for p in ("u", "keep", "m", "scaled"))
+        if kind == "torch":
+            zeros, keep_prob = self.name("zeros"), self.const(1.0 - ratio)
+            return [
+                oh.make_node("ConstantOfShape", [self.const(noise, TensorProto.INT64,
+                                                            [len(noise)])], [zeros]),
+                oh.make_node("RandomUniformLike", [zeros], [u]),
+                oh.make_node("Less", [u, keep_prob], [keep]),
+                oh.make_node("Cast", [keep], [m], to=TensorProto.FLOAT),
+                oh.make_node("Div", [m, keep_prob], [scaled]),
+                oh.make_node("Mul", [data, scaled], [out]),
+            ]
+        # generic: RandomUniform(shape) → GreaterOrEqual → Where(keep, x * s, 0)
+        return [
+            oh.make_node("RandomUniform", [], [u], shape=noise),
+            oh.make_node("GreaterOrEqual", [u, self.const(ratio)], [keep]),
+            oh.make_node("Mul", [data, self.const(1.0 / (1.0 - ratio))], [scaled]),
+            oh.make_node("Where", [keep, scaled, self.const(0.0)], [out]),
+        ]
+
+
+@st.composite
+def graphs(draw: st.DrawFn) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+    b = Builder()
+    shape = list(SHAPE)
+    current = "x"
+    for _ in range(draw(st.integers(1, 5))):
+        op = draw(st.sampled_from((*UNARY, "Add", "Mul", "Transpose")))
+        out = b.name("v")
+        if op == "Transpose":
+            perm = draw(st.permutations(range(4)))
+            b.both(oh.make_node("Transpose", [current], [out], perm=list(perm)))
+            shape = [shape[p] for p in perm]
+        elif op in ("Add", "Mul"):
+            b.both(oh.make_node(op, [current, b.const(draw(st.floats(0.5, 2.0)))], [out]))
+        else:
+            b.both(oh.make_node(op, [current], [out]))
+        current = out
+        kind = draw(st.sampled_from(SITES))
+        if kind == "none":
+            continue
+        out = b.name("site")
+        ratio = draw(st.sampled_from((0.1, 0.25, 0.5)))
+        if kind == "in_if":
+            inner_out = b.name("branch")
+            inner = b.site_nodes("generic", current, inner_out, shape, ratio, draw)
+            then_g = oh.make_graph(inner, b.name("then"), [], [
+                oh.make_tensor_value_info(inner_out, TensorProto.FLOAT, shape)])
+            ident = b.name("same")
+            else_g = oh.make_graph([oh.make_node("Identity", [current], [ident])],
+                                   b.name("else"), [],
+                                   [oh.make_tensor_value_info(ident, TensorProto.FLOAT, shape)])
+            b.nodes.append(oh.make_node("If", ["cond"], [out], then_branch=then_g,
+                                        else_branch=else_g))
+        else:
+            b.nodes.extend(b.site_nodes(kind, current, out, shape, ratio, draw))
+        b.clean.append(oh.make_node("Identity", [current], [out]))
+        current = out
+
+    def model(nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+        graph = oh.make_graph(
+            nodes, "g",
+            [oh.make_tensor_value_info("x", TensorProto.FLOAT, SHAPE),
+             oh.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+            [oh.make_tensor_value_info(current, TensorProto.FLOAT, shape)], b.inits)
+        return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18),
+                                                   oh.make_opsetid(sd.DOMAIN, 1)])
+
+    return model(b.nodes), model(b.clean)
+
+
+X = sample(SHAPE, seed=3)
+FEEDS = {"x": X, "cond": flag(True)}
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pair=graphs(), elementwise=st.sampled_from(("dropout", "spatial")))
+def test_rewrite_and_strip_keep_inference_outputs(pair: tuple, elementwise: str) -> None:
+    with_sites, clean = pair
+    full_check(clean)
+    expected = run(clean, FEEDS)
+
+    rewritten = sd.rewrite(with_sites, elementwise=elementwise)
+    full_check(rewritten)
+    assert_same(run(rewritten, {**FEEDS, "training_mode": flag(False)}), expected)
+
+    for source in (with_sites, rewritten):
+        stripped = sd.strip(source)
+        full_check(stripped)
+        assert_no_dropout(stripped)
+        assert_same(run(stripped, FEEDS), expected)
+    np.testing.assert_array_equal(expected[0].shape, clean.graph.output[0].type.tensor_type
+                                  .shape.dim[0].dim_value and expected[0].shape)
