@@ -300,3 +300,33 @@ def test_model_without_sites_is_returned_unchanged() -> None:
     source = model("y = Relu(x)")
     assert sd.rewrite(source).SerializeToString() == source.SerializeToString()
     assert sd.inspect(source) == []
+
+
+def test_rewrite_keeps_untouched_parts() -> None:
+    """Node names, unknown ops, metadata, dynamic dims and value_info survive a rewrite."""
+    source = parse(f"""<ir_version: 8, opset_import: ["": 18, "com.example": 1],
+                        producer_name: "unit", doc_string: "keep me">
+        g (float[N,4,3,5] x) => (float[N,4,3,5] y) {CONSTS} {{
+            a = Relu(x)
+            b = com.example.Mystery<alpha: float = 2.0>(a)
+            u = RandomUniformLike(b)
+            keep = GreaterOrEqual(u, r)
+            m = Cast<to = 1>(keep)
+            ms = Mul(m, s)
+            y = Mul(b, ms)
+        }}""")
+    for index, name in enumerate(("relu_0", "mystery_0", "rand", "ge", "cast", "scale", "site")):
+        source.graph.node[index].name = name
+    source.graph.value_info.append(onnx.helper.make_tensor_value_info(
+        "a", onnx.TensorProto.FLOAT, ["N", 4, 3, 5]))
+    onnx.helper.set_model_props(source, {"author": "tests"})
+    rewritten = sd.rewrite(source)
+    full_check(rewritten)
+    nodes = [(n.name, n.op_type) for n in rewritten.graph.node]
+    assert nodes[:2] == [("relu_0", "Relu"), ("mystery_0", "Mystery")]
+    assert ("site", "Dropout") in nodes
+    assert rewritten.producer_name == "unit" and rewritten.doc_string == "keep me"
+    assert {p.key: p.value for p in rewritten.metadata_props} == {"author": "tests"}
+    assert [v.name for v in rewritten.graph.value_info] == ["a"]
+    assert rewritten.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "N"
+    assert rewritten.graph.output[0].type.tensor_type.shape.dim[0].dim_param == "N"

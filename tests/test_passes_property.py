@@ -13,7 +13,6 @@ with training off, and the stripped rewritten model.
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -163,5 +162,3 @@ def test_rewrite_and_strip_keep_inference_outputs(pair: tuple, elementwise: str)
         full_check(stripped)
         assert_no_dropout(stripped)
         assert_same(run(stripped, FEEDS), expected)
-    np.testing.assert_array_equal(expected[0].shape, clean.graph.output[0].type.tensor_type
-                                  .shape.dim[0].dim_value and expected[0].shape)

@@ -186,9 +186,30 @@ def _rewrite_sites(model: onnx.ModelProto, *, training_default: bool, elementwis
         _set_training_default(result, training_default)
         return result, [], job.unconvertible(), 0
     result = ir.serde.serialize_model(ir_model)
+    _keep_value_info(result, _value_info_names(model))
     _set_training_default(result, training_default)
     return (result, [s.report(elementwise) for s in job.ctx.sites], job.unconvertible(),
             job.rewired)
+
+
+def _graphs(model: onnx.ModelProto) -> list[onnx.GraphProto]:
+    found = []
+    for top in _proto.model_scopes(model):
+        found.extend(scope.graph for scope in _proto.flatten(top) if scope.graph is not None)
+    return found
+
+
+def _value_info_names(model: onnx.ModelProto) -> set[str]:
+    return {info.name for graph in _graphs(model) for info in graph.value_info}
+
+
+def _keep_value_info(model: onnx.ModelProto, names: set[str]) -> None:
+    """Keep only the value_info entries the input had (onnx_ir writes one per typed value)."""
+    for graph in _graphs(model):
+        kept = [info for info in graph.value_info if info.name in names]
+        if len(kept) != len(graph.value_info):
+            del graph.value_info[:]
+            graph.value_info.extend(kept)
 
 
 def _set_training_default(model: onnx.ModelProto, value: bool) -> None:

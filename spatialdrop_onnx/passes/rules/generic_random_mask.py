@@ -83,12 +83,15 @@ class GenericRandomMask(DropoutRule):
         check_scale(value, ratio, factor, random_node)
         if self.form == "where" and constant(zero, "dropped value", random_node) != 0.0:
             raise NoMatch("dropped elements are not set to 0", random_node)
-        if random_node.op_type == "RandomUniform":
-            shape = random_node.attributes.get("shape")
-            noise = list(shape.as_ints()) if shape is not None else None
+        if random_node.op_type == "RandomUniformLike" and like is x:
+            axes = []  # one draw per element of x itself: element-wise, whatever x's rank
         else:
-            noise = self.ctx.shapes.data_dims(like)
-        axes = noise_and_axes(self.ctx, noise, x, random_node)
+            if random_node.op_type == "RandomUniform":
+                shape = random_node.attributes.get("shape")
+                noise = list(shape.as_ints()) if shape is not None else None
+            else:
+                noise = self.ctx.shapes.data_dims(like)
+            axes = noise_and_axes(self.ctx, noise, x, random_node)
         return SiteInfo(
             name=context.root.name or "", rule=self.name, ratio=ratio, shared_axes=axes,
             graph=self.ctx.path_of(context.graph_or_function), data=x,
