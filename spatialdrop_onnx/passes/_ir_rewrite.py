@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import onnx_ir as ir
 
@@ -165,18 +167,37 @@ class IrRewrite:
 
     # -- running ----------------------------------------------------------------
 
-    def run(self) -> None:
+    #: Rule passes at most: a site after an unconvertible-until-now op (e.g. a second
+    #: Keras dropout after the first) only gets known shapes once the first is converted.
+    MAX_PASSES = 4
+
+    def run(self, reinfer: Callable[[ir.Model], dict] | None = None) -> None:
+        """Apply the rules; with ``reinfer``, retry failed sites with fresh shape hints."""
+        count = 0
+        for attempt in range(self.MAX_PASSES):
+            applied = self._apply_rules()
+            count += applied
+            if not applied or not self.ctx.failures or reinfer is None \
+                    or attempt == self.MAX_PASSES - 1:
+                break
+            # Shape inference now sees through the converted sites.
+            self._remove_dead()
+            self.ctx.shapes = ShapeReasoner(reinfer(self.model))
+            self.ctx.failures.clear()
+            self._function_input_shapes()
+        self.rewired = count - len(self.ctx.sites)
+        self._propagate_to_call_sites()
+        self._remove_dead()
+
+    def _apply_rules(self) -> int:
         own = {key: f for key, f in self.model.functions.items() if f.domain == spec.DOMAIN}
         for key in own:
             del self.model.functions[key]
         try:
-            count = dropout_rule_set(self.ctx).apply_to_model(self.model)
+            return dropout_rule_set(self.ctx).apply_to_model(self.model)
         finally:
             for key, function in own.items():
                 self.model.functions[key] = function
-        self.rewired = count - len(self.ctx.sites)
-        self._propagate_to_call_sites()
-        self._remove_dead()
 
     def _remove_dead(self) -> None:
         """Remove nodes and initializers that only the replaced sites used."""

@@ -177,7 +177,7 @@ def _rewrite_sites(model: onnx.ModelProto, *, training_default: bool, elementwis
     ir_model = ir.serde.deserialize_model(model)
     job = IrRewrite(ir_model, hints, training_default=training_default,
                     used_names=_proto.all_names(model), elementwise=elementwise)
-    job.run()
+    job.run(reinfer=lambda current: _shape_hints(ir.serde.serialize_model(current)))
     if not job.ctx.sites and not job.rewired:
         # Nothing matched: keep the input byte for byte (no IR round trip), which
         # also makes a second rewrite a no-op.
