@@ -8,13 +8,33 @@ then reported as an error, so scripts notice.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import sys
+from collections.abc import Iterator
 
 import click
 
 from ..errors import UserError
+from ..spec import SpatialDropoutError
 from . import app
+
+
+@contextlib.contextmanager
+def _one_line_errors(src: str, action: str) -> Iterator[None]:
+    """A model that loads but is malformed inside (dangling names, odd attributes) must
+    still end in one line, not a traceback; ``SPATIALDROP_ONNX_TRACEBACK=1`` shows it."""
+    try:
+        yield
+    except (UserError, SpatialDropoutError, OSError, click.ClickException):
+        raise
+    except Exception as err:  # noqa: BLE001 - the safety net for malformed models
+        if os.environ.get("SPATIALDROP_ONNX_TRACEBACK"):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"{src}: cannot {action} this model ({type(err).__name__}: {first}; "
+                        "set SPATIALDROP_ONNX_TRACEBACK=1 for details)") from None
 
 
 def _summarise_unconvertible(entries: list[dict]) -> str:
@@ -38,8 +58,9 @@ def rewrite_command(src: str, output: str, training_default: bool, elementwise: 
     """Turn exporter dropout into SpatialDropout / Dropout with one training_mode switch."""
     from ..passes.rewrite import rewrite_path
 
-    report = rewrite_path(src, output, training_default=training_default,
-                          elementwise=elementwise)
+    with _one_line_errors(src, "rewrite"):
+        report = rewrite_path(src, output, training_default=training_default,
+                              elementwise=elementwise)
     dropout = sum(1 for s in report.sites if s["becomes"] == "Dropout")
     click.echo(
         f"{output}: {len(report.sites) - dropout} SpatialDropout, {dropout} Dropout from random "
@@ -60,7 +81,8 @@ def strip_command(src: str, output: str, quiet: bool) -> None:
     """Fold every dropout to the identity for inference."""
     from ..passes.strip import strip_path
 
-    report = strip_path(src, output)
+    with _one_line_errors(src, "strip"):
+        report = strip_path(src, output)
     if not quiet:
         click.echo(f"{output}: folded {report.folded} dropout site(s)", err=True)
     if report.unconvertible:
@@ -75,7 +97,8 @@ def inspect_command(src: str, as_json: bool) -> None:
     """List every dropout site: kind, ratio, shared axes and where it sits."""
     from ..passes.inspect import inspect_path
 
-    sites = inspect_path(src)
+    with _one_line_errors(src, "inspect"):
+        sites = inspect_path(src)
     if as_json:
         json.dump(sites, sys.stdout, indent=2)
         sys.stdout.write("\n")
