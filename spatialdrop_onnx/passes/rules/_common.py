@@ -19,6 +19,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from ... import spec
+from .._proto import NameMaker
 from ..shapes import Dim, ShapeReasoner, scalar_const, shared_axes_for
 
 TRAINING_MODE = "training_mode"
@@ -98,12 +99,8 @@ class RewriteContext:
         return self.make_training_value(owner)
 
     def fresh(self, base: str) -> str:
-        name, k = base, 0
-        while name in self.used_names:
-            k += 1
-            name = f"{base}_{k}"
-        self.used_names.add(name)
-        return name
+        """A node/value name not used anywhere in the model yet."""
+        return NameMaker(self.used_names)(base)
 
 
 class DropoutRule(orp.RewriteRuleClassBase):
