@@ -40,7 +40,7 @@ namespace detail {
 
 // Work per thread-pool task: large enough to amortise scheduling, small
 // enough to balance (the data pass is bound by memory bandwidth).
-constexpr int64_t kBytesPerTask = 64 * 1024;
+constexpr int64_t kBytesPerTask = 256 * 1024;
 constexpr uint64_t kBlocksPerTask = 512;  // 2048 Philox words
 
 /// Runs fn(0..tasks-1) on the session's intra-op thread pool (ORT API 17).

@@ -74,6 +74,23 @@ def test_bit_identical_to_reference(so, shape, axes, dtype, with_mask):
             assert len(outputs) == 1
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("axes", [[1], [2, 3], [], [0, 3]])
+def test_bit_identical_when_split_over_threads(dtype, axes):
+    """Tensors of several MB: the data pass and the random draws run as many thread-pool
+    tasks whose boundaries fall inside rows (67 does not divide a task)."""
+    shape, seed = (3, 40, 33, 67), 2024
+    so = native_options(intra_op_num_threads=2)
+    session = ort_session(dropout_model(shape, dtype, axes, seed=seed), so)
+    x = sample_data(shape, DTYPES[dtype], seed=seed)
+    for k in range(2):
+        output, mask = run(session, x, 0.35)
+        expected, expected_mask = _reference(x, 0.35, True, axes, seed, k)
+        assert_bits_equal(output, expected)
+        np.testing.assert_array_equal(mask, expected_mask)
+    assert_identity(x, *run(session, x, 0.35, False))
+
+
 def test_kth_run_is_call_index_k(so):
     """Run k of a node uses call_index k, inference runs included (they count too,
     exactly as the onnx.reference op counts them)."""
