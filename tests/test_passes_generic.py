@@ -267,7 +267,13 @@ def test_rewrite_inside_a_function_threads_training_mode() -> None:
     assert_same(run(native, {"x": X, "training_mode": flag(False)}), [X, X])
     y, v = run(native, {"x": X, "training_mode": flag(True)})
     assert not np.array_equal(y, X) and not np.array_equal(v, X)
-    assert_same(run(sd.strip(rewritten), {"x": X}), [X, X])
+    for source_model in (rewritten, source):
+        stripped = sd.strip(source_model)
+        full_check(stripped)
+        assert [i.name for i in stripped.graph.input] == ["x"]
+        assert all(list(f.input) == ["d"] for f in stripped.functions)
+        assert all(list(n.input) == ["x"] for n in stripped.graph.node)
+        assert_same(run(stripped, {"x": X}), [X, X])
     assert sd.rewrite(rewritten).SerializeToString() == rewritten.SerializeToString()
 
 

@@ -36,6 +36,9 @@ from ..errors import UserError
 from . import _proto
 from ._proto import NameMaker, Scope
 
+#: The switch input the rewrite adds (and threads through model-local functions).
+TRAINING_MODE = "training_mode"
+
 
 @dataclass
 class StripReport:
@@ -457,12 +460,57 @@ def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
         folder = _Folder(top, lazy)
         folded += folder.run()
         op_types |= folder.op_types
+    if folded and model.functions:
+        _drop_unused_training_inputs(model)
     if any(o.domain == spec.DOMAIN for o in model.opset_import):
         # Recomputed: folding replaced the node lists the scopes hold.
         scopes = _proto.model_scopes(model)
         _remove_unused_functions(model, scopes)
         _remove_unused_domain(model, scopes)
     return folded, op_types
+
+
+def _drop_unused_training_inputs(model: onnx.ModelProto) -> None:
+    """Undo the rewrite's threading of ``training_mode`` once nothing reads it.
+
+    A function whose ``training_mode`` input no node uses loses that input and
+    every call its argument (repeated: outer functions may free theirs too);
+    then an unused boolean ``training_mode`` graph input goes as well.
+    """
+    def used_in(top: Scope) -> set[str]:
+        return {name for scope in _proto.flatten(top) for node in scope.nodes
+                for name in node.input}
+
+    changed = True
+    while changed:
+        changed = False
+        scopes = _proto.model_scopes(model)
+        for top in scopes[1:]:
+            function = top.function
+            assert function is not None
+            inputs = list(function.input)
+            if TRAINING_MODE not in inputs or TRAINING_MODE in used_in(top):
+                continue
+            index = inputs.index(TRAINING_MODE)
+            del function.input[index]
+            key = (function.domain, function.name, function.overload)
+            for caller in scopes:
+                for scope in _proto.flatten(caller):
+                    for node in scope.nodes:
+                        if (node.domain, node.op_type, node.overload) == key and \
+                                len(node.input) > index:
+                            del node.input[index]
+            changed = True
+    graph = model.graph
+    if any(i.name == TRAINING_MODE for i in graph.input) and \
+            TRAINING_MODE not in used_in(_proto.model_scopes(model)[0]) and \
+            TRAINING_MODE not in {o.name for o in graph.output}:
+        kept = [i for i in graph.input if i.name != TRAINING_MODE]
+        del graph.input[:]
+        graph.input.extend(kept)
+        kept_init = [i for i in graph.initializer if i.name != TRAINING_MODE]
+        del graph.initializer[:]
+        graph.initializer.extend(kept_init)
 
 
 def _called(scopes: list[Scope]) -> set[tuple[str, str, str]]:
