@@ -275,6 +275,33 @@ def test_nested_custom_layer_with_import_in_a_fresh_process(keras: Any, tmp_path
     assert not np.array_equal(first, second)
 
 
+def test_progress_on_a_terminal(files: dict[str, Path], tmp_path: Path) -> None:
+    """Run under a pseudo-terminal: the slow steps are shown on stderr, then the summary."""
+    out = tmp_path / "tty.onnx"
+    command = [sys.executable, "-m", "spatialdrop_onnx", "convert", str(files["keras"]),
+               "-o", str(out)]
+    leader, follower = os.openpty()
+    proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=follower, stderr=follower)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    text = b"".join(chunks).decode(errors="replace")
+    assert proc.wait(timeout=300) == 0, text
+    for step in ("loading TensorFlow ... ", "tracing the model ... ",
+                 "converting with tf2onnx ... ", "rewriting dropout ... "):
+        assert step in text, text
+    assert "dropout sites: 1 found" in text and "Traceback" not in text
+    assert out.is_file()
+
+
 def test_terminal_progress_lines() -> None:
     stream = io.StringIO()
     progress = TerminalProgress(stream)

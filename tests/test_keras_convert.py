@@ -221,11 +221,12 @@ def test_zoo_structure(zoo: dict[str, Any]) -> None:
     assert zoo["sites"]["no_drop"]["training"] == "none"
 
 
-def test_zoo_inference_equals_keras_predict(zoo: dict[str, Any]) -> None:
+@pytest.mark.parametrize("native", native_modes())
+def test_zoo_inference_equals_keras_predict(zoo: dict[str, Any], native: bool) -> None:
     feeds = km.zoo_inputs(16)
     expected = dict(zip(zoo["keras"].output_names,
                         zoo["keras"].predict(list(feeds.values()), verbose=0), strict=True))
-    got = run(session(str(zoo["path"])), feeds, False)
+    got = run(session(str(zoo["path"]), native=native), feeds, False)
     for name, want in expected.items():
         assert max_diff(got[name], want) <= SEED_TOLERANCE, name
 
@@ -334,10 +335,11 @@ def test_cnn_raw_export_has_transpose_between_conv_and_dropout(cnn: dict[str, An
     assert select_muls, "expected Mul(Cast(keep), Transpose(scaled)) in the raw export"
 
 
-def test_cnn_batchnorm_inference_equals_keras_predict(cnn: dict[str, Any]) -> None:
+@pytest.mark.parametrize("native", native_modes())
+def test_cnn_batchnorm_inference_equals_keras_predict(cnn: dict[str, Any], native: bool) -> None:
     image = np.random.default_rng(5).standard_normal((8, 16, 16, 3)).astype(np.float32)
     features, probs = cnn["keras"].predict(image, verbose=0)
-    got = run(session(str(cnn["path"])), {"image": image}, False)
+    got = run(session(str(cnn["path"]), native=native), {"image": image}, False)
     assert max_diff(got["features"], features) <= LARGER_TOLERANCE
     assert max_diff(got["probs"], probs) <= LARGER_TOLERANCE
 

@@ -385,6 +385,9 @@ def convert_keras(
         raise UserError(f"{output_path}: the output would overwrite the input model")
     if output_path.is_dir():
         raise UserError(f"{output_path}: is a directory, expected an .onnx file path")
+    folder = output_path.parent if str(output_path.parent) else Path(".")
+    if not folder.is_dir():  # fail before the slow steps, not after them
+        raise UserError(f"{output_path}: folder {folder} does not exist")
     report = ConversionReport(str(model_path), str(output_path), source_format, opset, strip)
     clock = _Clock(report.seconds)
 
@@ -425,7 +428,7 @@ def convert_keras(
     final = rewritten
     if strip:
         with progress("stripping dropout"), clock("strip"):
-            final = passes.strip(rewritten)
+            final = _strip(passes, rewritten)
     with progress("checking the ONNX model"), clock("check"):
         _check(final, strip)
         specs = (keras_model.specs if isinstance(keras_model, _SavedModelFunction)
@@ -493,6 +496,16 @@ def _rewrite(model: onnx.ModelProto
         raise UserError(f"rewriting the exported dropout failed: "
                         f"{err.__class__.__name__}: {_first_line(err)}") from None
     return result, list(report.sites), list(report.unconvertible)
+
+
+def _strip(passes: Any, model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        return passes.strip(model)
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - report a pass failure in one line
+        raise UserError(f"stripping the dropout failed: "
+                        f"{err.__class__.__name__}: {_first_line(err)}") from None
 
 
 def _leftover_sites(model: onnx.ModelProto, scopes: dict[str, str],
