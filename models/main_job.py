@@ -54,8 +54,10 @@ def convert_with_cli(out: Path) -> dict:
     return report
 
 
-#: onnxruntime deletes ONNX Dropout nodes (the GRU's masks) while optimising the
-#: graph, even with training_mode true: Monte-Carlo sessions switch that off.
+#: onnxruntime deletes ONNX Dropout nodes (a plain Keras Dropout becomes one) while
+#: optimising the graph, even with training_mode true: Monte-Carlo sessions switch
+#: that off (docs/keras.md). The seed model needs it only if the rewrite chooses
+#: ONNX Dropout for the GRU masks; it costs nothing otherwise.
 KEEP_DROPOUT = ["EliminateDropout"]
 
 

@@ -291,10 +291,12 @@ def describe_rewrite_site(site: dict[str, Any]) -> str:
     """One rewritten site of ``passes`` (its report dict) as ``Op(shared_axes=…, ratio=…)``."""
     ratio = f"ratio={float(site['ratio']):.6g}"
     if site.get("becomes") == spec.OP_TYPE:
-        return f"SpatialDropout(shared_axes={list(site['shared_axes'])}, {ratio})"
+        text = f"SpatialDropout(shared_axes={list(site['shared_axes'])}, {ratio})"
+    else:
+        text = f"Dropout({ratio})"
     if str(site.get("rule", "")).startswith("keras_rnn_mask"):
-        return f"Dropout mask({ratio})"  # an RNN mask: Dropout applied to ones
-    return f"Dropout({ratio})"
+        text = f"mask {text}"  # an RNN's dropout mask: the op applied to ones
+    return text
 
 
 def _summarise(descriptions: list[str]) -> list[str]:
