@@ -186,12 +186,17 @@ def _infer_branch() -> GraphProto:
 
 
 def overload_name(seed: int | None, via_double: bool) -> str:
-    """Function overload for a node's variant ('' when unseeded with a direct-arithmetic T)."""
+    """Function overload for a node's variant.
+
+    The overload-free function ('') is the one that works for every node: unseeded, exact for
+    every T. It must be, because onnxruntime cannot resolve an overload called from inside
+    another function, and ReferenceEvaluator ignores overloads altogether.
+    """
     parts = []
     if seed is not None:
         parts.append(f"seed_{seed}" if seed >= 0 else f"seed_m{-seed}")
-    if via_double:
-        parts.append("via_double")
+    if not via_double:
+        parts.append("direct")
     return "_".join(parts)
 
 
@@ -346,13 +351,16 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
     ranks, elem_types = _known_types(result)
     used = _all_names(result)
     variants: set[tuple[int | None, bool]] = set()  # (seed, via_double)
-    for nodes, _ in _node_lists(result):
+    for nodes, path in _node_lists(result):
         _make_explicit(nodes, ranks, used)
+        # onnxruntime cannot resolve an overload from inside a function: nodes there use the
+        # generic body, whose random stream is unseeded.
+        in_function = path.startswith("function ")
         for node in nodes:
             if is_spatial_dropout(node):
                 seed_attr = _attr(node, spec.ATTR_SEED)
-                seed = None if seed_attr is None else int(seed_attr.i)
-                via_double = elem_types.get(node.input[0]) not in _DIRECT_TYPES
+                seed = None if seed_attr is None or in_function else int(seed_attr.i)
+                via_double = in_function or elem_types.get(node.input[0]) not in _DIRECT_TYPES
                 variants.add((seed, via_double))
                 node.overload = overload_name(seed, via_double)
     if not variants:
@@ -362,7 +370,11 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
     kept = [f for f in result.functions if f.domain != spec.DOMAIN or f.name != spec.OP_TYPE]
     del result.functions[:]
     result.functions.extend(kept)
-    for seed, via_double in sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1])):
+    # The generic function always exists and comes last: it is what ReferenceEvaluator (which
+    # ignores overloads, last one wins) and calls from inside functions resolve to.
+    variants.discard((None, True))
+    ordered = sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1]))
+    for seed, via_double in [*ordered, (None, True)]:
         result.functions.append(build_function(opset, seed, via_double))
     _import_domain(result.opset_import)
     for function in result.functions:
