@@ -9,6 +9,7 @@ from .function_body import make_portable
 from .native import get_library_path, session_options
 from .passes import inspect, rewrite, strip
 from .schema import register_schema
+from .sessions import inference_session
 from .spec import DOMAIN, OP_TYPE, OPSET_VERSION, SpatialDropoutError
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "OP_TYPE",
     "SpatialDropoutError",
     "get_library_path",
+    "inference_session",
     "inspect",
     "make_portable",
     "register_schema",

@@ -1,0 +1,40 @@
+"""onnxruntime sessions in which ``training_mode`` really switches dropout on.
+
+onnxruntime's session optimiser ``EliminateDropout`` deletes every ONNX
+``Dropout`` whose output is not a graph output — also when its
+``training_mode`` input is true — so a converted model's element-wise dropout
+would silently never train. ``inference_session`` turns that optimiser off
+and registers the native kernel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import onnx
+import onnxruntime as ort
+
+from .native import session_options
+
+#: onnxruntime optimisers that break training-mode dropout.
+DROPOUT_BREAKING_OPTIMIZERS = ("EliminateDropout",)
+
+
+def inference_session(
+    model: onnx.ModelProto | str | os.PathLike,
+    *,
+    native: bool = True,
+    so: ort.SessionOptions | None = None,
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+) -> ort.InferenceSession:
+    """A session for ``model`` (proto or path) whose dropout obeys ``training_mode``.
+
+    With ``native`` the SpatialDropout kernel is registered; without it the
+    model's function bodies run.
+    """
+    if native:
+        so = session_options(so)
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    return ort.InferenceSession(source, sess_options=so, providers=list(providers),
+                                disabled_optimizers=list(DROPOUT_BREAKING_OPTIMIZERS))
