@@ -157,6 +157,17 @@ class NoMatch(Exception):
         self.random_node = random_node
 
 
+def framework_ratio(ratio: float) -> float:
+    """The rate the framework was given, recovered from the float32 the exporter wrote.
+
+    Exporters store the rate (or 1 - rate) as float32; Keras and PyTorch compute their
+    scale from the double the user wrote. The shortest decimal that round-trips the
+    float32 (0.45 for 0.44999998807907104) is that double, so the op's scale
+    T(1/(1-ratio)) matches the framework's to the last bit.
+    """
+    return float(str(np.float32(ratio)))
+
+
 def emit_dropout(op: orp.RewriterContext, site: SiteInfo, training: ir.Value,
                  ctx: RewriteContext) -> ir.Value:
     """The replacement: SpatialDropout / Dropout-13 on the data, then the layout permutation.
@@ -165,7 +176,8 @@ def emit_dropout(op: orp.RewriterContext, site: SiteInfo, training: ir.Value,
     """
     name = site.name or ctx.fresh("dropout")
     ratio_name = ctx.fresh(f"{name}/ratio")
-    ratio = op.Constant(value=ir.tensor(np.array(site.ratio, dtype=np.float32), name=ratio_name),
+    ratio = op.Constant(value=ir.tensor(np.array(framework_ratio(site.ratio), dtype=np.float64),
+                                        name=ratio_name),
                         _name=ratio_name, _outputs=[ratio_name])
     seed = {} if site.seed is None else {spec.ATTR_SEED: site.seed}
     if site.perm is not None:
