@@ -84,10 +84,12 @@ def check_ratio(ratio: float) -> float:
 
 
 def kept_scale(ratio: float, dtype: np.dtype) -> np.ndarray:
-    """The factor kept values are multiplied by: 1/(1-ratio), rounded once to ``dtype``.
+    """The factor kept values are multiplied by: 1/(1-ratio), rounded to ``dtype``.
 
-    Computed in double and rounded to the data type, so the reference, the
-    function body and the native kernel all scale by the same value.
+    Computed in double and converted as numpy converts: once for float16, float
+    and double; through float32 for bfloat16 (ml_dtypes' conversion, which the
+    native kernel and onnxruntime's Cast share), so the reference, the function
+    body and the native kernel all scale by the same value.
     """
     with np.errstate(divide="ignore"):
         return np.asarray(1.0 / (1.0 - np.float64(ratio))).astype(dtype)

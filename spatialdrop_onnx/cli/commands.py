@@ -2,5 +2,5 @@
 from . import (
     bench_command,  # noqa: F401
     convert_command,  # noqa: F401
+    graph_commands,  # noqa: F401
 )
-from . import graph_commands  # noqa: F401
