@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -26,3 +27,12 @@ def require(module: str) -> ModuleType:
         if in_ci():
             pytest.fail(f"{module} is required in CI but cannot be imported: {err}")
         pytest.skip(f"{module} not installed: {err}")
+
+
+@pytest.fixture(scope="session")
+def keras() -> Any:
+    """Keras with TensorFlow and tf2onnx, required in CI."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's first import
+    require("tensorflow")
+    require("tf2onnx")
+    return require("keras")

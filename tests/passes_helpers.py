@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import onnx.parser
 import onnxruntime as ort
+from dropout_checks import assert_structurally_valid
 
 from spatialdrop_onnx import spec
 
@@ -120,15 +121,5 @@ def sample(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 
 def check_noise_slices(data: np.ndarray, output: np.ndarray, ratio: float,
                        shared_axes: list[int]) -> np.ndarray:
-    """Training-mode structure: each noise slice is all dropped or all data * 1/(1-ratio).
-
-    The scale is rounded once to the data type (``spec.kept_scale``), as the
-    op's definition says. Returns the keep decisions (noise shape).
-    """
-    scale = spec.kept_scale(ratio, data.dtype)
-    kept = (data * scale).astype(data.dtype)
-    axes = tuple(a for a in shared_axes if data.shape[a] != 1)
-    dropped = (output == 0).all(axis=axes, keepdims=True)
-    is_kept = (output == kept).all(axis=axes, keepdims=True)
-    assert np.all(dropped | is_kept), "a noise slice is neither all dropped nor exactly scaled"
-    return is_kept
+    """Training-mode structure (see dropout_checks); returns the keeps, noise-shaped."""
+    return assert_structurally_valid(data, output, ratio, shared_axes)

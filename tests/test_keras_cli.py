@@ -19,21 +19,12 @@ import keras_models as km
 import numpy as np
 import onnx
 import pytest
-from conftest import require
 from keras_cli_runner import assert_one_line_error, run, run_cli, session
 
 from spatialdrop_onnx.cli.convert_command import TerminalProgress
 from spatialdrop_onnx.converters.keras_trace import iter_all_nodes
 
 TESTS = Path(__file__).resolve().parent
-
-
-@pytest.fixture(scope="session")
-def keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's first import
-    require("tensorflow")
-    require("tf2onnx")
-    return require("keras")
 
 
 @pytest.fixture(scope="session")

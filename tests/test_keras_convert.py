@@ -7,7 +7,6 @@ only run onnxruntime. TensorFlow is required in CI (``require`` fails there).
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import keras_models as km
 import numpy as np
 import onnx
 import pytest
-from conftest import in_ci, require
+from conftest import in_ci
 from dropout_checks import assert_drop_fraction, assert_structurally_valid
 from keras_cli_runner import run, run_cli, session
 
@@ -29,14 +28,6 @@ TF_RANDOM_OPS = ("StatelessRandomUniformV2", "StatelessRandomNormalV2",
 
 
 # --- Session fixtures: one conversion per model --------------------------------------
-
-
-@pytest.fixture(scope="session")
-def keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow's first import
-    require("tensorflow")
-    require("tf2onnx")
-    return require("keras")
 
 
 @pytest.fixture(scope="session")
