@@ -26,6 +26,7 @@ from onnx import AttributeProto, FunctionProto, GraphProto, NodeProto, TensorPro
 from onnx import helper as oh
 
 from . import spec
+from .protowalk import get_attr, is_spatial_dropout, subgraphs
 
 #: Lowest default-domain opset the body is written for (CastLike, Shape-15).
 MIN_OPSET = 15
@@ -225,36 +226,20 @@ def build_function(opset: int, seed: int | None = None, via_double: bool = True)
 # --- Model traversal --------------------------------------------------------
 
 
-def _subgraphs(node: NodeProto) -> Iterator[GraphProto]:
-    for attr in node.attribute:
-        if attr.type == AttributeProto.GRAPH:
-            yield attr.g
-        elif attr.type == AttributeProto.GRAPHS:
-            yield from attr.graphs
-
-
 def _node_lists(model: onnx.ModelProto) -> Iterator[tuple[list, str]]:
     """Every node container (graphs, subgraphs, functions) with a display path."""
     def walk(graph: GraphProto, path: str) -> Iterator[tuple[list, str]]:
         yield graph.node, path
         for node in graph.node:
-            for sub in _subgraphs(node):
+            for _, sub in subgraphs(node):
                 yield from walk(sub, f"{path}/{node.name or node.op_type}/{sub.name}")
 
     yield from walk(model.graph, model.graph.name or "main")
     for function in model.functions:
         yield function.node, f"function {function.domain}.{function.name}"
         for node in function.node:
-            for sub in _subgraphs(node):
+            for _, sub in subgraphs(node):
                 yield from walk(sub, f"function {function.name}/{sub.name}")
-
-
-def is_spatial_dropout(node: NodeProto) -> bool:
-    return node.op_type == spec.OP_TYPE and node.domain == spec.DOMAIN
-
-
-def _attr(node: NodeProto, name: str) -> AttributeProto | None:
-    return next((a for a in node.attribute if a.name == name), None)
 
 
 #: Data types whose body multiplies directly in T. Not float16: onnxruntime's
@@ -313,11 +298,11 @@ def _make_explicit(nodes: list, ranks: dict[str, int], used_names: set[str]) -> 
         if len(node.output) < 2 or not node.output[1]:
             del node.output[1:]
             node.output.append(fresh(f"{label}_mask_unused"))
-        if _attr(node, spec.ATTR_SHARED_AXES) is None and inputs[0] in ranks:
+        if get_attr(node, spec.ATTR_SHARED_AXES) is None and inputs[0] in ranks:
             axes = spec.default_shared_axes(ranks[inputs[0]])
             node.attribute.append(oh.make_attribute(
                 spec.ATTR_SHARED_AXES, list(axes), attr_type=AttributeProto.INTS))
-        shared = _attr(node, spec.ATTR_SHARED_AXES)
+        shared = get_attr(node, spec.ATTR_SHARED_AXES)
         if shared is not None and inputs[0] in ranks:
             spec.resolve_shared_axes(ranks[inputs[0]], list(shared.ints))  # raises if invalid
         for constant in reversed(constants):
@@ -358,7 +343,7 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
         in_function = path.startswith("function ")
         for node in nodes:
             if is_spatial_dropout(node):
-                seed_attr = _attr(node, spec.ATTR_SEED)
+                seed_attr = get_attr(node, spec.ATTR_SEED)
                 seed = None if seed_attr is None or in_function else int(seed_attr.i)
                 via_double = in_function or elem_types.get(node.input[0]) not in _DIRECT_TYPES
                 variants.add((seed, via_double))

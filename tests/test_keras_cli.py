@@ -22,7 +22,7 @@ import pytest
 from keras_cli_runner import assert_one_line_error, run, run_cli, session
 
 from spatialdrop_onnx.cli.convert_command import TerminalProgress
-from spatialdrop_onnx.converters.keras_trace import iter_all_nodes
+from spatialdrop_onnx.protowalk import iter_nodes
 
 TESTS = Path(__file__).resolve().parent
 
@@ -256,7 +256,7 @@ def test_nested_custom_layer_with_import_in_a_fresh_process(keras: Any, tmp_path
         assert site["training"] == "kept"
         assert site["converted_to"] == ["SpatialDropout(shared_axes=[1], ratio=0.3)"]
     converted = onnx.load(out)
-    assert sum(n.op_type == "SpatialDropout" for n in iter_all_nodes(converted.graph)) == 2
+    assert sum(n.op_type == "SpatialDropout" for n in iter_nodes(converted.graph)) == 2
     sequence = np.random.default_rng(1).standard_normal((5, 16, 4)).astype(np.float32)
     expected = model.predict(sequence, verbose=0)
     got = list(run(session(str(out)), {"sequence": sequence}, False).values())[0]

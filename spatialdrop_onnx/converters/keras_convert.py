@@ -40,6 +40,7 @@ import onnx
 from .. import spec
 from ..errors import UserError
 from ..modelio import save_model
+from ..protowalk import iter_nodes
 from . import keras_trace as kt
 
 #: Name of the boolean graph input the rewrite adds.
@@ -442,7 +443,7 @@ def convert_keras(
     report.training_input = None if strip else TRAINING_INPUT
     report.warnings += [f"{path}: {why}" for path, why in fallback.items()]
     if not strip and any(n.op_type == "Dropout" and n.domain in ("", "ai.onnx")
-                         for n in kt.iter_all_nodes(final.graph)):
+                         for n in iter_nodes(final.graph)):
         report.notes.append(ORT_DROPOUT_NOTE)
     with clock("save"):
         save_model(final, output_path)
@@ -611,7 +612,7 @@ def _check(model: onnx.ModelProto, strip: bool) -> None:
         onnx.checker.check_model(model, full_check=True)
     except Exception as err:  # noqa: BLE001 - checker raises ValidationError or InferenceError
         raise UserError(f"the converted model fails onnx.checker: {_first_line(err)}") from None
-    custom = [n for n in kt.iter_all_nodes(model.graph) if n.domain == spec.DOMAIN]
+    custom = [n for n in iter_nodes(model.graph) if n.domain == spec.DOMAIN]
     inputs = [i.name for i in model.graph.input]
     if strip and (custom or TRAINING_INPUT in inputs):
         raise UserError("internal error: the stripped model still holds dropout")

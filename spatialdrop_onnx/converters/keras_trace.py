@@ -30,6 +30,7 @@ from typing import Any
 import onnx
 
 from ..errors import UserError
+from ..protowalk import iter_nodes
 
 #: The pip extra that brings TensorFlow, Keras and tf2onnx.
 KERAS_EXTRA = "spatialdrop-onnx[keras]"
@@ -401,22 +402,10 @@ def export_keras_training_graph(model: Any, opset: int = DEFAULT_OPSET) -> onnx.
 # --- Reading the raw export ----------------------------------------------------
 
 
-def iter_all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    """Every node of ``graph`` and of its subgraphs (Loop/If/Scan bodies)."""
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_all_nodes(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_all_nodes(sub)
-
-
 def unconverted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Nodes in the default domain that are not ONNX operators (tf2onnx left them as TF ops)."""
     found = []
-    for node in iter_all_nodes(model.graph):
+    for node in iter_nodes(model.graph):
         if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
             found.append(node)
     return found

@@ -14,6 +14,7 @@ import onnx
 from onnx import AttributeProto, FunctionProto, GraphProto, NodeProto, TensorProto
 
 from .. import spec
+from ..protowalk import get_attr, is_spatial_dropout, subgraphs  # noqa: F401 - re-exported
 
 DEFAULT_DOMAINS = ("", "ai.onnx")
 #: Random ops of the standard and TensorFlow vocabularies; their presence means
@@ -30,29 +31,8 @@ def is_onnx_dropout(node: NodeProto) -> bool:
     return node.op_type == "Dropout" and node.domain in DEFAULT_DOMAINS
 
 
-def is_spatial_dropout(node: NodeProto) -> bool:
-    return node.op_type == spec.OP_TYPE and node.domain == spec.DOMAIN
-
-
 def is_random(node: NodeProto) -> bool:
     return node.op_type in RANDOM_OPS
-
-
-def subgraphs(node: NodeProto) -> Iterator[tuple[AttributeProto, GraphProto]]:
-    """The (attribute, graph) pairs of a node's graph-valued attributes."""
-    for attr in node.attribute:
-        if attr.type == AttributeProto.GRAPH:
-            yield attr, attr.g
-        elif attr.type == AttributeProto.GRAPHS:
-            for graph in attr.graphs:
-                yield attr, graph
-
-
-def get_attr(node: NodeProto, name: str) -> AttributeProto | None:
-    for attr in node.attribute:
-        if attr.name == name:
-            return attr
-    return None
 
 
 @dataclass
