@@ -65,7 +65,7 @@ class SiteInfo:
             "name": self.name,
             "kind": "random-subgraph",
             "becomes": "Dropout" if self.writes_dropout(elementwise) else "SpatialDropout",
-            "ratio": self.ratio,
+            "ratio": framework_ratio(self.ratio),  # what rewrite writes
             "shared_axes": list(self.shared_axes),
             "graph": self.graph,
             "rule": self.rule,
