@@ -15,7 +15,7 @@ def test_recovers_the_decimal_rate_from_float32(rate):
     assert np.float32(1 / (1 - recovered)) == np.float32(1 / (1 - rate))
 
 
-def test_keep_probability_form_recovers_too():
-    """PyTorch writes the keep probability 1-p as float32; the rule derives p in double."""
-    ratio = 1.0 - float(np.float32(0.7))
-    assert framework_ratio(ratio) == 0.3
+@pytest.mark.parametrize(("keep", "rate"), [(0.7, 0.3), (0.8, 0.2), (0.9, 0.1), (0.55, 0.45)])
+def test_keep_probability_form_recovers_too(keep, rate):
+    """PyTorch (Dropout2d's 1-p, DropPath's keep) writes the keep probability as float32."""
+    assert framework_ratio(1.0 - float(np.float32(keep))) == rate

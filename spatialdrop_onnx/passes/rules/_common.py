@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from decimal import Decimal
 
 import numpy as np
 import onnx_ir as ir
@@ -160,12 +161,15 @@ class NoMatch(Exception):
 def framework_ratio(ratio: float) -> float:
     """The rate the framework was given, recovered from the float32 the exporter wrote.
 
-    Exporters store the rate (or 1 - rate) as float32; Keras and PyTorch compute their
-    scale from the double the user wrote. The shortest decimal that round-trips the
-    float32 (0.45 for 0.44999998807907104) is that double, so the op's scale
-    T(1/(1-ratio)) matches the framework's to the last bit.
+    Exporters store the rate, or the keep probability 1 - rate, as float32; Keras and
+    PyTorch compute their scale from the decimal the user wrote. The shortest decimal
+    that round-trips that float32 (0.45 for 0.44999998807907104; 0.8 for a keep
+    probability that gives 0.19999998807907104) is that decimal, so the op's scale
+    T(1/(1-ratio)) matches the framework's.
     """
-    return float(str(np.float32(ratio)))
+    as_rate = Decimal(str(np.float32(ratio)))
+    as_keep = 1 - Decimal(str(np.float32(1.0 - ratio)))
+    return float(min(as_rate, as_keep, key=lambda d: len(d.normalize().as_tuple().digits)))
 
 
 def emit_dropout(op: orp.RewriterContext, site: SiteInfo, training: ir.Value,
