@@ -51,7 +51,8 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 #: onnxruntime's EliminateDropout deletes ONNX Dropout nodes fed by another node
 #: (whatever their training_mode) unless the session disables it.
 ORT_DROPOUT_NOTE = ("the model has ONNX Dropout nodes: onnxruntime deletes them during graph "
-                    "optimisation even with training_mode true; for training-mode sessions pass "
+                    "optimisation even with training_mode true; for training-mode sessions use "
+                    "spatialdrop_onnx.inference_session(), or pass "
                     "disabled_optimizers=['EliminateDropout'] to InferenceSession")
 
 ProgressStep = Callable[[str], AbstractContextManager]
