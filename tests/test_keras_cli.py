@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -287,10 +288,20 @@ def test_progress_on_a_terminal(files: dict[str, Path], tmp_path: Path) -> None:
     os.close(leader)
     text = b"".join(chunks).decode(errors="replace")
     assert proc.wait(timeout=300) == 0, text
-    for step in ("loading TensorFlow ... ", "tracing the model ... ",
-                 "converting with tf2onnx ... ", "rewriting dropout ... "):
-        assert step in text, text
+    lines = text.replace("\r\n", "\n").splitlines()
+    steps = ("loading TensorFlow", "loading tiny.keras", "tracing the model",
+             "converting with tf2onnx", "rewriting dropout", "checking the ONNX model")
+    # Each progress step is one whole line "<step> ... <seconds> s", in order: a log line
+    # from TensorFlow/absl/oneDNN would break a line or add one.
+    progress = [line for line in lines if " ... " in line]
+    assert [line.split(" ... ")[0] for line in progress] == list(steps), text
+    assert all(re.fullmatch(r"[\w. ]+ \.\.\. \d+\.\d s", line) for line in progress), text
+    summary = lines[len(progress):]
+    assert summary[0].startswith("converted "), text
     assert "dropout sites: 1 found" in text and "Traceback" not in text
+    # Nothing but our progress and summary reaches the terminal.
+    ours = ("converted ", "dropout sites:", "  ", "check:", "note:", "warning:")
+    assert all(line.startswith(ours) or not line for line in summary), text
     assert out.is_file()
 
 

@@ -13,6 +13,7 @@ import click
 
 from ..converters import keras_convert
 from ..converters.keras_trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from ..converters.native_output import captured_native_stderr
 from . import app
 
 
@@ -51,8 +52,10 @@ class TerminalProgress:
                    "(repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable report.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Let TensorFlow, absl and oneDNN print their own log lines.")
 def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: bool,
-            imports: tuple[str, ...], as_json: bool, quiet: bool) -> None:
+            imports: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
     """Convert a Keras 3 MODEL (.keras) to ONNX, keeping its dropout layers.
 
     Dropout layers (SpatialDropout1D/2D/3D, Dropout, GaussianDropout,
@@ -62,11 +65,14 @@ def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: boo
     is exported in inference mode. Needs TensorFlow and tf2onnx:
     pip install "spatialdrop-onnx[keras]".
     """
-    progress = (TerminalProgress() if sys.stderr.isatty() and not quiet
-                else keras_convert.no_progress)
-    report = keras_convert.convert_keras(model, output, opset=opset, strip=strip,
-                                         trust_model=trust_model, imports=imports,
-                                         progress=progress)
+    show_progress = sys.stderr.isatty() and not quiet
+    # TensorFlow's C++ side prints to fd 2 at import and first use; keep it off the terminal.
+    with captured_native_stderr(enabled=not verbose) as captured:
+        progress = (TerminalProgress(captured.terminal) if show_progress
+                    else keras_convert.no_progress)
+        report = keras_convert.convert_keras(model, output, opset=opset, strip=strip,
+                                             trust_model=trust_model, imports=imports,
+                                             progress=progress)
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2))
     elif not quiet:
