@@ -1,5 +1,73 @@
-"""Errors the CLI reports as one line (no traceback) with a non-zero exit."""
+"""Errors a user can act on, each with the exit code the CLI reports it with.
+
+Every command uses the same codes (also listed by ``spatialdrop-onnx --help``):
+
+====  ==========================================================================
+0     done
+2     usage: a bad option or option value
+3     invalid: the input cannot be read or is not a model this tool can handle,
+      or the output path cannot be written
+4     refused for safety: unsafe external data, a format that can run code, an
+      output that would overwrite the input, its data, or a non-regular file
+5     partial: the output was written, but some dropout sites were left as they
+      were (each is named)
+6     environment: a needed optional dependency or the native kernel is missing
+====  ==========================================================================
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """Process exit codes of the ``spatialdrop-onnx`` command line."""
+
+    OK = 0
+    USAGE = 2
+    INVALID = 3
+    REFUSED = 4
+    PARTIAL = 5
+    ENVIRONMENT = 6
 
 
 class UserError(Exception):
-    """Bad input or environment: the message is shown to the user as is."""
+    """Bad input or environment: the message is shown to the user as one line."""
+
+    exit_code: ExitCode = ExitCode.INVALID
+
+
+class UsageError(UserError):
+    """A bad argument or option value."""
+
+    exit_code = ExitCode.USAGE
+
+
+class RefusedError(UserError):
+    """The input or the requested output is refused for safety."""
+
+    exit_code = ExitCode.REFUSED
+
+
+class PartialResult(UserError):
+    """The output was written, but some sites were left unconverted."""
+
+    exit_code = ExitCode.PARTIAL
+
+
+class MissingDependency(UserError):
+    """An optional dependency or the native kernel is not installed."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+def printable(text: object, limit: int = 200) -> str:
+    """``text`` safe for one terminal line: control characters escaped, long text cut.
+
+    Names inside a model are attacker-controlled: a newline would forge an extra
+    error line and an escape sequence would drive the terminal.
+    """
+    escaped = "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+        for ch in str(text))
+    return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
