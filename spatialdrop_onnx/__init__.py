@@ -2,25 +2,36 @@
 
 Layers, each depending only on those above it:
 ``spec`` (the op, declared once) → ``schema`` / ``reference`` / ``function_body``
-→ ``native`` (the ORT kernel in ``ops/``) → ``passes`` → ``converters`` → ``cli``.
+→ ``native`` (the ORT kernel in ``ops/``) → ``graph`` / ``sites`` (the shared
+protobuf vocabulary) → ``passes`` → ``converters`` → ``cli``.
 """
 
+from . import reference
+from ._version import __version__
 from .function_body import make_portable
 from .native import get_library_path, session_options
-from .passes import inspect, rewrite, strip
+from .passes import PassResult, RewriteReport, StripReport, inspect, rewrite, strip
 from .schema import register_schema
 from .sessions import inference_session
+from .sites import Kind, Site
 from .spec import DOMAIN, OP_TYPE, OPSET_VERSION, SpatialDropoutError
 
 __all__ = [
     "DOMAIN",
     "OPSET_VERSION",
     "OP_TYPE",
+    "Kind",
+    "PassResult",
+    "RewriteReport",
+    "Site",
     "SpatialDropoutError",
+    "StripReport",
+    "__version__",
     "get_library_path",
     "inference_session",
     "inspect",
     "make_portable",
+    "reference",
     "register_schema",
     "rewrite",
     "session_options",

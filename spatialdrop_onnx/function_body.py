@@ -19,14 +19,25 @@ model. Design choices forced by the runtimes (see docs/function-body.md):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
 
 import onnx
 from onnx import AttributeProto, FunctionProto, GraphProto, NodeProto, TensorProto
 from onnx import helper as oh
 
 from . import spec
-from .protowalk import get_attr, is_spatial_dropout, subgraphs
+from .graph import (
+    NameMaker,
+    Scope,
+    TypeFacts,
+    all_names,
+    default_opset,
+    get_attr,
+    import_our_domain,
+    infer_types,
+    is_spatial_dropout,
+    model_scopes,
+)
 
 #: Lowest default-domain opset the body is written for (CastLike, Shape-15).
 MIN_OPSET = 15
@@ -56,11 +67,11 @@ def _guard(check: str, ok: str, out: str) -> list[NodeProto]:
     ]
 
 
-def _noise_shape_nodes() -> list[NodeProto]:
-    """``noise`` (int64[rank]) from ``data`` and the ``shared_axes`` attribute, with checks."""
-    axes_attr = oh.make_node("Constant", [], ["axes"])
-    axes_attr.attribute.append(AttributeProto(
-        name="value_ints", ref_attr_name=spec.ATTR_SHARED_AXES, type=AttributeProto.INTS))
+def _noise_shape_nodes(axes_node: NodeProto) -> list[NodeProto]:
+    """``noise`` (int64[rank]) from ``data`` and ``axes`` (made by ``axes_node``), with checks.
+
+    ``axes`` holding only ``DEFAULT_AXES_SENTINEL`` means the default axes.
+    """
     return [
         _const("zero_i", 0, _INT64),
         _const("one_i", 1, _INT64),
@@ -79,7 +90,7 @@ def _noise_shape_nodes() -> list[NodeProto]:
                      value=oh.make_tensor("one", _INT64, [1], [1])),
         oh.make_node("CumSum", ["ones_like_shape", "zero_i"], ["counts"]),
         oh.make_node("Sub", ["counts", "one_i"], ["idx"]),
-        axes_attr,
+        axes_node,
         oh.make_node("Size", ["axes"], ["n_axes"]),
         # Default axes: the attribute holds only the sentinel.
         oh.make_node("Concat", ["axes", "zero_vec"], ["axes_padded"], axis=0),
@@ -113,6 +124,36 @@ def _noise_shape_nodes() -> list[NodeProto]:
         oh.make_node("Add", ["g_rank", "g_axes"], ["g_shape"]),
         oh.make_node("Add", ["noise_raw", "g_shape"], ["noise"]),
     ]
+
+
+def _axes_from_attribute() -> NodeProto:
+    node = oh.make_node("Constant", [], ["axes"])
+    node.attribute.append(AttributeProto(
+        name="value_ints", ref_attr_name=spec.ATTR_SHARED_AXES, type=AttributeProto.INTS))
+    return node
+
+
+def runtime_noise_shape(data: str, noise: str, axes: list[int] | None,
+                        fresh: NameMaker) -> list[NodeProto]:
+    """Nodes computing ``noise`` = the shape of ``data`` with 1 at the shared ``axes``
+    (None: the default axes), for a rank known only at run time (default opset >= 13).
+
+    The same construction as the function body's, with every internal name made fresh.
+    """
+    literal = [DEFAULT_AXES_SENTINEL] if axes is None else list(axes)
+    axes_node = oh.make_node("Constant", [], ["axes"])
+    axes_node.attribute.append(oh.make_attribute("value_ints", literal,
+                                                 attr_type=AttributeProto.INTS))
+    nodes = [_const("zero_vec", [0], _INT64), *_noise_shape_nodes(axes_node)]
+    renamed: dict[str, str] = {"data": data, "noise": noise}
+    for node in nodes:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name not in renamed:
+                    renamed[name] = fresh(f"{noise}/{name}")
+                names[i] = renamed[name]
+        node.name = fresh(f"{noise}/{node.name or node.op_type}")
+    return nodes
 
 
 def _ratio_nodes() -> list[NodeProto]:
@@ -213,7 +254,7 @@ def build_function(opset: int, seed: int | None = None, via_double: bool = True)
                           else_branch=_infer_branch())
     function = oh.make_function(
         spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS),
-        [*_ratio_nodes(), *_noise_shape_nodes(), select],
+        [*_ratio_nodes(), *_noise_shape_nodes(_axes_from_attribute()), select],
         [oh.make_opsetid("", opset)],
         overload=overload_name(seed, via_double),
         doc_string="SpatialDropout from standard ops (spatialdrop_onnx.function_body).",
@@ -223,23 +264,7 @@ def build_function(opset: int, seed: int | None = None, via_double: bool = True)
     return function
 
 
-# --- Model traversal --------------------------------------------------------
-
-
-def _node_lists(model: onnx.ModelProto) -> Iterator[tuple[list, str]]:
-    """Every node container (graphs, subgraphs, functions) with a display path."""
-    def walk(graph: GraphProto, path: str) -> Iterator[tuple[list, str]]:
-        yield graph.node, path
-        for node in graph.node:
-            for _, sub in subgraphs(node):
-                yield from walk(sub, f"{path}/{node.name or node.op_type}/{sub.name}")
-
-    yield from walk(model.graph, model.graph.name or "main")
-    for function in model.functions:
-        yield function.node, f"function {function.domain}.{function.name}"
-        for node in function.node:
-            for _, sub in subgraphs(node):
-                yield from walk(sub, f"function {function.name}/{sub.name}")
+# --- Making a model portable ---------------------------------------------------------
 
 
 #: Data types whose body multiplies directly in T. Not float16: onnxruntime's
@@ -248,33 +273,9 @@ def _node_lists(model: onnx.ModelProto) -> Iterator[tuple[list, str]]:
 _DIRECT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE})
 
 
-def _known_types(model: onnx.ModelProto) -> tuple[dict[str, int], dict[str, int]]:
-    """Ranks and element types of main-graph tensors that shape inference knows (best effort)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - an optimisation; unknown means the generic body
-        inferred = model
-    ranks, elem_types = {}, {}
-    graph = inferred.graph
-    for info in [*graph.input, *graph.value_info, *graph.output]:
-        tensor_type = info.type.tensor_type
-        if tensor_type.elem_type:
-            elem_types[info.name] = tensor_type.elem_type
-        if tensor_type.HasField("shape"):
-            ranks[info.name] = len(tensor_type.shape.dim)
-    return ranks, elem_types
-
-
-def _make_explicit(nodes: list, ranks: dict[str, int], used_names: set[str]) -> None:
+def _make_explicit(scope: Scope, facts: TypeFacts, fresh: NameMaker) -> None:
     """Give every SpatialDropout node all inputs, both outputs and explicit shared_axes."""
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in used_names:
-            k += 1
-            name = f"{base}_{k}"
-        used_names.add(name)
-        return name
-
+    nodes = scope.nodes
     position = 0
     while position < len(nodes):
         node = nodes[position]
@@ -298,60 +299,56 @@ def _make_explicit(nodes: list, ranks: dict[str, int], used_names: set[str]) -> 
         if len(node.output) < 2 or not node.output[1]:
             del node.output[1:]
             node.output.append(fresh(f"{label}_mask_unused"))
-        if get_attr(node, spec.ATTR_SHARED_AXES) is None and inputs[0] in ranks:
-            axes = spec.default_shared_axes(ranks[inputs[0]])
+        rank = facts.rank_of(scope, inputs[0])
+        if get_attr(node, spec.ATTR_SHARED_AXES) is None and rank is not None:
             node.attribute.append(oh.make_attribute(
-                spec.ATTR_SHARED_AXES, list(axes), attr_type=AttributeProto.INTS))
+                spec.ATTR_SHARED_AXES, list(spec.default_shared_axes(rank)),
+                attr_type=AttributeProto.INTS))
         shared = get_attr(node, spec.ATTR_SHARED_AXES)
-        if shared is not None and inputs[0] in ranks:
-            spec.resolve_shared_axes(ranks[inputs[0]], list(shared.ints))  # raises if invalid
+        if shared is not None and rank is not None:
+            spec.resolve_shared_axes(rank, list(shared.ints))  # raises if invalid
         for constant in reversed(constants):
             nodes.insert(position, constant)
         position += len(constants) + 1
 
 
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    names = {i.name for i in model.graph.initializer}
-    for nodes, _ in _node_lists(model):
-        for node in nodes:
-            names.update(node.input)
-            names.update(node.output)
-            names.add(node.name)
-    names.update(i.name for i in model.graph.input)
-    return names
-
-
-def _default_opset(model: onnx.ModelProto) -> int:
-    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-
-
-def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
+def make_portable(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
     """Return a copy of ``model`` where every SpatialDropout node has a function body.
 
+    ``model`` is a ``ModelProto`` or the path of an ONNX file (loaded safely).
     Idempotent. Raises ValueError if the default-domain opset is below
     ``MIN_OPSET`` or a node's ``shared_axes`` is invalid for its data's rank.
     """
+    if isinstance(model, (str, os.PathLike)):
+        from .modelio import load_model
+
+        model = load_model(model).model
+    elif not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"make_portable takes an onnx.ModelProto or a path, "
+                        f"not {type(model).__name__}")
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    ranks, elem_types = _known_types(result)
-    used = _all_names(result)
+    scopes = model_scopes(result)
+    if not any(is_spatial_dropout(n) for s in scopes for n in s.nodes):
+        return result
+    facts = infer_types(result)
+    fresh = NameMaker(all_names(result))
     variants: set[tuple[int | None, bool]] = set()  # (seed, via_double)
-    for nodes, path in _node_lists(result):
-        _make_explicit(nodes, ranks, used)
+    for scope in scopes:
+        _make_explicit(scope, facts, fresh)
         # onnxruntime cannot resolve an overload from inside a function: nodes there use the
         # generic body, whose random stream is unseeded.
-        in_function = path.startswith("function ")
-        for node in nodes:
+        in_function = scope.function is not None
+        for node in scope.nodes:
             if is_spatial_dropout(node):
                 seed_attr = get_attr(node, spec.ATTR_SEED)
                 seed = None if seed_attr is None or in_function else int(seed_attr.i)
-                via_double = in_function or elem_types.get(node.input[0]) not in _DIRECT_TYPES
+                elem_type = facts.elem_type_of(scope, node.input[0])
+                via_double = in_function or elem_type not in _DIRECT_TYPES
                 variants.add((seed, via_double))
                 node.overload = overload_name(seed, via_double)
-    if not variants:
-        return result
 
-    opset = _default_opset(result)
+    opset = default_opset(result.opset_import)
     kept = [f for f in result.functions if f.domain != spec.DOMAIN or f.name != spec.OP_TYPE]
     del result.functions[:]
     result.functions.extend(kept)
@@ -361,15 +358,10 @@ def make_portable(model: onnx.ModelProto) -> onnx.ModelProto:
     ordered = sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1]))
     for seed, via_double in [*ordered, (None, True)]:
         result.functions.append(build_function(opset, seed, via_double))
-    _import_domain(result.opset_import)
+    import_our_domain(result.opset_import)
     for function in result.functions:
         if any(is_spatial_dropout(n) for n in function.node):
-            _import_domain(function.opset_import)
+            import_our_domain(function.opset_import)
     # Function overloads are an IR 10 feature.
     result.ir_version = max(result.ir_version, 10)
     return result
-
-
-def _import_domain(opset_imports) -> None:  # noqa: ANN001 - repeated OperatorSetIdProto
-    if not any(o.domain == spec.DOMAIN for o in opset_imports):
-        opset_imports.append(oh.make_opsetid(spec.DOMAIN, spec.OPSET_VERSION))

@@ -22,6 +22,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import onnx
@@ -37,7 +38,25 @@ MIN_IR_VERSION = 3
 _COPY_CHUNK = 8 << 20
 
 
-def load_model(
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read from a file, and the folder its external data is relative to."""
+
+    model: onnx.ModelProto
+    path: Path
+    folder: Path
+
+
+def external_constant_reader(folder: str | os.PathLike):  # noqa: ANN201 - placeholder
+    """Reader of small external constants: none yet (such constants stay unknown)."""
+    return None
+
+
+def load_model(path: str | os.PathLike) -> LoadedModel:
+    return LoadedModel(_load_proto(path), Path(path), _folder_of(Path(path)))
+
+
+def _load_proto(
     path: str | os.PathLike, *, validate_external: bool = True
 ) -> onnx.ModelProto:
     """Load an ONNX model without reading external data; one-line errors for bad files.
@@ -379,7 +398,8 @@ def save_model(
     model: onnx.ModelProto,
     path: str | os.PathLike,
     *,
-    source_dir: str | os.PathLike | None = None,
+    source: LoadedModel | None = None,
+    in_place: bool = False,
 ) -> None:
     """Serialise ``model`` to ``path`` atomically.
 
@@ -390,6 +410,7 @@ def save_model(
     output (chunked, holes preserved) before the model file is written.
     """
     path = Path(path)
+    source_dir = None if source is None else source.folder
     folder = _folder_of(path)
     if not folder.is_dir():
         raise UserError(f"{path}: folder {folder} does not exist")

@@ -34,9 +34,9 @@ def run_cli(*args: str) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
-def assert_one_line_error(result: CliResult, *fragments: str) -> None:
-    """Exit code 2, one line on stderr naming each fragment, no traceback, nothing on stdout."""
-    assert result.code == 2, (result.code, result.stdout, result.stderr)
+def assert_one_line_error(result: CliResult, code: int, *fragments: str) -> None:
+    """Exit ``code``, one line on stderr naming each fragment, no traceback, nothing on stdout."""
+    assert result.code == code, (result.code, result.stdout, result.stderr)
     message = result.stderr.strip()
     assert message.startswith("spatialdrop-onnx: error:"), message
     assert "\n" not in message and "Traceback" not in message, message

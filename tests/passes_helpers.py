@@ -15,6 +15,7 @@ import onnxruntime as ort
 from dropout_checks import assert_structurally_valid
 
 from spatialdrop_onnx import spec
+from spatialdrop_onnx.graph import iter_nodes
 
 ort.set_default_logger_severity(3)
 
@@ -74,24 +75,8 @@ def assert_same(a: Iterable[np.ndarray], b: Iterable[np.ndarray]) -> None:
 
 
 def all_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
-    """Every node: main graph, subgraphs, and model-local functions."""
-    found: list[onnx.NodeProto] = []
-
-    def walk(nodes: Iterable[onnx.NodeProto]) -> None:
-        for node in nodes:
-            found.append(node)
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    walk(attr.g.node)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for graph in attr.graphs:
-                        walk(graph.node)
-
-    walk(model.graph.node)
-    for function in model.functions:
-        if function.domain != OUR_DOMAIN:
-            walk(function.node)
-    return found
+    """Every node: main graph, subgraphs, and model-local functions (not our op's bodies)."""
+    return [node for _, node in iter_nodes(model)]
 
 
 def op_types(model: onnx.ModelProto) -> list[str]:

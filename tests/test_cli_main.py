@@ -16,8 +16,16 @@ def test_help_lists_commands():
 
 
 def test_version():
-    result = _cli("--version")
-    assert result.returncode == 0 and "0.1.0" in result.stdout
+    import importlib.metadata
+
+    import spatialdrop_onnx
+
+    for flag in ("--version", "-V"):
+        result = _cli(flag)
+        assert result.returncode == 0
+        assert result.stdout.strip() == f"spatialdrop-onnx, version {spatialdrop_onnx.__version__}"
+    # One source of truth: the installed metadata reads the package's own version.
+    assert importlib.metadata.version("spatialdrop-onnx") == spatialdrop_onnx.__version__
 
 
 def test_unknown_command_is_one_line_error():

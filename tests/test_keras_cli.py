@@ -21,11 +21,15 @@ import numpy as np
 import onnx
 import pytest
 from keras_cli_runner import assert_one_line_error, run, run_cli, session
+from passes_helpers import all_nodes
 
 from spatialdrop_onnx.cli.convert_command import TerminalProgress
-from spatialdrop_onnx.protowalk import iter_nodes
+from spatialdrop_onnx.errors import ExitCode
 
 TESTS = Path(__file__).resolve().parent
+
+USAGE, INVALID, REFUSED, ENVIRONMENT = (ExitCode.USAGE, ExitCode.INVALID, ExitCode.REFUSED,
+                                      ExitCode.ENVIRONMENT)
 
 
 @pytest.fixture(scope="session")
@@ -68,7 +72,7 @@ def test_untrusted_formats_are_refused(files: dict[str, Path], tmp_path: Path,
                                        kind: str) -> None:
     out = tmp_path / "out.onnx"
     result = run_cli("convert", files[kind], "-o", out)
-    assert_one_line_error(result, "--trust-model", "arbitrary code")
+    assert_one_line_error(result, REFUSED, "--trust-model", "arbitrary code")
     assert not out.exists()
 
 
@@ -110,7 +114,7 @@ def test_lambda_layer_is_refused_and_never_runs(keras: Any, tmp_path: Path) -> N
     out = tmp_path / "out.onnx"
     for extra in ((), ("--trust-model",)):  # --trust-model never lifts safe_mode for .keras
         result = run_cli("convert", source, "-o", out, *extra)
-        assert_one_line_error(result, "safe mode", "Lambda")
+        assert_one_line_error(result, REFUSED, "safe mode", "Lambda")
         assert not sentinel.exists() and not out.exists()
     # The payload is real: Keras without safe mode runs it.
     keras.saving.load_model(source, safe_mode=False)
@@ -132,7 +136,7 @@ def test_config_naming_an_arbitrary_callable_is_refused(files: dict[str, Path],
                 data = json.dumps(config).encode()
             dst.writestr(name, data)
     result = run_cli("convert", evil, "-o", tmp_path / "out.onnx")
-    assert_one_line_error(result, "'system'", "'os'")
+    assert_one_line_error(result, REFUSED, "'system'", "'os'")
 
 
 # --- Bad inputs -------------------------------------------------------------------------------
@@ -173,7 +177,7 @@ def _bad_input(tmp_path: Path, kind: str) -> tuple[Path, str]:
 def test_bad_input_is_a_one_line_error(keras: Any, tmp_path: Path, kind: str) -> None:
     source, fragment = _bad_input(tmp_path, kind)
     out = tmp_path / "out.onnx"
-    assert_one_line_error(run_cli("convert", source, "-o", out), fragment)
+    assert_one_line_error(run_cli("convert", source, "-o", out), INVALID, fragment)
     assert not out.exists()
 
 
@@ -181,8 +185,9 @@ def test_existing_output_survives_a_failed_conversion(files: dict[str, Path],
                                                       tmp_path: Path) -> None:
     out = tmp_path / "keep.onnx"
     out.write_bytes(b"previous model")
-    assert_one_line_error(run_cli("convert", files["h5"], "-o", out), "--trust-model")
-    assert_one_line_error(run_cli("convert", files["unconvertible"], "-o", out), "Erfinv")
+    assert_one_line_error(run_cli("convert", files["h5"], "-o", out), REFUSED, "--trust-model")
+    assert_one_line_error(run_cli("convert", files["unconvertible"], "-o", out), INVALID,
+                          "Erfinv")
     assert out.read_bytes() == b"previous model"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.onnx"]  # no temp file left
 
@@ -190,37 +195,37 @@ def test_existing_output_survives_a_failed_conversion(files: dict[str, Path],
 def test_output_may_not_overwrite_the_input(files: dict[str, Path], tmp_path: Path) -> None:
     copy = tmp_path / "same.keras"
     copy.write_bytes(files["keras"].read_bytes())
-    assert_one_line_error(run_cli("convert", copy, "-o", copy), "overwrite the input")
+    assert_one_line_error(run_cli("convert", copy, "-o", copy), REFUSED, "overwrite the input")
     assert copy.read_bytes() == files["keras"].read_bytes()
 
 
 def test_missing_output_folder(files: dict[str, Path], tmp_path: Path) -> None:
     result = run_cli("convert", files["keras"], "-o", tmp_path / "no" / "such" / "m.onnx")
-    assert_one_line_error(result, "does not exist")
+    assert_one_line_error(result, INVALID, "does not exist")
 
 
 @pytest.mark.parametrize("opset", ["14", "19"])
 def test_unsupported_opset(files: dict[str, Path], tmp_path: Path, opset: str) -> None:
     result = run_cli("convert", files["keras"], "-o", tmp_path / "m.onnx", "--opset", opset)
-    assert_one_line_error(result, f"--opset {opset}", "15..18")
+    assert_one_line_error(result, USAGE, f"--opset {opset}", "15..18")
 
 
 def test_layer_tf2onnx_cannot_convert_is_named(files: dict[str, Path], tmp_path: Path) -> None:
     result = run_cli("convert", files["unconvertible"], "-o", tmp_path / "m.onnx")
-    assert_one_line_error(result, "'inverse_erf'", "InverseErf", "Erfinv", "tf2onnx")
+    assert_one_line_error(result, INVALID, "'inverse_erf'", "InverseErf", "Erfinv", "tf2onnx")
 
 
 def test_tensorflow_missing_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                             files: dict[str, Path]) -> None:
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes `import tensorflow` fail
     result = run_cli("convert", files["keras"], "-o", tmp_path / "m.onnx")
-    assert_one_line_error(result, "spatialdrop-onnx[keras]", "TensorFlow")
+    assert_one_line_error(result, ENVIRONMENT, "spatialdrop-onnx[keras]", "TensorFlow")
 
 
 def test_import_of_a_missing_module(files: dict[str, Path], tmp_path: Path) -> None:
     result = run_cli("convert", files["keras"], "-o", tmp_path / "m.onnx",
                      "--import", "no_such_module_xyz")
-    assert_one_line_error(result, "--import no_such_module_xyz", "ModuleNotFoundError")
+    assert_one_line_error(result, INVALID, "--import no_such_module_xyz", "ModuleNotFoundError")
 
 
 def test_unregistered_custom_layer_suggests_import(keras: Any, tmp_path: Path,
@@ -231,7 +236,7 @@ def test_unregistered_custom_layer_suggests_import(keras: Any, tmp_path: Path,
     for name in [n for n in registry if n.startswith("spatialdrop_tests>")]:
         monkeypatch.delitem(registry, name)
     result = run_cli("convert", source, "-o", tmp_path / "m.onnx")
-    assert_one_line_error(result, "ResidualStack", "--import")
+    assert_one_line_error(result, REFUSED, "ResidualStack", "--import")
 
 
 # --- Nested dropout through --import, as a user runs it -------------------------------
@@ -257,7 +262,7 @@ def test_nested_custom_layer_with_import_in_a_fresh_process(keras: Any, tmp_path
         assert site["training"] == "kept"
         assert site["converted_to"] == ["SpatialDropout(shared_axes=[1], ratio=0.3)"]
     converted = onnx.load(out)
-    assert sum(n.op_type == "SpatialDropout" for n in iter_nodes(converted.graph)) == 2
+    assert sum(n.op_type == "SpatialDropout" for n in all_nodes(converted)) == 2
     sequence = np.random.default_rng(1).standard_normal((5, 16, 4)).astype(np.float32)
     expected = model.predict(sequence, verbose=0)
     got = list(run(session(str(out)), {"sequence": sequence}, False).values())[0]

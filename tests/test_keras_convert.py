@@ -17,9 +17,9 @@ import pytest
 from conftest import in_ci
 from dropout_checks import assert_drop_fraction, assert_structurally_valid
 from keras_cli_runner import run, run_cli, session
+from passes_helpers import all_nodes
 
 import spatialdrop_onnx as sd
-from spatialdrop_onnx.protowalk import iter_nodes
 
 SEED_TOLERANCE = 1e-5
 LARGER_TOLERANCE = 1e-4
@@ -120,11 +120,11 @@ def assert_valid_training_model(model: onnx.ModelProto) -> None:
     assert inputs[0].type.tensor_type.elem_type == onnx.TensorProto.BOOL
     default = [i for i in model.graph.initializer if i.name == "training_mode"]
     assert len(default) == 1 and not bool(onnx.numpy_helper.to_array(default[0]))
-    ops = {n.op_type for n in iter_nodes(model.graph)}
+    ops = {n.op_type for n in all_nodes(model)}
     assert not ops & set(TF_RANDOM_OPS), ops & set(TF_RANDOM_OPS)
     assert all(onnx.defs.has(n.op_type) or n.domain == sd.DOMAIN
-               for n in iter_nodes(model.graph))
-    if any(n.domain == sd.DOMAIN for n in iter_nodes(model.graph)):
+               for n in all_nodes(model))
+    if any(n.domain == sd.DOMAIN for n in all_nodes(model)):
         assert any(f.domain == sd.DOMAIN and f.name == sd.OP_TYPE for f in model.functions)
 
 
@@ -147,7 +147,7 @@ def test_seed_model_structure(seed: dict[str, Any]) -> None:
     assert_dynamic_batch(model)
     # The SpatialDropout1D: one node sharing the time axis (RNN masks may use the op
     # too, with no shared axis).
-    spatial = [n for n in iter_nodes(model.graph)
+    spatial = [n for n in all_nodes(model)
                if n.op_type == sd.OP_TYPE and _shared_axes(n) == [1]]
     assert len(spatial) == 1
     assert _scalar(model, spatial[0].input[1]) == pytest.approx(0.2, abs=1e-6)
@@ -187,8 +187,8 @@ def test_seed_training_mode_is_random(seed: dict[str, Any], native: bool) -> Non
 def test_seed_strip_is_bit_identical_to_inference(seed: dict[str, Any]) -> None:
     stripped = onnx.load(seed["stripped"])
     onnx.checker.check_model(stripped, full_check=True)
-    assert not any(n.domain == sd.DOMAIN for n in iter_nodes(stripped.graph))
-    assert not any(n.op_type in ("Dropout", *TF_RANDOM_OPS) for n in iter_nodes(stripped.graph))
+    assert not any(n.domain == sd.DOMAIN for n in all_nodes(stripped))
+    assert not any(n.op_type in ("Dropout", *TF_RANDOM_OPS) for n in all_nodes(stripped))
     assert [i.name for i in stripped.graph.input] == ["tokens"]
     assert seed["strip_report"]["training_input"] is None
     feeds = {"tokens": seed["tokens"]}
@@ -342,9 +342,9 @@ def test_cnn_batchnorm_inference_equals_keras_predict(cnn: dict[str, Any], nativ
 def test_cnn_feature_maps_drop_whole(cnn: dict[str, Any]) -> None:
     model = onnx.load(cnn["path"])
     assert_valid_training_model(model)
-    assert sum(n.op_type == sd.OP_TYPE for n in iter_nodes(model.graph)) == 1
-    assert sum(n.op_type == "Dropout" for n in iter_nodes(model.graph)) == 1
-    node = next(n for n in iter_nodes(model.graph) if n.op_type == sd.OP_TYPE)
+    assert sum(n.op_type == sd.OP_TYPE for n in all_nodes(model)) == 1
+    assert sum(n.op_type == "Dropout" for n in all_nodes(model)) == 1
+    node = next(n for n in all_nodes(model) if n.op_type == sd.OP_TYPE)
     image = np.random.default_rng(6).standard_normal((64, 16, 16, 3)).astype(np.float32)
     sess = session(str(cnn["path"]), keep_dropout=True)
     reference = run(sess, {"image": image}, False)["features"]

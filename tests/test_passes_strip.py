@@ -26,13 +26,12 @@ from passes_helpers import (
 )
 
 import spatialdrop_onnx as sd
-from spatialdrop_onnx.passes.strip import strip_with_report
 
 X = sample((2, 3, 4, 5))
 
 
 def stripped(model: onnx.ModelProto) -> onnx.ModelProto:
-    result = sd.strip(model)
+    result = sd.strip(model).model
     full_check(result)
     assert_no_dropout(result)
     return result
@@ -271,12 +270,12 @@ def test_spatial_dropout_function_and_domain_removed() -> None:
 def test_strip_is_idempotent_and_never_modifies_its_input() -> None:
     model = parse(LOOP_IF_SCAN)
     before = model.SerializeToString()
-    once = sd.strip(model)
+    once = sd.strip(model).model
     assert model.SerializeToString() == before
-    assert sd.strip(once).SerializeToString() == once.SerializeToString()
+    assert sd.strip(once).model.SerializeToString() == once.SerializeToString()
 
 
 def test_report_counts_folded_sites() -> None:
-    result, report = strip_with_report(parse(LOOP_IF_SCAN))
+    result, report = sd.strip(parse(LOOP_IF_SCAN))
     assert report.folded == 5 and not report.unconvertible
     assert count(result, "Dropout") == 0 and all_nodes(result)

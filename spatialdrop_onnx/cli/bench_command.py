@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
 
 from .. import bench
-from ..errors import UserError
-from . import app
+from ..errors import UsageError
+from .output import emit_json
 
 
 def _parse_ints(text: str, what: str) -> list[int]:
@@ -19,7 +18,7 @@ def _parse_ints(text: str, what: str) -> list[int]:
         raise click.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
-@app.command("bench")
+@click.command("bench")
 @click.option("--shape", default="32,256,512", show_default=True,
               help="Data shape, comma-separated.")
 @click.option("--dtype", type=click.Choice(list(bench.DTYPES)), default="float32",
@@ -35,8 +34,9 @@ def _parse_ints(text: str, what: str) -> list[int]:
               help="Untimed runs before each row.")
 @click.option("--no-extensions", is_flag=True, help="Skip the slow onnxruntime-extensions row.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
-def bench_command(shape: str, dtype: str, shared_axes: str, ratio: float, repeat: int,
-                  warmup: int, no_extensions: bool, as_json: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
+def bench(shape: str, dtype: str, shared_axes: str, ratio: float, repeat: int,
+          warmup: int, no_extensions: bool, as_json: bool, quiet: bool) -> None:
     """Time SpatialDropout in onnxruntime: native kernel vs broadcast Mul (the
     memory-bandwidth floor), the portable function body, ORT's Dropout and an
     onnxruntime-extensions Python op. Prints the median time of each and its
@@ -46,14 +46,14 @@ def bench_command(shape: str, dtype: str, shared_axes: str, ratio: float, repeat
     axes_text = shared_axes.strip().lower()
     axes = (None if axes_text == "default" else
             [] if axes_text in ("none", "") else _parse_ints(shared_axes, "--shared-axes"))
-    progress = None if as_json or not sys.stderr.isatty() else (
+    progress = None if as_json or quiet or not sys.stderr.isatty() else (
         lambda label: click.echo(f"measuring: {label}", err=True))
     try:
         result = bench.run_bench(dims, dtype, axes, repeat=repeat, warmup=warmup, ratio=ratio,
                                  include_extensions=not no_extensions, progress=progress)
     except ValueError as err:  # bad shape, axes or ratio
-        raise UserError(str(err)) from None
+        raise UsageError(str(err)) from None
     if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
+        emit_json(result.to_dict())
     else:
         click.echo(bench.format_table(result))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ import click
 from ..converters import keras_convert
 from ..converters.keras_trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from ..converters.native_output import captured_native_stderr
-from . import app
+from .output import emit_json
 
 
 class TerminalProgress:
@@ -36,7 +35,7 @@ class TerminalProgress:
         click.echo(f" {time.perf_counter() - start:.1f} s", file=self.stream)
 
 
-@app.command("convert")
+@click.command("convert")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Where to write the ONNX model (written atomically).")
@@ -74,7 +73,7 @@ def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: boo
                                              trust_model=trust_model, imports=imports,
                                              progress=progress)
     if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        emit_json(report.to_dict())
     elif not quiet:
         for line in report.summary_lines():
             click.echo(line)

@@ -38,9 +38,10 @@ import numpy as np
 import onnx
 
 from .. import spec
-from ..errors import UserError
+from ..errors import RefusedError, UsageError, UserError
+from ..graph import iter_nodes
 from ..modelio import save_model
-from ..protowalk import iter_nodes
+from ..sites import Site
 from . import keras_trace as kt
 
 #: Name of the boolean graph input the rewrite adds.
@@ -177,14 +178,14 @@ def refuse_untrusted(path: Path, source_format: str, trust_model: bool) -> None:
         return
     what = {"h5": "an HDF5 (.h5/.hdf5) model: Keras does not apply safe_mode to HDF5 files",
             "savedmodel": "a TensorFlow SavedModel: a SavedModel is a program"}[source_format]
-    raise UserError(f"{path}: refusing to load {what}, and loading it can run arbitrary code; "
+    raise RefusedError(f"{path}: refusing to load {what}, and loading it can run arbitrary code; "
                     "re-save it as .keras, or pass --trust-model if you trust its source")
 
 
 def check_opset(opset: int) -> int:
     """The default-domain opset, if the function body and tf2onnx both support it."""
     if not kt.MIN_OPSET <= opset <= kt.MAX_OPSET:
-        raise UserError(f"--opset {opset} is not supported: use {kt.MIN_OPSET}..{kt.MAX_OPSET} "
+        raise UsageError(f"--opset {opset} is not supported: use {kt.MIN_OPSET}..{kt.MAX_OPSET} "
                         f"(the SpatialDropout function body needs >= {kt.MIN_OPSET}, "
                         f"tf2onnx knows up to {kt.MAX_OPSET})")
     return opset
@@ -220,7 +221,7 @@ def _explain_load_error(path: Path, err: Exception) -> UserError:
     chain = _exception_chain(err)
     texts = [str(e) for e in chain]
     if any("safe_mode" in t for t in texts):
-        return UserError(f"{path}: refused by Keras safe mode: the model holds Python code "
+        return RefusedError(f"{path}: refused by Keras safe mode: the model holds Python code "
                          "(e.g. a Lambda layer) that would run when loaded; this tool always "
                          "loads .keras files with safe_mode=True")
     for text in reversed(texts):
@@ -228,7 +229,7 @@ def _explain_load_error(path: Path, err: Exception) -> UserError:
         if missing:
             module = re.search(r"'module': '([^']+)'", text)
             origin = f" from module '{module.group(1)}'" if module else ""
-            return UserError(
+            return RefusedError(
                 f"{path}: cannot load the model: it names the {missing.group(1)} "
                 f"'{missing.group(2)}'{origin}, which Keras does not know or will not load in "
                 "safe mode (for a custom layer of an installed package, pass --import MODULE)")
@@ -289,14 +290,14 @@ def _load_savedmodel(path: Path, stack: kt.KerasStack) -> _SavedModelFunction:
 # --- 5. Per-site results ----------------------------------------------------------------
 
 
-def describe_rewrite_site(site: dict[str, Any]) -> str:
-    """One rewritten site of ``passes`` (its report dict) as ``Op(shared_axes=…, ratio=…)``."""
-    ratio = f"ratio={float(site['ratio']):.6g}"
-    if site.get("becomes") == spec.OP_TYPE:
-        text = f"SpatialDropout(shared_axes={list(site['shared_axes'])}, {ratio})"
+def describe_rewrite_site(site: Site) -> str:
+    """One rewritten site as ``Op(shared_axes=…, ratio=…)``."""
+    ratio = f"ratio={float(site.ratio or 0.0):.6g}"
+    if site.becomes == spec.OP_TYPE:
+        text = f"SpatialDropout(shared_axes={list(site.shared_axes or ())}, {ratio})"
     else:
         text = f"Dropout({ratio})"
-    if str(site.get("rule", "")).startswith("keras_rnn_mask"):
+    if (site.rule or "").startswith("keras_rnn_mask"):
         text = f"mask {text}"  # an RNN's dropout mask: the op applied to ones
     return text
 
@@ -386,7 +387,7 @@ def convert_keras(
     source_format = detect_format(model_path)
     refuse_untrusted(model_path, source_format, trust_model)
     if output_path.exists() and output_path.resolve() == model_path.resolve():
-        raise UserError(f"{output_path}: the output would overwrite the input model")
+        raise RefusedError(f"{output_path}: the output would overwrite the input model")
     if output_path.is_dir():
         raise UserError(f"{output_path}: is a directory, expected an .onnx file path")
     folder = output_path.parent if str(output_path.parent) else Path(".")
@@ -444,7 +445,7 @@ def convert_keras(
     report.training_input = None if strip else TRAINING_INPUT
     report.warnings += [f"{path}: {why}" for path, why in fallback.items()]
     if not strip and any(n.op_type == "Dropout" and n.domain in ("", "ai.onnx")
-                         for n in iter_nodes(final.graph)):
+                         for _, n in iter_nodes(final)):
         report.notes.append(ORT_DROPOUT_NOTE)
     with clock("save"):
         save_model(final, output_path)
@@ -484,27 +485,26 @@ def _trace(keras_model: Any, stack: kt.KerasStack, opset: int, training_layers: 
                         f"{err.__class__.__name__}: {_first_line(err)}") from None
 
 
-def _rewrite(model: onnx.ModelProto
-             ) -> tuple[onnx.ModelProto, list[dict[str, Any]], list[dict[str, Any]]]:
+def _rewrite(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[Site], list[Site]]:
     """``passes.rewrite`` with ``training_mode`` defaulting to false.
 
     Also returns the rewrite's converted sites and the random ops it could not convert.
     """
-    from ..passes.rewrite import rewrite_with_report
+    from ..passes import rewrite
 
     try:
-        result, report = rewrite_with_report(model, training_default=False)
+        result, report = rewrite(model, training_default=False)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - report a pass failure in one line
         raise UserError(f"rewriting the exported dropout failed: "
                         f"{err.__class__.__name__}: {_first_line(err)}") from None
-    return result, list(report.sites), list(report.unconvertible)
+    return result, list(report.converted), list(report.unconvertible)
 
 
 def _strip(passes: Any, model: onnx.ModelProto) -> onnx.ModelProto:
     try:
-        return passes.strip(model)
+        return passes.strip(model).model
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - report a pass failure in one line
@@ -532,15 +532,15 @@ def _leftover_sites(model: onnx.ModelProto, scopes: dict[str, str],
     return list(found.values())
 
 
-def _reasons_by_site(unconvertible: list[dict[str, Any]], scopes: dict[str, str],
+def _reasons_by_site(unconvertible: list[Site], scopes: dict[str, str],
                      sites: list[kt.DropoutSite]) -> dict[str, str]:
     """Layer path → the rewrite's reason for not converting its random op."""
     by_path = {s.path: s for s in sites}
     reasons = {}
     for entry in unconvertible:
-        site = _owning_site(kt.layer_of_node(str(entry.get("name", "")), scopes), by_path)
-        if site is not None and entry.get("reason"):
-            reasons.setdefault(site.path, str(entry["reason"]))
+        site = _owning_site(kt.layer_of_node(entry.name, scopes), by_path)
+        if site is not None and entry.reason:
+            reasons.setdefault(site.path, entry.reason)
     return reasons
 
 
@@ -561,13 +561,13 @@ def _unconvertible_message(path: str | None, op_type: str, keras_model: Any) -> 
             f"{op_type}, which tf2onnx cannot convert to ONNX")
 
 
-def _site_reports(sites: list[kt.DropoutSite], rewritten: list[dict[str, Any]],
+def _site_reports(sites: list[kt.DropoutSite], rewritten: list[Site],
                   scopes: dict[str, str], fallback: dict[str, str]) -> list[SiteReport]:
     """Join the Keras dropout layers with the rewrite's sites (by TensorFlow name scope)."""
     owned: dict[str, list[str]] = {}
     unattributed = 0
     for entry in rewritten:
-        path = kt.layer_of_node(str(entry.get("name", "")), scopes)
+        path = kt.layer_of_node(entry.name, scopes)
         site = _owning_site(path, {s.path: s for s in sites})
         if site is None:
             unattributed += 1
@@ -613,7 +613,7 @@ def _check(model: onnx.ModelProto, strip: bool) -> None:
         onnx.checker.check_model(model, full_check=True)
     except Exception as err:  # noqa: BLE001 - checker raises ValidationError or InferenceError
         raise UserError(f"the converted model fails onnx.checker: {_first_line(err)}") from None
-    custom = [n for n in iter_nodes(model.graph) if n.domain == spec.DOMAIN]
+    custom = [n for _, n in iter_nodes(model) if n.domain == spec.DOMAIN]
     inputs = [i.name for i in model.graph.input]
     if strip and (custom or TRAINING_INPUT in inputs):
         raise UserError("internal error: the stripped model still holds dropout")

@@ -29,8 +29,8 @@ from typing import Any
 
 import onnx
 
-from ..errors import UserError
-from ..protowalk import iter_nodes
+from ..errors import MissingDependency, UserError
+from ..graph import iter_nodes
 
 #: The pip extra that brings TensorFlow, Keras and tf2onnx.
 KERAS_EXTRA = "spatialdrop-onnx[keras]"
@@ -100,7 +100,7 @@ def import_keras_stack() -> KerasStack:
         import tensorflow as tf
         import tf2onnx
     except ImportError as err:
-        raise UserError(
+        raise MissingDependency(
             f"converting Keras models needs TensorFlow, Keras 3 and tf2onnx ({err}); "
             f"install them with: pip install '{KERAS_EXTRA}'"
         ) from None
@@ -405,7 +405,7 @@ def export_keras_training_graph(model: Any, opset: int = DEFAULT_OPSET) -> onnx.
 def unconverted_nodes(model: onnx.ModelProto) -> list[onnx.NodeProto]:
     """Nodes in the default domain that are not ONNX operators (tf2onnx left them as TF ops)."""
     found = []
-    for node in iter_nodes(model.graph):
+    for _, node in iter_nodes(model):
         if node.domain in ("", "ai.onnx") and not onnx.defs.has(node.op_type):
             found.append(node)
     return found

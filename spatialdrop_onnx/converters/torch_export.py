@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from ..errors import UserError
+from ..errors import MissingDependency
 
 if TYPE_CHECKING:  # torch is an optional extra
     import torch
@@ -33,7 +33,7 @@ def _torch() -> Any:  # noqa: ANN401 - the torch module
     try:
         import torch
     except ImportError:
-        raise UserError(
+        raise MissingDependency(
             "PyTorch is not installed: pip install 'spatialdrop-onnx[torch]' "
             "(on this project's machines install torch==2.13.0 first)"
         ) from None
@@ -92,4 +92,4 @@ def export(
         with contextlib.redirect_stdout(log) if not verbose else contextlib.nullcontext():
             program = torch.onnx.export(module, tuple(args), dynamo=True, opset_version=opset,
                                         dynamic_shapes=dynamic_shapes, verbose=verbose)
-    return rewrite(program.model_proto, training_default=training_default)
+    return rewrite(program.model_proto, training_default=training_default).model

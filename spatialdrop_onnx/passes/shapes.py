@@ -1,56 +1,90 @@
-"""Shape reasoning for the rewrite rules: which noise dims are 1, which equal the data dims.
+"""Which noise dims are shared: reasoning on the noise-shape expression itself.
 
-A dimension is described symbolically so two tensors' dims can be compared
-without knowing the batch size:
+Exporters build a dropout's noise shape from constants and ``Shape`` of some
+tensor (``Concat(Shape(x)[0:1], [1], [C])`` from Keras, ``Concat(Shape(input)
+[0:1], [8], [1], [1])`` or a constant from PyTorch). The shared axes follow from
+that expression, element by element, without knowing the data's shape:
 
-* an ``int`` for a static size,
-* a ``str`` for a ``dim_param`` (equal names mean equal sizes),
-* a ``("dim", id, axis)`` token for an unnamed unknown dim of a tensor.
+* an element that is the constant 1 is shared;
+* any other element is not shared: it must equal the data dim (a constant that
+  provably differs refuses the site);
+* an element that is a dimension of some tensor counts as equal to the data dim
+  when it provably is (the same dimension of the same tensor, seen through
+  shape-preserving ops, or the same symbolic name), or when it sits on axis 0,
+  where exporters read the batch size from any batch-carrying tensor;
+  otherwise the site is refused rather than guessed;
+* the number of elements is the rank (fewer than the data's rank: the leading
+  axes broadcast, so they are shared).
 
-Dims flow through the ops exporters build noise shapes with (``Shape`` with
-``start``/``end``, ``Cast``, ``Slice``, ``Gather``, ``Concat``,
-``Unsqueeze``, ``Reshape``) and through the shape-preserving ops that sit
-between a tensor and its dropout (``Transpose``, elementwise ops with a
-broadcast scalar, ``ConstantOfShape``, ``*Like`` random ops). So the noise
-shape ``Concat(Shape(model_input)[0:1], [8], [1], [1])`` is recognised as
-``[batch, 8, 1, 1]`` for data of shape ``[batch, 8, H, W]``: names never matter.
+So a site is analysable even when everything downstream of an unconverted
+TensorFlow op is shapeless. Dims are an ``int``, a ``str`` (a symbolic name) or
+a :class:`DimOf` token ("axis k of tensor t" for a dim nobody knows). Known
+dims come from per-scope type facts (:func:`spatialdrop_onnx.graph.infer_types`),
+keyed by IR value, never by name.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_ir as ir
 
-Dim = int | str | tuple
-#: Elementwise ops whose output has the shape of their (first) data input.
-_UNARY_SAME_SHAPE = frozenset({
+from ..graph import DEFAULT_DOMAINS, MAX_CONSTANT_ELEMENTS
+
+
+@dataclass(frozen=True)
+class DimOf:
+    """Axis ``axis`` of the tensor with id ``root`` (seen through shape-preserving ops)."""
+
+    root: int
+    axis: int
+    label: str = ""
+
+    def __str__(self) -> str:
+        return f"dim {self.axis} of {self.label or '?'}"
+
+
+Dim = int | str | DimOf
+
+
+@dataclass(frozen=True)
+class WholeShape:
+    """``Shape(t)`` of a tensor whose rank is unknown."""
+
+    value: ir.Value
+
+
+#: Ops whose (first) output has the shape of their first input.
+_SAME_SHAPE = frozenset({
     "Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "Neg", "Abs", "Exp", "Log",
     "Sqrt", "Erf", "LeakyRelu", "Elu", "Selu", "Softplus", "HardSigmoid", "Clip", "Not",
     "RandomUniformLike", "RandomNormalLike", "Bernoulli", "Dropout", "Softmax", "LogSoftmax",
-    "Gelu", "HardSwish", "Mish",
+    "Gelu", "HardSwish", "Mish", "Floor", "Ceil", "Round", "Reciprocal", "IsNaN",
 })
-_BINARY_ELEMENTWISE = frozenset({
+_BINARY = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
     "Equal", "And", "Or", "Xor", "Max", "Min",
 })
-_MAX_CONST_ELEMENTS = 64
 
 
-def small_const(value: ir.Value | None) -> np.ndarray | None:
+def small_const(value: ir.Value | None,
+                read_external: Callable[[ir.Tensor], np.ndarray | None] | None = None
+                ) -> np.ndarray | None:
     """The value of a small constant (initializer that is not a graph input, or Constant node).
 
-    Large tensors are never read (their shape is checked first), so weights in
-    external data stay on disk.
+    Large tensors are never read (their size is checked first). A tensor in
+    external data is read only through ``read_external`` (a bounded, validated
+    read); without it such a constant is unknown.
     """
     if value is None or value.is_graph_input():
         return None
     tensor = value.const_value
     if tensor is None:
         producer = value.producer()
-        if producer is None or producer.op_type != "Constant" or producer.domain not in ("",
-                                                                                      "ai.onnx"):
+        if producer is None or producer.op_type != "Constant" or \
+                producer.domain not in DEFAULT_DOMAINS:
             return None
         attr = producer.attributes.get("value")
         if attr is not None and attr.type == ir.AttributeType.TENSOR:
@@ -59,159 +93,162 @@ def small_const(value: ir.Value | None) -> np.ndarray | None:
             for name in ("value_float", "value_int", "value_floats", "value_ints"):
                 attr = producer.attributes.get(name)
                 if attr is not None:
-                    return np.asarray(attr.value)
+                    array = np.asarray(attr.value)
+                    return array if array.size <= MAX_CONSTANT_ELEMENTS else None
             return None
-    if tensor.size > _MAX_CONST_ELEMENTS:
+    if tensor.size > MAX_CONSTANT_ELEMENTS:
         return None
+    if isinstance(tensor, ir.ExternalTensor):
+        return None if read_external is None else read_external(tensor)
     try:
         return tensor.numpy()
-    except Exception:  # noqa: BLE001 - unreadable constant: simply not a known constant
+    except Exception:  # noqa: BLE001 - an unreadable constant is simply not a known constant
         return None
-
-
-def scalar_const(value: ir.Value | None) -> float | None:
-    """The value of a one-element constant, as a Python float."""
-    array = small_const(value)
-    if array is None or array.size != 1:
-        return None
-    try:
-        return float(array.reshape(()))
-    except (TypeError, ValueError):
-        return None
-
-
-def dims_equal(a: Dim, b: Dim) -> bool:
-    return a == b and not (isinstance(a, int) != isinstance(b, int))
-
-
-def describe(dim: Dim) -> str:
-    if isinstance(dim, tuple):
-        return "?"
-    return str(dim)
 
 
 class ShapeReasoner:
-    """Symbolic dims of data tensors and symbolic values of 1-D shape tensors."""
+    """Dims of tensors and elements of shape tensors, from facts and from the graph."""
 
-    def __init__(self, hints: dict[str, Sequence[int | str | None]] | None = None) -> None:
-        self.hints = hints or {}
-        self._dims: dict[int, list[Dim] | None] = {}
+    def __init__(self, facts: dict[int, tuple[int | str | None, ...] | None] | None = None,
+                 read_external: Callable[[ir.Tensor], np.ndarray | None] | None = None
+                 ) -> None:
+        #: id(ir.Value) -> dims known for it (None entries: unknown dim; None: unknown rank).
+        self.facts = facts or {}
+        self.read_external = read_external
 
-    def assume(self, value: ir.Value, dims: list[Dim]) -> None:
-        """Declare ``value``'s dims (a function input, from what every call site passes)."""
-        self._dims[id(value)] = list(dims)
+    def const(self, value: ir.Value | None) -> np.ndarray | None:
+        return small_const(value, self.read_external)
 
-    # -- data tensors --------------------------------------------------------
+    def scalar(self, value: ir.Value | None) -> float | None:
+        array = self.const(value)
+        if array is None or array.size != 1:
+            return None
+        try:
+            return float(array.reshape(()))
+        except (TypeError, ValueError):
+            return None
 
-    def data_dims(self, value: ir.Value | None, depth: int = 0) -> list[Dim] | None:
-        """Symbolic dims of ``value`` (None when even the rank is unknown)."""
+    # -- tensors ------------------------------------------------------------------
+
+    def _known(self, value: ir.Value) -> tuple[int | str | None, ...] | None:
+        if id(value) in self.facts:
+            return self.facts[id(value)]
+        if value.shape is None:
+            return None
+        return tuple(d if isinstance(d, int) else
+                     (d.value if isinstance(d.value, str) and d.value else None)
+                     for d in value.shape)
+
+    def root(self, value: ir.Value, depth: int = 0) -> ir.Value:
+        """The tensor ``value`` has the shape of, through shape-preserving ops."""
+        while depth < 256:
+            node = value.producer()
+            if node is None or node.domain not in DEFAULT_DOMAINS or not node.inputs or \
+                    value is not node.outputs[0]:
+                return value
+            if node.op_type in _SAME_SHAPE and node.inputs[0] is not None:
+                value = node.inputs[0]
+            elif node.op_type in _BINARY and len(node.inputs) == 2:
+                a, b = node.inputs
+                if b is not None and self._is_scalar_like(b):
+                    value = a
+                elif a is not None and self._is_scalar_like(a):
+                    value = b
+                else:
+                    return value
+            else:
+                return value
+            depth += 1
+        return value
+
+    def _is_scalar_like(self, value: ir.Value) -> bool:
+        const = self.const(value)
+        if const is not None:
+            return const.size == 1
+        known = self._known(value)
+        return known is not None and all(d == 1 for d in known)
+
+    def rank(self, value: ir.Value | None, depth: int = 0) -> int | None:
         if value is None or depth > 64:
             return None
-        key = id(value)
-        if key not in self._dims:
-            self._dims[key] = self._compute_dims(value, depth)
-        return self._dims[key]
-
-    def _declared(self, value: ir.Value) -> list[int | str | None] | None:
-        if value.shape is not None:
-            dims: list[int | str | None] = []
-            for dim in value.shape:
-                if isinstance(dim, int):
-                    dims.append(dim)
-                else:
-                    dims.append(dim.value if isinstance(dim.value, str) and dim.value else None)
-            hinted = self.hints.get(value.name or "")
-            if hinted is not None and len(hinted) == len(dims):
-                dims = [d if d is not None else h for d, h in zip(dims, hinted, strict=True)]
-            return dims
-        hinted = self.hints.get(value.name or "")
-        return list(hinted) if hinted is not None else None
-
-    def _compute_dims(self, value: ir.Value, depth: int) -> list[Dim] | None:
-        declared = self._declared(value)
-        structural = self._structural_dims(value, depth)
-        if declared is None:
-            return structural
-        if structural is not None and len(structural) != len(declared):
-            structural = None
-        dims: list[Dim] = []
-        for axis, dim in enumerate(declared):
-            if dim is not None:
-                dims.append(dim)
-            elif structural is not None:
-                dims.append(structural[axis])
-            else:
-                dims.append(("dim", id(value), axis))
-        return dims
-
-    def _structural_dims(self, value: ir.Value, depth: int) -> list[Dim] | None:
-        """Dims derived from the producer, for ops that keep or permute a shape."""
+        known = self._known(value)
+        if known is not None:
+            return len(known)
         node = value.producer()
-        if node is None or node.domain not in ("", "ai.onnx") or not node.inputs:
-            return None
-        op = node.op_type
-        first = node.inputs[0]
-        if op == "Transpose":
-            inner = self.data_dims(first, depth + 1)
-            perm_attr = node.attributes.get("perm")
-            if inner is None:
-                return None
-            perm = list(perm_attr.as_ints()) if perm_attr is not None else \
-                list(reversed(range(len(inner))))
-            if sorted(perm) != list(range(len(inner))):
-                return None
-            return [inner[p] for p in perm]
-        if op in _UNARY_SAME_SHAPE and value is node.outputs[0]:
-            return self.data_dims(first, depth + 1)
-        if op == "ConstantOfShape":
-            return self.shape_values(first, depth + 1)
-        if op in _BINARY_ELEMENTWISE and len(node.inputs) == 2:
-            a = self.data_dims(node.inputs[0], depth + 1)
-            b = self.data_dims(node.inputs[1], depth + 1)
-            return _broadcast(a, b)
+        if node is not None and node.domain in DEFAULT_DOMAINS and node.inputs:
+            if node.op_type == "Transpose":
+                perm = node.attributes.get("perm")
+                if perm is not None:
+                    return len(perm.as_ints())
+                return self.rank(node.inputs[0], depth + 1)
+            if node.op_type == "ConstantOfShape":
+                elements = self.shape_elements(node.inputs[0], depth + 1)
+                return len(elements) if isinstance(elements, list) else None
+            root = self.root(value)
+            if root is not value:
+                return self.rank(root, depth + 1)
         return None
 
-    # -- shape tensors -------------------------------------------------------
+    def dim(self, value: ir.Value, axis: int, depth: int = 0) -> Dim:
+        """Axis ``axis`` (non-negative) of ``value``: known int/str, or a :class:`DimOf`."""
+        known = self._known(value)
+        if known is not None and axis < len(known) and known[axis] is not None:
+            return known[axis]  # type: ignore[return-value]
+        node = value.producer()
+        if depth < 64 and node is not None and node.domain in DEFAULT_DOMAINS and \
+                node.inputs and value is node.outputs[0]:
+            if node.op_type == "Transpose" and node.inputs[0] is not None:
+                perm_attr = node.attributes.get("perm")
+                if perm_attr is not None:
+                    perm = list(perm_attr.as_ints())
+                    if axis < len(perm):
+                        return self.dim(node.inputs[0], perm[axis], depth + 1)
+            elif node.op_type == "ConstantOfShape":
+                elements = self.shape_elements(node.inputs[0], depth + 1)
+                if isinstance(elements, list) and axis < len(elements):
+                    return elements[axis]
+            else:
+                root = self.root(value)
+                if root is not value:
+                    return self.dim(root, axis, depth + 1)
+        return DimOf(id(value), axis, value.name or "")
 
-    def shape_values(self, value: ir.Value | None, depth: int = 0) -> list[Dim] | None:
-        """Symbolic elements of a 0-D/1-D integer shape tensor, or None."""
+    # -- shape tensors -------------------------------------------------------------
+
+    def shape_elements(self, value: ir.Value | None, depth: int = 0
+                       ) -> list[Dim] | WholeShape | None:
+        """The elements of a 0-D/1-D integer shape tensor; None when unknown."""
         if value is None or depth > 64:
             return None
-        const = small_const(value)
+        const = self.const(value)
         if const is not None:
-            if const.ndim > 1 or not np.issubdtype(const.dtype, np.number):
+            if const.ndim > 1 or not np.issubdtype(const.dtype, np.integer):
                 return None
             return [int(v) for v in const.reshape(-1)]
         node = value.producer()
-        if node is None or node.domain not in ("", "ai.onnx"):
+        if node is None or node.domain not in DEFAULT_DOMAINS:
             return None
-        op = node.op_type
-        inputs = node.inputs
-        if op == "Shape":
-            dims = self.data_dims(inputs[0], depth + 1)
-            if dims is None:
-                return None
-            start = _int_attr(node, "start", 0)
-            end = _int_attr(node, "end", None)
-            return list(dims[slice(start, end)])
-        if op in ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten"):
-            inner = self.shape_values(inputs[0], depth + 1)
-            # Reshaping a shape vector keeps its elements (0-D <-> 1-D only).
-            return inner
+        op, inputs = node.op_type, node.inputs
+        if op == "Shape" and inputs and inputs[0] is not None:
+            return self._shape_of(node, inputs[0])
+        if op in ("Cast", "Identity", "Squeeze", "Unsqueeze", "Reshape", "Flatten") and inputs:
+            return self.shape_elements(inputs[0], depth + 1)  # 0-D <-> 1-D keeps the elements
         if op == "Concat":
             parts: list[Dim] = []
             for part in inputs:
-                values = self.shape_values(part, depth + 1)
-                if values is None:
+                elements = self.shape_elements(part, depth + 1)
+                if not isinstance(elements, list):
                     return None
-                parts.extend(values)
+                parts.extend(elements)
             return parts
         if op == "Slice":
             return self._slice(node, depth)
-        if op == "Gather":
-            data = self.shape_values(inputs[0], depth + 1)
-            index = small_const(inputs[1]) if len(inputs) > 1 else None
-            if data is None or index is None or _int_attr(node, "axis", 0) != 0:
+        if op == "Gather" and len(inputs) > 1:
+            data = self.shape_elements(inputs[0], depth + 1)
+            index = self.const(inputs[1])
+            axis = node.attributes.get("axis")
+            if not isinstance(data, list) or index is None or \
+                    (axis is not None and axis.as_int() != 0):
                 return None
             try:
                 return [data[int(i)] for i in index.reshape(-1)]
@@ -219,9 +256,25 @@ class ShapeReasoner:
                 return None
         return None
 
+    def _shape_of(self, node: ir.Node, tensor: ir.Value) -> list[Dim] | WholeShape | None:
+        start_attr, end_attr = node.attributes.get("start"), node.attributes.get("end")
+        start = start_attr.as_int() if start_attr is not None else 0
+        end = end_attr.as_int() if end_attr is not None else None
+        rank = self.rank(tensor)
+        if rank is None:
+            if start == 0 and end is None:
+                return WholeShape(tensor)
+            if start < 0 or end is None or end < 0:
+                return None  # needs the rank
+            return [self.dim(tensor, k) for k in range(start, end)]
+        return [self.dim(tensor, k) for k in range(rank)[slice(start, end)]]
+
     def _slice(self, node: ir.Node, depth: int) -> list[Dim] | None:
         inputs = list(node.inputs) + [None] * 5
-        data = self.shape_values(inputs[0], depth + 1)
+        data = self.shape_elements(inputs[0], depth + 1)
+        if isinstance(data, WholeShape):
+            rank = self.rank(data.value)
+            data = None if rank is None else [self.dim(data.value, k) for k in range(rank)]
         if data is None:
             return None
         if inputs[1] is None:  # Slice-1: attributes
@@ -230,38 +283,19 @@ class ShapeReasoner:
             axes = _ints_attr(node, "axes") or [0]
             steps = [1]
         else:
-            starts, ends = _const_list(inputs[1]), _const_list(inputs[2])
-            axes = _const_list(inputs[3]) if inputs[3] is not None else [0]
-            steps = _const_list(inputs[4]) if inputs[4] is not None else [1]
-        if None in (starts, ends, axes, steps) or len(starts) != 1 or axes not in ([0], [-1]):
+            starts, ends = self._const_list(inputs[1]), self._const_list(inputs[2])
+            axes = self._const_list(inputs[3]) if inputs[3] is not None else [0]
+            steps = self._const_list(inputs[4]) if inputs[4] is not None else [1]
+        if None in (starts, ends, axes, steps) or len(starts) != 1 or axes not in ([0], [-1]) \
+                or steps[0] == 0:
             return None
         return list(data[slice(starts[0], ends[0], steps[0])])
 
-
-def _broadcast(a: list[Dim] | None, b: list[Dim] | None) -> list[Dim] | None:
-    """Broadcast result when one side is a scalar-like constant; otherwise only equal ranks."""
-    if a is None or b is None:
-        return None
-    if all(d == 1 for d in b) and len(b) <= len(a):
-        return a
-    if all(d == 1 for d in a) and len(a) <= len(b):
-        return b
-    if len(a) != len(b):
-        return None
-    result: list[Dim] = []
-    for x, y in zip(a, b, strict=True):
-        if dims_equal(x, y) or y == 1:
-            result.append(x)
-        elif x == 1:
-            result.append(y)
-        else:
+    def _const_list(self, value: ir.Value | None) -> list[int] | None:
+        const = self.const(value)
+        if const is None or not np.issubdtype(const.dtype, np.integer):
             return None
-    return result
-
-
-def _int_attr(node: ir.Node, name: str, default: int | None) -> int | None:
-    attr = node.attributes.get(name)
-    return attr.as_int() if attr is not None else default
+        return [int(v) for v in const.reshape(-1)]
 
 
 def _ints_attr(node: ir.Node, name: str) -> list[int] | None:
@@ -269,29 +303,45 @@ def _ints_attr(node: ir.Node, name: str) -> list[int] | None:
     return list(attr.as_ints()) if attr is not None else None
 
 
-def _const_list(value: ir.Value | None) -> list[int] | None:
-    const = small_const(value)
-    if const is None:
-        return None
-    return [int(v) for v in const.reshape(-1)]
+def describe(dim: Dim) -> str:
+    return str(dim)
 
 
-def shared_axes_for(noise: Sequence[Dim], data: Sequence[Dim]) -> tuple[list[int] | None, str]:
-    """Shared axes of a mask of shape ``noise`` broadcast over data of shape ``data``.
+def shared_axes_for(reasoner: ShapeReasoner, noise: list[Dim] | WholeShape,
+                    data: ir.Value) -> tuple[list[int] | None, str]:
+    """Shared axes of a mask with these noise elements broadcast over ``data``.
 
-    A noise dim equal to the data dim is not shared, a noise dim of 1 is.
-    Returns ``(axes, "")`` or ``(None, reason)``.
+    Returns ``(axes, "")`` or ``(None, reason)``; see the module docstring.
     """
-    if len(noise) > len(data):
-        return None, f"noise rank {len(noise)} exceeds data rank {len(data)}"
-    padded = [1] * (len(data) - len(noise)) + list(noise)
-    axes = []
-    for axis, (n, d) in enumerate(zip(padded, data, strict=True)):
-        if dims_equal(n, d):
+    if isinstance(noise, WholeShape):
+        if reasoner.root(noise.value) is reasoner.root(data):
+            return [], ""  # the noise shape is the data's own shape: element-wise
+        rank = reasoner.rank(noise.value)
+        if rank is None:
+            return None, ("the noise shape is the shape of another tensor whose rank is "
+                          "unknown")
+        noise = [reasoner.dim(noise.value, k) for k in range(rank)]
+    rank = reasoner.rank(data)
+    if rank is None:
+        rank = len(noise)  # the noise length is the rank
+    if len(noise) > rank:
+        return None, f"noise rank {len(noise)} exceeds data rank {rank}"
+    offset = rank - len(noise)
+    axes = list(range(offset))
+    for position, element in enumerate(noise):
+        axis = offset + position
+        data_dim = reasoner.dim(data, axis)
+        if isinstance(element, int):
+            if element == 1:
+                if data_dim != 1:
+                    axes.append(axis)
+                continue
+            if isinstance(data_dim, int) and data_dim != element:
+                return None, (f"noise dim {axis} is {element}, neither 1 nor the data dim "
+                              f"{data_dim}")
             continue
-        if n == 1 and isinstance(n, int):
-            axes.append(axis)
+        if element == data_dim or axis == 0:
             continue
-        return None, (f"noise dim {axis} is {describe(n)}, neither 1 nor the data dim "
-                      f"{describe(d)}")
+        return None, (f"noise dim {axis} ({describe(element)}) cannot be shown to equal the "
+                      f"data dim ({describe(data_dim)}) nor to be 1")
     return axes, ""

@@ -1,7 +1,7 @@
 """What every dropout rewrite rule shares: the rewrite context, checks, and the replacement.
 
 A rule (one class per exporter pattern, in the sibling modules) declares a
-``pattern`` and a ``check``. The check works out a :class:`SiteInfo` (data
+``pattern`` and a ``check``. The check works out a :class:`Conversion` (data
 tensor, ratio, shared axes) or fails with a :class:`MatchResult` that says
 why ("noise dim 2 is 3, neither 1 nor the data dim 6"). The replacement is
 the same for every rule: ``SpatialDropout`` when some axis is shared, ONNX
@@ -20,12 +20,11 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from ... import spec
-from .._proto import NameMaker
-from ..shapes import Dim, ShapeReasoner, scalar_const, shared_axes_for
+from ...graph import NameMaker
+from ...sites import Kind, Site
+from ..shapes import Dim, ShapeReasoner, WholeShape, shared_axes_for
 
-TRAINING_MODE = "training_mode"
-SPATIAL = "spatial"
-ELEMENTWISE = "elementwise"
+SPATIAL_OP = spec.OP_TYPE
 #: How element-wise sites are written. "dropout": ONNX Dropout-13 (the standard op).
 #: "spatial": SpatialDropout with shared_axes=[]. onnxruntime's inference builds
 #: remove a Dropout node during session optimisation (EliminateDropout) whatever its
@@ -35,8 +34,8 @@ ELEMENTWISE_OPS = ("dropout", "spatial")
 
 
 @dataclass
-class SiteInfo:
-    """A recognised dropout site, as the replacement needs it and inspect reports it."""
+class Conversion:
+    """What a rule found at one site, as the replacement needs it."""
 
     name: str
     rule: str
@@ -53,25 +52,17 @@ class SiteInfo:
     #: onnxruntime would optimise a Dropout node there away, see ``ELEMENTWISE_OPS``).
     force_spatial: bool = False
 
-    @property
-    def kind(self) -> str:
-        return SPATIAL if self.shared_axes else ELEMENTWISE
-
     def writes_dropout(self, elementwise: str) -> bool:
         """Whether the replacement is ONNX Dropout (else SpatialDropout)."""
         return not self.shared_axes and not self.force_spatial and elementwise == "dropout"
 
-    def report(self, elementwise: str = "dropout") -> dict:
-        return {
-            "name": self.name,
-            "kind": "random-subgraph",
-            "becomes": "Dropout" if self.writes_dropout(elementwise) else "SpatialDropout",
-            "ratio": framework_ratio(self.ratio),  # what rewrite writes
-            "shared_axes": list(self.shared_axes),
-            "graph": self.graph,
-            "rule": self.rule,
-            "random_op": self.random_op,
-        }
+    def site(self, elementwise: str = "dropout") -> Site:
+        """The site as inspect and the reports show it (ratio: what rewrite writes)."""
+        return Site(
+            name=self.name, kind=Kind.RANDOM_SUBGRAPH, graph=self.graph,
+            op_type=self.random_op, ratio=framework_ratio(self.ratio),
+            shared_axes=tuple(self.shared_axes), seed=self.seed, rule=self.rule,
+            becomes="Dropout" if self.writes_dropout(elementwise) else SPATIAL_OP)
 
 
 @dataclass
@@ -84,12 +75,14 @@ class RewriteContext:
     paths: dict[int, str]
     owners: dict[int, ir.Function | None]
     make_training_value: Callable[[ir.Function | None], ir.Value]
-    sites: list[SiteInfo] = field(default_factory=list)
+    names: NameMaker
+    conversions: list[Conversion] = field(default_factory=list)
+    #: Existing Dropout/SpatialDropout nodes given the training switch.
+    rewired: list[Site] = field(default_factory=list)
     #: Random node -> why no rule converted it (first informative reason).
     failures: dict[int, tuple[ir.Node, str]] = field(default_factory=dict)
     #: Values the removed nodes read: candidates for dead-code removal.
     dead_candidates: list[ir.Value] = field(default_factory=list)
-    used_names: set[str] = field(default_factory=set)
     elementwise: str = "dropout"
 
     def path_of(self, graph_or_function: ir.Graph | ir.Function) -> str:
@@ -101,13 +94,13 @@ class RewriteContext:
 
     def fresh(self, base: str) -> str:
         """A node/value name not used anywhere in the model yet."""
-        return NameMaker(self.used_names)(base)
+        return self.names(base)
 
 
 class DropoutRule(orp.RewriteRuleClassBase):
     """Base of the dropout rules: subclasses give ``pattern`` and ``analyse``.
 
-    ``analyse(context, **bindings)`` returns a :class:`SiteInfo` or raises
+    ``analyse(context, **bindings)`` returns a :class:`Conversion` or raises
     :class:`NoMatch` with the reason; ``check`` turns that into a
     ``MatchResult`` and records the reason against the random node so
     ``inspect`` can explain an unconverted site.
@@ -120,33 +113,33 @@ class DropoutRule(orp.RewriteRuleClassBase):
     def __init__(self, ctx: RewriteContext, name: str) -> None:
         super().__init__(name=name, remove_nodes=True)
         self.ctx = ctx
-        self._site: SiteInfo | None = None
+        self._found: Conversion | None = None
         self._graph: ir.Graph | ir.Function | None = None
 
-    def analyse(self, context: orp.MatchContext, **bindings: object) -> SiteInfo:
+    def analyse(self, context: orp.MatchContext, **bindings: object) -> Conversion:
         raise NotImplementedError
 
     def check(self, context: orp.MatchContext, **bindings: object) -> orp.MatchResult:
         result = orp.MatchResult()
-        self._site = None
+        self._found = None
         try:
-            site = self.analyse(context, **bindings)
+            found = self.analyse(context, **bindings)
         except NoMatch as err:
             if self.explains_failures and err.random_node is not None:
                 self.ctx.failures.setdefault(id(err.random_node), (err.random_node, err.reason))
             return result.fail(err.reason)
-        self._site = site
+        self._found = found
         self._graph = context.graph_or_function
         for node in context.nodes:
             self.ctx.dead_candidates.extend(v for v in node.inputs if v is not None)
         return result
 
     def rewrite(self, op: orp.RewriterContext, **bindings: object) -> ir.Value:
-        site = self._site
-        assert site is not None and self._graph is not None
-        self.ctx.sites.append(site)
+        found = self._found
+        assert found is not None and self._graph is not None
+        self.ctx.conversions.append(found)
         training = self.ctx.training_for(self._graph)
-        return emit_dropout(op, site, training, self.ctx)
+        return emit_dropout(op, found, training, self.ctx)
 
 
 class NoMatch(Exception):
@@ -172,7 +165,7 @@ def framework_ratio(ratio: float) -> float:
     return float(min(as_rate, as_keep, key=lambda d: len(d.normalize().as_tuple().digits)))
 
 
-def emit_dropout(op: orp.RewriterContext, site: SiteInfo, training: ir.Value,
+def emit_dropout(op: orp.RewriterContext, site: Conversion, training: ir.Value,
                  ctx: RewriteContext) -> ir.Value:
     """The replacement: SpatialDropout / Dropout-13 on the data, then the layout permutation.
 
@@ -210,8 +203,9 @@ def float_data(x: ir.Value) -> None:
         raise NoMatch(f"data {x.name!r} is {x.dtype}, not floating point")
 
 
-def constant(value: ir.Value | None, what: str, random_node: ir.Node | None) -> float:
-    found = scalar_const(value)
+def constant(ctx: RewriteContext, value: ir.Value | None, what: str,
+             random_node: ir.Node | None) -> float:
+    found = ctx.shapes.scalar(value)
     if found is None or not math.isfinite(found):
         name = value.name if value is not None else "(none)"
         raise NoMatch(f"{what} {name!r} is not a constant scalar", random_node)
@@ -263,21 +257,30 @@ def seed_of(node: ir.Node) -> int | None:
     return int(value) if float(value).is_integer() else None
 
 
-def noise_and_axes(ctx: RewriteContext, noise: list[Dim] | None, data: ir.Value,
-                   random_node: ir.Node | None) -> list[int]:
-    """Shared axes from the noise dims and the data dims, by shape reasoning."""
+def shared_axes(ctx: RewriteContext, noise: list[Dim] | WholeShape | None, data: ir.Value,
+                random_node: ir.Node | None) -> list[int]:
+    """Shared axes from the noise-shape elements (see :mod:`..shapes`); NoMatch if unknown."""
     if noise is None:
         raise NoMatch("the noise shape cannot be worked out", random_node)
-    dims = ctx.shapes.data_dims(data)
-    if dims is None:
-        raise NoMatch(f"the rank of data {data.name!r} is unknown", random_node)
-    axes, reason = shared_axes_for(noise, dims)
+    axes, reason = shared_axes_for(ctx.shapes, noise, data)
     if axes is None:
         raise NoMatch(reason, random_node)
-    if len(axes) == len(dims) and len(dims) > 0:
-        # One decision for the whole tensor is still SpatialDropout (all axes shared).
-        return axes
     return axes
+
+
+def noise_of_tensor(ctx: RewriteContext, like: ir.Value) -> list[Dim] | WholeShape | None:
+    """The noise elements of a ``*Like`` random op: the dims of the tensor it copies.
+
+    For ``ConstantOfShape(s)`` they are the elements of ``s`` (None when unknown:
+    an unknown value is not a tensor dimension).
+    """
+    producer = like.producer()
+    if producer is not None and producer.op_type == "ConstantOfShape" and producer.inputs:
+        return ctx.shapes.shape_elements(producer.inputs[0])
+    rank = ctx.shapes.rank(like)
+    if rank is None:
+        return WholeShape(like)
+    return [ctx.shapes.dim(like, k) for k in range(rank)]
 
 
 def keep_ratio_from_threshold(threshold: float, low: float, high: float, keep_below: bool,

@@ -22,16 +22,17 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from ._common import (
+    Conversion,
     DropoutRule,
     NoMatch,
     RewriteContext,
-    SiteInfo,
     check_scale,
     constant,
     float_data,
     keep_ratio_from_threshold,
-    noise_and_axes,
+    noise_of_tensor,
     seed_of,
+    shared_axes,
     uniform_range,
 )
 
@@ -69,30 +70,28 @@ class GenericRandomMask(DropoutRule):
 
     def analyse(self, context: orp.MatchContext, x: ir.Value, threshold: ir.Value,  # noqa: ANN001
                 factor: ir.Value, keep_below: bool, zero: ir.Value | None = None,
-                like: ir.Value | None = None, **_: object) -> SiteInfo:
+                like: ir.Value | None = None, **_: object) -> Conversion:
         random_node = next(n for n in context.nodes if n.op_type in RANDOM_SOURCES)
         float_data(x)
         low, high = uniform_range(random_node)
-        ratio = keep_ratio_from_threshold(
-            constant(threshold, "threshold", random_node), low, high, keep_below, random_node)
-        value = constant(factor, "scale", random_node)
+        threshold_value = constant(self.ctx, threshold, "threshold", random_node)
+        ratio = keep_ratio_from_threshold(threshold_value, low, high, keep_below, random_node)
+        value = constant(self.ctx, factor, "scale", random_node)
         if self.divides:
             if value == 0:
                 raise NoMatch("division by zero", random_node)
             value = 1.0 / value
         check_scale(value, ratio, factor, random_node)
-        if self.form == "where" and constant(zero, "dropped value", random_node) != 0.0:
+        if self.form == "where" and constant(self.ctx, zero, "dropped value", random_node) != 0.0:
             raise NoMatch("dropped elements are not set to 0", random_node)
-        if random_node.op_type == "RandomUniformLike" and like is x:
-            axes = []  # one draw per element of x itself: element-wise, whatever x's rank
+        if random_node.op_type == "RandomUniform":
+            shape = random_node.attributes.get("shape")
+            noise = list(shape.as_ints()) if shape is not None else None
         else:
-            if random_node.op_type == "RandomUniform":
-                shape = random_node.attributes.get("shape")
-                noise = list(shape.as_ints()) if shape is not None else None
-            else:
-                noise = self.ctx.shapes.data_dims(like)
-            axes = noise_and_axes(self.ctx, noise, x, random_node)
-        return SiteInfo(
+            assert like is not None
+            noise = noise_of_tensor(self.ctx, like)
+        axes = shared_axes(self.ctx, noise, x, random_node)
+        return Conversion(
             name=context.root.name or "", rule=self.name, ratio=ratio, shared_axes=axes,
             graph=self.ctx.path_of(context.graph_or_function), data=x,
             seed=seed_of(random_node), random_op=random_node.op_type)

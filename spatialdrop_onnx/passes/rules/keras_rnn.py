@@ -24,8 +24,7 @@ import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
-from ..shapes import small_const
-from ._common import NoMatch, RewriteContext, SiteInfo
+from ._common import Conversion, NoMatch, RewriteContext
 from .keras_stateless import KerasStatelessDropout
 
 
@@ -36,20 +35,20 @@ class KerasRnnMask(KerasStatelessDropout):
     explains_failures = False
 
     def __init__(self, ctx: RewriteContext, *, affine: bool) -> None:
-        super().__init__(ctx, transposed=False, affine=affine)
+        super().__init__(ctx, affine=affine)
         self.name = "keras_rnn_mask" + ("_affine" if affine else "")
 
-    def analyse(self, context: orp.MatchContext, x: ir.Value, **bindings: object) -> SiteInfo:
-        if not _is_ones(x):
-            raise NoMatch(f"{x.name!r} is not a tensor of ones")
-        site = super().analyse(context, x=x, **bindings)
-        if site.shared_axes:
+    def analyse(self, context: orp.MatchContext, **bindings: object) -> Conversion:
+        found = super().analyse(context, **bindings)
+        if found.perm is not None or not _is_ones(self.ctx, found.data):
+            raise NoMatch(f"{found.data.name!r} is not a tensor of ones")
+        if found.shared_axes:
             raise NoMatch("an RNN mask with shared axes")
-        site.force_spatial = True
-        return site
+        found.force_spatial = True
+        return found
 
 
-def _is_ones(value: ir.Value) -> bool:
+def _is_ones(ctx: RewriteContext, value: ir.Value) -> bool:
     """A ``ConstantOfShape`` filled with 1, or a small constant of ones."""
     producer = value.producer()
     if producer is not None and producer.op_type == "ConstantOfShape" and \
@@ -59,7 +58,7 @@ def _is_ones(value: ir.Value) -> bool:
             return False  # the default fill value is 0
         fill = attr.as_tensor().numpy()
         return fill.size == 1 and float(fill.reshape(())) == 1.0
-    const = small_const(value)
+    const = ctx.shapes.const(value)
     return const is not None and bool(np.all(const == 1))
 
 

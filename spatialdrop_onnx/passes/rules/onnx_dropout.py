@@ -18,7 +18,8 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from ... import spec
-from ..shapes import scalar_const
+from ...graph import TRAINING_MODE
+from ...sites import Kind, Site
 from ._common import RewriteContext
 
 
@@ -48,16 +49,25 @@ class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
             return result.fail("the node has no mask output")
         if not self.with_mask and len(node.outputs) > 1 and node.outputs[1].uses():
             return result.fail("mask output is used (the two-output rule handles it)")
-        if flag is None or flag.is_graph_input() or scalar_const(flag) is None:
+        if flag is None or flag.is_graph_input() or self.ctx.shapes.scalar(flag) is None:
             return result.fail("training_mode is absent or not a constant")
         self._graph = context.graph_or_function
         self._node = node
         self.ctx.dead_candidates.append(flag)
         return result
 
+    def _record(self, node: ir.Node, ratio: ir.Value | None, kind: Kind) -> None:
+        assert self._graph is not None
+        value = spec.DEFAULT_RATIO if ratio is None else self.ctx.shapes.scalar(ratio)
+        self.ctx.rewired.append(Site(
+            name=node.name or node.outputs[0].name or "", kind=kind,
+            graph=self.ctx.path_of(self._graph), op_type=node.op_type, ratio=value,
+            training_mode=TRAINING_MODE))
+
     def rewrite(self, op, x: ir.Value, ratio: ir.Value | None, **_: object):  # noqa: ANN001, ANN201
         node = self._node
         assert node is not None and self._graph is not None
+        self._record(node, ratio, Kind.ELEMENTWISE)
         training = self.ctx.training_for(self._graph)
         attrs = dict(node.attributes)
         outputs = 2 if self.with_mask else 1
@@ -86,6 +96,9 @@ class SpatialDropoutTrainingSwitch(OnnxDropoutTrainingSwitch):
     def rewrite(self, op, x: ir.Value, ratio: ir.Value | None, **_: object):  # noqa: ANN001, ANN201
         node = self._node
         assert node is not None and self._graph is not None
+        axes = node.attributes.get(spec.ATTR_SHARED_AXES)
+        self._record(node, ratio, Kind.ELEMENTWISE if axes is not None and not list(
+            axes.as_ints()) else Kind.SPATIAL)
         training = self.ctx.training_for(self._graph)
         return op.op(spec.OP_TYPE, x, ratio, training, _domain=spec.DOMAIN, _name=node.name,
                      _outputs=2 if self.with_mask else 1, **dict(node.attributes))

@@ -20,15 +20,15 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from ._common import (
+    Conversion,
     DropoutRule,
     RewriteContext,
-    SiteInfo,
     check_scale,
     constant,
     float_data,
     keep_ratio_from_threshold,
-    noise_and_axes,
     seed_of,
+    shared_axes,
     uniform_range,
 )
 
@@ -51,16 +51,16 @@ class TorchDynamoDropout(DropoutRule):
 
     def analyse(self, context: orp.MatchContext, x: ir.Value, noise: ir.Value,  # noqa: ANN001
                 keep_prob: ir.Value, divisor: ir.Value, u: ir.Value,
-                **_: object) -> SiteInfo:
+                **_: object) -> Conversion:
         random_node = u.producer()
         float_data(x)
         low, high = uniform_range(random_node)
-        threshold = constant(keep_prob, "keep probability", random_node)
+        threshold = constant(self.ctx, keep_prob, "keep probability", random_node)
         ratio = keep_ratio_from_threshold(threshold, low, high, True, random_node)
-        check_scale(1.0 / constant(divisor, "divisor", random_node), ratio, divisor,
+        check_scale(1.0 / constant(self.ctx, divisor, "divisor", random_node), ratio, divisor,
                     random_node)
-        axes = noise_and_axes(self.ctx, self.ctx.shapes.shape_values(noise), x, random_node)
-        return SiteInfo(
+        axes = shared_axes(self.ctx, self.ctx.shapes.shape_elements(noise), x, random_node)
+        return Conversion(
             name=context.root.name or "", rule=self.name, ratio=ratio, shared_axes=axes,
             graph=self.ctx.path_of(context.graph_or_function), data=x,
             seed=seed_of(random_node), random_op=random_node.op_type)

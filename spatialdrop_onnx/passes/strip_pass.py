@@ -25,55 +25,87 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 
 import onnx
 from onnx import NodeProto, TensorProto
 from onnx import helper as oh
 
 from .. import spec
-from ..errors import UserError
-from . import _proto
-from ._proto import NameMaker, Scope
+from ..errors import UserError, printable
+from ..function_body import runtime_noise_shape
+from ..graph import (
+    RANDOM_OPS,
+    NameMaker,
+    Scope,
+    TypeFacts,
+    all_names,
+    check_opset_imports,
+    drop_our_unused_functions,
+    drop_unused_training_switch,
+    get_attr,
+    infer_types,
+    is_onnx_dropout,
+    is_spatial_dropout,
+    model_scopes,
+    subgraphs,
+)
+from ..sites import Site
+from .result import ModelArg, PassResult, load_argument
 
-#: The switch input the rewrite adds (and threads through model-local functions).
-TRAINING_MODE = "training_mode"
 
-
-@dataclass
+@dataclass(frozen=True)
 class StripReport:
-    """What strip did: folded sites, and random sites it could not fold (left in place)."""
+    """What strip did: dropout nodes folded, random subgraphs converted first, sites left."""
 
     folded: int = 0
-    rewritten_random_sites: int = 0
-    unconvertible: list[dict] = field(default_factory=list)
+    random_subgraphs: int = 0
+    unconvertible: tuple[Site, ...] = field(default_factory=tuple)
+
+    @property
+    def modified(self) -> bool:
+        return self.folded > 0
+
+    def to_dict(self) -> dict:
+        return {"folded": self.folded, "random_subgraphs": self.random_subgraphs,
+                "unconvertible": [s.to_dict() for s in self.unconvertible]}
 
 
-def strip(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Return a copy of ``model`` with every dropout folded to the identity.
+def strip(model: ModelArg) -> PassResult[StripReport]:
+    """Fold every dropout of ``model`` (a ModelProto or a path) to the identity.
 
     The result computes what the model computes with training off; see the
-    module docstring. Random-mask sites no rule recognises are left in place
-    (``strip_with_report`` lists them).
+    module docstring. Random-mask sites no rule recognises are left in place and
+    listed in ``report.unconvertible``.
     """
-    return strip_with_report(model)[0]
-
-
-def strip_with_report(model: onnx.ModelProto) -> tuple[onnx.ModelProto, StripReport]:
-    """Like :func:`strip`, also returning a :class:`StripReport`."""
-    report = StripReport()
+    proto, folder = load_argument(model)
+    check_opset_imports(proto)
     result = onnx.ModelProto()
-    result.CopyFrom(model)
-    report.folded, op_types = _fold(result)
-    if not _proto.RANDOM_OPS.isdisjoint(op_types):
+    result.CopyFrom(proto)
+    folded, op_types = _fold(result)
+    random_subgraphs = 0
+    unconvertible: tuple[Site, ...] = ()
+    if not RANDOM_OPS.isdisjoint(op_types):
         # Only models with random ops pay for the rule-based passes (onnx_ir).
-        from .rewrite import rewrite_sites
+        from .rewrite_pass import apply_rules
 
-        result, sites, unconvertible = rewrite_sites(result, training_default=False)
-        report.rewritten_random_sites = len(sites)
-        report.unconvertible = unconvertible
-        report.folded += _fold(result)[0]
-    return result, report
+        outcome = apply_rules(result, folder=folder)
+        random_subgraphs = len(outcome.converted)
+        unconvertible = outcome.unconvertible
+        if outcome.model is not None:
+            result = outcome.model
+            folded += _fold(result)[0]
+    return PassResult(result, StripReport(folded, random_subgraphs, unconvertible))
+
+
+def strip_file(src: str | os.PathLike, dst: str | os.PathLike, *,
+               in_place: bool = False) -> StripReport:
+    """Load ``src`` safely, strip it and save it atomically to ``dst``."""
+    from ..modelio import load_model, save_model
+
+    loaded = load_model(src)
+    result = strip(loaded)
+    save_model(result.model, dst, source=loaded, in_place=in_place)
+    return result.report
 
 
 # --- The fold -----------------------------------------------------------------
@@ -84,19 +116,19 @@ class _Lazy:
 
     def __init__(self, model: onnx.ModelProto) -> None:
         self.model = model
-        self._types: dict[str, onnx.TypeProto] | None = None
+        self._types: TypeFacts | None = None
         self._names: NameMaker | None = None
 
     @property
-    def types(self) -> dict[str, onnx.TypeProto]:
+    def types(self) -> TypeFacts:
         if self._types is None:
-            self._types = _inferred_types(self.model)
+            self._types = infer_types(self.model)
         return self._types
 
     @property
     def names(self) -> NameMaker:
         if self._names is None:
-            self._names = NameMaker(_proto.all_names(self.model))
+            self._names = NameMaker(all_names(self.model))
         return self._names
 
 
@@ -113,7 +145,7 @@ class _Folder:
 
     def __init__(self, top: Scope, lazy: _Lazy) -> None:
         self.top = top
-        self.scopes = list(_proto.flatten(top))
+        self.scopes = list(top.descendants())
         self.lazy = lazy
         self.rename: dict[str, str] = {}
         self.candidates: Counter = Counter()
@@ -219,7 +251,7 @@ class _Folder:
             name = self.rename[name]
             seen += 1
             if seen > len(self.rename):  # a cycle can only come from an invalid model
-                raise UserError(f"dropout outputs form a cycle at {name!r}")
+                raise UserError(f"dropout outputs form a cycle at {printable(name)!r}")
         return name
 
     def _rename_all(self, nodes: list[NodeProto]) -> None:
@@ -249,7 +281,7 @@ class _Folder:
             noise = shape
         if kind == "onnx" and opset < 10:
             # Dropout-7..9: the mask has the data's type, ones mean "kept".
-            elem = _proto.elem_type_of(self.lazy.types, data) or TensorProto.FLOAT
+            elem = self.lazy.types.elem_type_of(scope, data) or TensorProto.FLOAT
             one = oh.make_tensor("one", elem, [1], [1])
         else:
             elem = TensorProto.BOOL
@@ -264,11 +296,11 @@ class _Folder:
             nodes.append(oh.make_node("Expand", [scalar], [mask], name=fresh(f"{label}/all_kept")))
             nodes[-1].input.append(noise)
         else:
-            rank = _proto.rank_of(self.lazy.types, data)
+            rank = self.lazy.types.rank_of(scope, data)
             if rank is None:
                 raise UserError(
-                    f"node {label!r}: its mask output is used but the data rank is unknown "
-                    f"(opset {opset} has no ConstantOfShape/Expand)")
+                    f"node {printable(label)!r}: its mask output is used but the data rank is "
+                    f"unknown (opset {opset} has no ConstantOfShape/Expand)")
             ones = fresh(f"{label}/ones")
             nodes.append(oh.make_node("Constant", [], [ones], name=ones,
                                       value=oh.make_tensor(ones, elem, [1] * rank, [1])))
@@ -278,59 +310,32 @@ class _Folder:
 
     def _noise_shape(self, node: NodeProto, scope: Scope, data: str, shape: str,
                      label: str) -> tuple[str, list[NodeProto]]:
-        """SpatialDropout's mask shape: the data shape with 1 at every shared axis."""
+        """SpatialDropout's mask shape: the data shape with 1 at every shared axis.
+
+        Written with int64 Mul/Add (not Where, which needs opset 9), so it is valid
+        at every opset the data shape can be taken at.
+        """
         fresh = self.lazy.names
-        attr = _proto.get_attr(node, spec.ATTR_SHARED_AXES)
+        attr = get_attr(node, spec.ATTR_SHARED_AXES)
         axes = list(attr.ints) if attr is not None else None
-        rank = _proto.rank_of(self.lazy.types, data) if scope.function is None else None
+        rank = self.lazy.types.rank_of(scope, data)
         noise = fresh(f"{label}/noise_shape")
-        ones_name = fresh(f"{label}/one_i")
-        nodes = [oh.make_node("Constant", [], [ones_name], name=ones_name,
-                              value=oh.make_tensor(ones_name, TensorProto.INT64, [], [1]))]
-        if rank is not None:
-            shared = set(spec.resolve_shared_axes(rank, axes))
-            mask_name = fresh(f"{label}/is_shared")
-            nodes.append(oh.make_node("Constant", [], [mask_name], name=mask_name,
-                                      value=oh.make_tensor(mask_name, TensorProto.BOOL, [rank],
-                                                           [i in shared for i in range(rank)])))
-            nodes.append(oh.make_node("Where", [mask_name, ones_name, shape], [noise],
-                                      name=fresh(f"{label}/noise")))
-            return noise, nodes
-        if scope.opset < 13:
-            raise UserError(f"node {label!r}: its mask output is used, the data rank is "
-                            f"unknown and opset {scope.opset} < 13 cannot compute it")
-        # Rank unknown: work the shared axes out at run time.
-        def const(base: str, dtype: int, dims: list[int], values: list) -> str:
-            name = fresh(f"{label}/{base}")
-            nodes.append(oh.make_node("Constant", [], [name], name=name,
-                                      value=oh.make_tensor(name, dtype, dims, values)))
-            return name
-
-        def op(op_type: str, inputs: list[str], **attrs: object) -> str:
-            out = fresh(f"{label}/{op_type.lower()}")
-            nodes.append(oh.make_node(op_type, inputs, [out], name=out, **attrs))
-            return out
-
-        zero = const("zero_i", TensorProto.INT64, [], [0])
-        rank_v = op("Size", [shape])
-        idx = op("Range", [zero, rank_v, ones_name])
-        if axes is None:
-            first = const("first_shared", TensorProto.INT64, [], [spec.DEFAULT_FIRST_SHARED_AXIS])
-            shared = op("GreaterOrEqual", [idx, first])
-        else:
-            axes_c = const("axes", TensorProto.INT64, [len(axes)], axes)
-            negative = op("Cast", [op("Less", [axes_c, zero])], to=TensorProto.INT64)
-            norm = op("Add", [axes_c, op("Mul", [negative, rank_v])])
-            col = op("Unsqueeze", [idx, const("axis1", TensorProto.INT64, [1], [1])])
-            hits = op("Cast", [op("Equal", [col, norm])], to=TensorProto.INT64)
-            if scope.opset >= 18:
-                total = op("ReduceMax", [hits, const("red_axis", TensorProto.INT64, [1], [1])],
-                           keepdims=0)
-            else:
-                total = op("ReduceMax", [hits], axes=[1], keepdims=0)
-            shared = op("Cast", [total], to=TensorProto.BOOL)
-        nodes.append(oh.make_node("Where", [shared, ones_name, shape], [noise],
-                                  name=fresh(f"{label}/noise")))
+        if rank is None:
+            if scope.opset < 13:
+                raise UserError(f"node {printable(label)!r}: its mask output is used, the data "
+                                f"rank is unknown and opset {scope.opset} < 13 cannot compute it")
+            return noise, runtime_noise_shape(data, noise, axes, fresh)
+        shared = set(spec.resolve_shared_axes(rank, axes))
+        keep_name, ones_name, kept = (fresh(f"{label}/not_shared"), fresh(f"{label}/shared"),
+                                      fresh(f"{label}/kept_dims"))
+        nodes = [
+            oh.make_node("Constant", [], [keep_name], name=keep_name, value=oh.make_tensor(
+                keep_name, TensorProto.INT64, [rank], [int(i not in shared) for i in range(rank)])),
+            oh.make_node("Constant", [], [ones_name], name=ones_name, value=oh.make_tensor(
+                ones_name, TensorProto.INT64, [rank], [int(i in shared) for i in range(rank)])),
+            oh.make_node("Mul", [shape, keep_name], [kept], name=kept),
+            oh.make_node("Add", [kept, ones_name], [noise], name=fresh(f"{label}/noise")),
+        ]
         return noise, nodes
 
     # -- dead code ------------------------------------------------------------
@@ -362,7 +367,7 @@ class _Folder:
                 unproduced.add(name)  # an initializer or a graph input
                 continue
             if id(node) in dead_nodes or any(uses[o] for o in node.output if o) or \
-                    any(True for _ in _proto.subgraphs(node)):
+                    any(True for _ in subgraphs(node)):
                 continue
             dead_nodes.add(id(node))
             self.removed_values.update(o for o in node.output if o)
@@ -424,31 +429,15 @@ class _Folder:
         graph.value_info.extend(kept)
 
 
-def _inferred_types(model: onnx.ModelProto) -> dict[str, onnx.TypeProto]:
-    types = _proto.value_types(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # noqa: BLE001 - types are a best effort; declared types stay
-        return types
-    for name, info in _proto.value_types(inferred).items():
-        types.setdefault(name, info)
-    return types
-
-
 _DROPOUT_OPS = frozenset({"Dropout", spec.OP_TYPE})
 
 
 def _dropout_kind(node: NodeProto) -> str | None:
-    if _proto.is_onnx_dropout(node):
+    if is_onnx_dropout(node):
         return "onnx"
-    if _proto.is_spatial_dropout(node):
+    if is_spatial_dropout(node):
         return "spatial"
     return None
-
-
-def fold_dropouts(model: onnx.ModelProto) -> int:
-    """Fold every Dropout / SpatialDropout of ``model`` in place; return how many."""
-    return _fold(model)[0]
 
 
 def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
@@ -456,101 +445,12 @@ def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
     lazy = _Lazy(model)
     folded = 0
     op_types: set[str] = set()
-    for top in _proto.model_scopes(model):
+    for top in (s for s in model_scopes(model) if s.parent is None):
         folder = _Folder(top, lazy)
         folded += folder.run()
         op_types |= folder.op_types
-    if folded and model.functions:
-        _drop_unused_training_inputs(model)
+    if folded:
+        drop_unused_training_switch(model)
     if any(o.domain == spec.DOMAIN for o in model.opset_import):
-        # Recomputed: folding replaced the node lists the scopes hold.
-        scopes = _proto.model_scopes(model)
-        _remove_unused_functions(model, scopes)
-        _remove_unused_domain(model, scopes)
+        drop_our_unused_functions(model)
     return folded, op_types
-
-
-def _drop_unused_training_inputs(model: onnx.ModelProto) -> None:
-    """Undo the rewrite's threading of ``training_mode`` once nothing reads it.
-
-    A function whose ``training_mode`` input no node uses loses that input and
-    every call its argument (repeated: outer functions may free theirs too);
-    then an unused boolean ``training_mode`` graph input goes as well.
-    """
-    def used_in(top: Scope) -> set[str]:
-        return {name for scope in _proto.flatten(top) for node in scope.nodes
-                for name in node.input}
-
-    changed = True
-    while changed:
-        changed = False
-        scopes = _proto.model_scopes(model)
-        for top in scopes[1:]:
-            function = top.function
-            assert function is not None
-            inputs = list(function.input)
-            if TRAINING_MODE not in inputs or TRAINING_MODE in used_in(top):
-                continue
-            index = inputs.index(TRAINING_MODE)
-            del function.input[index]
-            key = (function.domain, function.name, function.overload)
-            for caller in scopes:
-                for scope in _proto.flatten(caller):
-                    for node in scope.nodes:
-                        if (node.domain, node.op_type, node.overload) == key and \
-                                len(node.input) > index:
-                            del node.input[index]
-            changed = True
-    graph = model.graph
-    if any(i.name == TRAINING_MODE for i in graph.input) and \
-            TRAINING_MODE not in used_in(_proto.model_scopes(model)[0]) and \
-            TRAINING_MODE not in {o.name for o in graph.output}:
-        kept = [i for i in graph.input if i.name != TRAINING_MODE]
-        del graph.input[:]
-        graph.input.extend(kept)
-        kept_init = [i for i in graph.initializer if i.name != TRAINING_MODE]
-        del graph.initializer[:]
-        graph.initializer.extend(kept_init)
-
-
-def _called(scopes: list[Scope]) -> set[tuple[str, str, str]]:
-    calls = set()
-    for top in scopes:
-        for scope in _proto.flatten(top):
-            for node in scope.nodes:
-                calls.add((node.domain, node.op_type, node.overload))
-    return calls
-
-
-def _remove_unused_functions(model: onnx.ModelProto, scopes: list[Scope]) -> None:
-    """Drop our SpatialDropout function bodies once nothing calls them."""
-    calls = _called(scopes)
-    kept = [f for f in model.functions
-            if f.domain != spec.DOMAIN or (f.domain, f.name, f.overload) in calls]
-    if len(kept) != len(model.functions):
-        del model.functions[:]
-        model.functions.extend(kept)
-
-
-def _remove_unused_domain(model: onnx.ModelProto, scopes: list[Scope]) -> None:
-    """Drop our opset import (model and functions) when no node uses the domain."""
-    def uses_domain(nodes) -> bool:  # noqa: ANN001
-        return any(n.domain == spec.DOMAIN for n in nodes)
-
-    if any(uses_domain(s.nodes) for t in scopes for s in _proto.flatten(t)):
-        return
-    for owner in [model, *model.functions]:
-        kept = [o for o in owner.opset_import if o.domain != spec.DOMAIN]
-        if len(kept) != len(owner.opset_import):
-            del owner.opset_import[:]
-            owner.opset_import.extend(kept)
-
-
-def strip_path(src: str | os.PathLike, dst: str | os.PathLike) -> StripReport:
-    """Load ``src`` safely, strip it and save it atomically to ``dst`` (weights never read)."""
-    from ..modelio import load_model, save_model
-
-    model = load_model(src)
-    result, report = strip_with_report(model)
-    save_model(result, dst, source_dir=Path(src).parent)
-    return report

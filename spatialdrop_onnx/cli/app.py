@@ -1,0 +1,86 @@
+"""The command group, its explicit list of commands, and the one exit-code policy."""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import click
+
+from .._version import __version__
+from ..errors import ExitCode, UserError, printable
+from ..spec import SpatialDropoutError
+from .bench_command import bench
+from .convert_command import convert
+from .graph_commands import inspect, rewrite, strip
+
+PROG = "spatialdrop-onnx"
+EXIT_CODES = """\b
+Exit codes (every command):
+  0  done
+  2  usage: a bad option or option value
+  3  invalid: the input cannot be read or handled, or the output cannot be written
+  4  refused for safety (unsafe external data, a format that can run code, an
+     output that would overwrite the input, its data or a non-regular file)
+  5  partial: written, but some dropout sites were left unconverted
+  6  environment: an optional dependency or the native kernel is missing
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
+@click.version_option(__version__, "-V", "--version", prog_name=PROG)
+def app() -> None:
+    """Channel-wise dropout for ONNX: convert, rewrite, strip, inspect, bench."""
+
+
+for _command in (convert, rewrite, strip, inspect, bench):
+    app.add_command(_command)
+
+
+#: click >= 8.2 raises this for a group called without a command.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
+
+
+def _terminate(signum: int, frame: object) -> None:
+    # SystemExit unwinds the stack, so every temporary file is removed on the way out.
+    raise SystemExit(128 + signum)
+
+
+def _error(message: str) -> None:
+    click.echo(f"{PROG}: error: {message}", err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; expected failures become one line on stderr and a documented exit code."""
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        app.main(args=argv, prog_name=PROG, standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo(f"{PROG}: aborted", err=True)
+        return 130
+    except click.exceptions.ClickException as err:
+        if isinstance(err, _NO_ARGS_IS_HELP) and getattr(err, "ctx", None) is not None:
+            click.echo(err.ctx.get_help())  # the bare command: its help, as click would
+        else:
+            _error(printable(err.format_message(), limit=400))
+        return ExitCode.USAGE
+    except UserError as err:
+        _error(str(err))
+        return err.exit_code
+    except SpatialDropoutError as err:
+        _error(printable(err))
+        return ExitCode.INVALID
+    except OSError as err:
+        where = f": {printable(err.filename)}" if err.filename else ""
+        _error(f"{printable(err.strerror or err)}{where}")
+        return ExitCode.INVALID
+    except KeyboardInterrupt:
+        click.echo(f"{PROG}: interrupted", err=True)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return ExitCode.OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""Run onnx's C++ checks where a crash cannot take the process down.
+
+onnx's C++ shape inference, checker and version converter can abort the whole
+process (SIGABRT) on a malformed model: a 3-node model with an input dim of -1
+and ``Slice(ends=INT_MAX)`` is enough. The CLI must answer such a file with one
+line, so these calls run in a forked child: the child computes, pickles the
+result into a pipe and exits; a child killed by a signal becomes a
+:class:`~spatialdrop_onnx.errors.UserError`. Where ``fork`` is unavailable the
+call runs in-process.
+
+Forking copies nothing up front (copy-on-write) and re-imports nothing, so the
+cost is a few milliseconds plus moving the (small) result through the pipe.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import sys
+from collections.abc import Callable
+from typing import TypeVar
+
+from .errors import UserError
+
+_R = TypeVar("_R")
+_HAS_FORK = hasattr(os, "fork") and sys.platform != "win32"
+#: Set to run every isolated call in-process (debugging; a crash then kills the caller).
+_DISABLE_ENV = "SPATIALDROP_ONNX_NO_ISOLATION"
+
+
+_in_child = False
+
+
+def in_forked_child() -> bool:
+    """True inside a ``run_isolated`` child: it may change its arguments freely."""
+    return _in_child
+
+
+class _ChildFailed(Exception):
+    """The child raised: its exception type name and message travel back as text."""
+
+
+def run_isolated(fn: Callable[..., _R], *args: object, what: str) -> _R:
+    """``fn(*args)`` in a forked child; exceptions it raises are re-raised here.
+
+    ``what`` says what was being done, for the message when the child crashes
+    ("onnx crashed (SIGABRT) while inferring shapes: the model is malformed").
+    The result must be picklable.
+    """
+    if not _HAS_FORK or os.environ.get(_DISABLE_ENV):
+        return fn(*args)
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: compute, report, leave without running any cleanup
+        os.close(read_fd)
+        global _in_child
+        _in_child = True
+        _silence_stderr()  # a C++ assertion message would be a second, unasked-for line
+        code = 0
+        try:
+            try:
+                payload = pickle.dumps(("ok", fn(*args)), protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
+                try:
+                    payload = pickle.dumps(("error", err), protocol=pickle.HIGHEST_PROTOCOL)
+                except Exception:  # noqa: BLE001 - an unpicklable exception: send its text
+                    payload = pickle.dumps(("error", _ChildFailed(
+                        f"{type(err).__name__}: {err}")))
+            with os.fdopen(write_fd, "wb") as pipe:
+                pipe.write(payload)
+        except BaseException:  # noqa: BLE001 - never return into the parent's code
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    try:
+        with os.fdopen(read_fd, "rb") as pipe:
+            payload = pipe.read()
+    finally:
+        _, status = _wait(pid)
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        raise UserError(f"onnx crashed ({name}) while {what}: the model is malformed")
+    if not payload:
+        raise UserError(f"onnx failed while {what} (exit status {os.WEXITSTATUS(status)})")
+    kind, value = pickle.loads(payload)  # noqa: S301 - our own child's bytes
+    if kind == "error":
+        raise value
+    return value
+
+
+def _silence_stderr() -> None:
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except OSError:
+        pass
+
+
+def _wait(pid: int) -> tuple[int, int]:
+    while True:
+        try:
+            return os.waitpid(pid, 0)
+        except InterruptedError:
+            continue

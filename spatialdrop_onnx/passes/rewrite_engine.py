@@ -1,0 +1,204 @@
+"""The onnx_ir side of rewrite: facts per value, one application of the rules, dead code.
+
+The rules (:mod:`.rules`, onnxscript patterns) run once over every scope: their
+shape reasoning reads the noise-shape expression itself (:mod:`.shapes`), so no
+site waits for another to be converted first and no re-inference is needed.
+New dropout nodes read a placeholder value named ``training_mode`` per top scope
+(main graph or function); :func:`spatialdrop_onnx.graph.thread_training_switch`
+defines it on the serialized model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from .. import spec
+from ..graph import (
+    RANDOM_OPS,
+    TRAINING_MODE,
+    NameMaker,
+    TypeFacts,
+    all_names,
+    infer_types,
+    model_scopes,
+)
+from ..sites import Kind, Site
+from .rule_set import dropout_rule_set
+from .rules._common import RewriteContext
+from .shapes import ShapeReasoner
+
+
+def _subgraphs(node: ir.Node) -> Iterator[tuple[str, ir.Graph]]:
+    for attr in node.attributes.values():
+        if attr.type == ir.AttributeType.GRAPH:
+            yield attr.name, attr.as_graph()
+        elif attr.type == ir.AttributeType.GRAPHS:
+            for graph in attr.as_graphs():
+                yield attr.name, graph
+
+
+class RewriteEngine:
+    """One application of the rule set to one ``ir.Model``, in place."""
+
+    def __init__(self, model: ir.Model, proto: onnx.ModelProto, *, elementwise: str,
+                 read_external: Callable[[ir.Tensor], np.ndarray | None] | None = None,
+                 facts: TypeFacts | None = None) -> None:
+        self.model = model
+        self.paths: dict[int, str] = {}
+        self.owners: dict[int, ir.Function | None] = {}
+        #: (scope, path) in the order of ``graph.model_scopes`` (our own bodies skipped).
+        self.scopes: list[tuple[ir.Graph | ir.Function, str]] = []
+        self._index()
+        facts = infer_types(proto) if facts is None else facts
+        shapes = ShapeReasoner(self._value_facts(proto, facts), read_external)
+        self.ctx = RewriteContext(model, shapes, self.paths, self.owners, self._training_value,
+                                  NameMaker(all_names(proto)), elementwise=elementwise)
+        self._training: dict[int | None, ir.Value] = {}
+        # Names as the input model has them (the rewriter names unnamed nodes).
+        self._given_names = {id(n): n.name or "" for scope, _ in self.scopes for n in scope}
+
+    # -- indexing -------------------------------------------------------------------
+
+    def _index(self) -> None:
+        def walk(graph: ir.Graph | ir.Function, path: str, owner: ir.Function | None) -> None:
+            self.paths[id(graph)] = path
+            self.owners[id(graph)] = owner
+            self.scopes.append((graph, path))
+            for node in graph:
+                for attr_name, sub in _subgraphs(node):
+                    walk(sub, f"{path}/{node.name or node.op_type}/{attr_name}", owner)
+
+        walk(self.model.graph, "main", None)
+        for function in self.model.functions.values():
+            if function.domain == spec.DOMAIN:
+                continue  # our own function bodies are never rewritten
+            path = f"function {function.domain}.{function.name}" + (
+                f":{function.overload}" if function.overload else "")
+            self.paths[id(function.graph)] = path
+            self.owners[id(function.graph)] = function
+            walk(function, path, function)
+
+    def _value_facts(self, proto: onnx.ModelProto, facts: TypeFacts
+                     ) -> dict[int, tuple[int | str | None, ...] | None]:
+        """Per-scope type facts onto this model's IR values (scopes pair up in walk order)."""
+        proto_scopes = model_scopes(proto)
+        if len(proto_scopes) != len(self.scopes):
+            return {}
+        declared = _declared_dim_params(proto)
+        known: dict[int, tuple[int | str | None, ...] | None] = {}
+        for (scope, _), proto_scope in zip(self.scopes, proto_scopes, strict=True):
+            types = facts.scope_types(proto_scope.index)
+            values: list[ir.Value] = list(scope.inputs)
+            if isinstance(scope, ir.Graph):
+                values.extend(scope.initializers.values())
+            values.extend(out for node in scope for out in node.outputs)
+            for value in values:
+                found = types.get(value.name or "")
+                if found is None:
+                    continue
+                # Names inference invents (unk__N) say nothing: only declared names count.
+                known[id(value)] = None if found.dims is None else tuple(
+                    d if not isinstance(d, str) or d in declared else None for d in found.dims)
+        return known
+
+    # -- the training switch ----------------------------------------------------------
+
+    def _training_value(self, owner: ir.Function | None) -> ir.Value:
+        key = None if owner is None else id(owner)
+        value = self._training.get(key)
+        if value is None:
+            inputs = self.model.graph.inputs if owner is None else owner.inputs
+            value = next((v for v in inputs if v.name == TRAINING_MODE), None)
+            if value is None:
+                # A placeholder: graph.thread_training_switch defines it after serialization.
+                value = ir.Value(name=TRAINING_MODE, type=ir.TensorType(ir.DataType.BOOL),
+                                 shape=ir.Shape([]))
+            self._training[key] = value
+        return value
+
+    # -- running --------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Apply every rule once over every scope, then remove what only the sites used."""
+        own = {key: f for key, f in self.model.functions.items() if f.domain == spec.DOMAIN}
+        for key in own:
+            del self.model.functions[key]
+        try:
+            dropout_rule_set(self.ctx).apply_to_model(self.model)
+        finally:
+            for key, function in own.items():
+                self.model.functions[key] = function
+        self._remove_dead()
+
+    def _remove_dead(self) -> None:
+        """Remove nodes and initializers that only the replaced sites used."""
+        work = list(self.ctx.dead_candidates)
+        seen: set[int] = set()
+        while work:
+            value = work.pop()
+            if id(value) in seen or value.uses() or value.is_graph_output():
+                continue
+            seen.add(id(value))
+            producer = value.producer()
+            if producer is not None:
+                if producer.graph is None:
+                    continue  # already removed
+                if any(o.uses() or o.is_graph_output() for o in producer.outputs):
+                    continue
+                if next(_subgraphs(producer), None) is not None:
+                    continue
+                inputs = [v for v in producer.inputs if v is not None]
+                producer.graph.remove(producer, safe=True)
+                work.extend(inputs)
+            elif value.is_initializer() and not value.is_graph_input():
+                graph = value.graph
+                if graph is not None and value.name in graph.initializers:
+                    del graph.initializers[value.name]
+
+    # -- reporting ------------------------------------------------------------------
+
+    @property
+    def converted(self) -> list[Site]:
+        return [c.site(self.ctx.elementwise) for c in self.ctx.conversions]
+
+    @property
+    def rewired(self) -> list[Site]:
+        return list(self.ctx.rewired)
+
+    def unconvertible(self) -> list[Site]:
+        """Random ops still in the model after the rules ran, with the reason."""
+        found = []
+        for scope, path in self.scopes:
+            for node in scope:
+                if node.op_type not in RANDOM_OPS:
+                    continue
+                entry = self.ctx.failures.get(id(node))
+                if entry is not None:
+                    reason = entry[1]
+                else:
+                    consumers = sorted({c.op_type for o in node.outputs for c in o.consumers()})
+                    reason = ("no rule matches the nodes around it (it feeds "
+                              f"{', '.join(consumers) or 'nothing'})")
+                given = self._given_names.get(id(node), "")
+                found.append(Site(
+                    name=given or (node.outputs[0].name if node.outputs else "") or "",
+                    kind=Kind.UNCONVERTIBLE, graph=path, op_type=node.op_type, reason=reason))
+        return found
+
+
+def _declared_dim_params(model: onnx.ModelProto) -> set[str]:
+    params: set[str] = set()
+    for scope in model_scopes(model):
+        graph = scope.graph
+        infos = [] if graph is None else [*graph.input, *graph.output, *graph.value_info]
+        if scope.function is not None and graph is None:
+            infos = list(scope.function.value_info)
+        for info in infos:
+            for dim in info.type.tensor_type.shape.dim:
+                if dim.dim_param:
+                    params.add(dim.dim_param)
+    return params

@@ -1,0 +1,232 @@
+"""Rewrite: exporter dropout → ``SpatialDropout`` / ONNX ``Dropout`` under one training switch.
+
+Steps:
+
+1. Models below default-domain opset 15 with something to rewrite are converted
+   first (``onnx.version_converter``, isolated: it can abort on bad models).
+2. The rules (:mod:`.rules`, onnx_ir + the onnxscript rewriter, driven by
+   :mod:`.rewrite_engine`) replace every recognised site once; nodes only the
+   replaced sites used (noise-shape arithmetic, the constant RNG key/counter)
+   are removed, nothing else is touched.
+3. Every new node reads ``training_mode``; :func:`~spatialdrop_onnx.graph.thread_training_switch`
+   makes it a boolean scalar graph input with an initializer default
+   (``training_default``, false unless asked) and threads it through
+   model-local functions.
+4. ``make_portable`` attaches the SpatialDropout function bodies.
+
+Random sites no rule recognises are reported (``RewriteReport.unconvertible``)
+with the reason the closest rule gave.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import onnx
+
+from .. import spec
+from ..errors import UserError, printable
+from ..function_body import MIN_OPSET, make_portable
+from ..graph import (
+    TRAINING_MODE,
+    check_opset_imports,
+    check_training_switch_name,
+    default_opset,
+    is_onnx_dropout,
+    is_random,
+    is_spatial_dropout,
+    iter_nodes,
+    model_scopes,
+    set_training_default,
+    thread_training_switch,
+)
+from ..isolation import run_isolated
+from ..sites import Site
+from .result import ModelArg, PassResult, load_argument
+
+if TYPE_CHECKING:
+    from ..modelio import LoadedModel
+
+#: Accepted values of ``elementwise``.
+ELEMENTWISE_OPS = ("dropout", "spatial")
+
+
+@dataclass(frozen=True)
+class RewriteReport:
+    """What a rewrite did: sites converted, existing nodes rewired, random sites left."""
+
+    converted: tuple[Site, ...] = ()
+    rewired: tuple[Site, ...] = ()
+    unconvertible: tuple[Site, ...] = ()
+    opset_converted_from: int | None = None
+
+    @property
+    def modified(self) -> bool:
+        return bool(self.converted or self.rewired)
+
+    def to_dict(self) -> dict:
+        return {"converted": [s.to_dict() for s in self.converted],
+                "rewired": [s.to_dict() for s in self.rewired],
+                "unconvertible": [s.to_dict() for s in self.unconvertible],
+                "opset_converted_from": self.opset_converted_from}
+
+
+@dataclass(frozen=True)
+class RuleOutcome:
+    """The rules applied to a model (no opset conversion, no switch, no function bodies)."""
+
+    model: onnx.ModelProto | None  # None: nothing matched (or a dry run)
+    converted: tuple[Site, ...]
+    rewired: tuple[Site, ...]
+    unconvertible: tuple[Site, ...]
+
+
+def check_elementwise(elementwise: str) -> str:
+    if elementwise not in ELEMENTWISE_OPS:
+        raise ValueError(f"elementwise must be one of {', '.join(ELEMENTWISE_OPS)}, "
+                         f"not {elementwise!r}")
+    return elementwise
+
+
+def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
+            elementwise: str = "dropout") -> PassResult[RewriteReport]:
+    """Rewrite the exporter dropout of ``model`` (a ModelProto or a path); returns a new model.
+
+    Channel-wise random-mask sites become ``SpatialDropout``, element-wise ones
+    ONNX ``Dropout``-13; existing ``Dropout`` / ``SpatialDropout`` nodes with a
+    constant ``training_mode`` are rewired. Every site reads the boolean graph
+    input ``training_mode``, whose initializer default is ``training_default``
+    (false: the model computes its inference output unless asked). The result is
+    portable (function bodies attached), and rewriting it again changes nothing.
+
+    ``elementwise="spatial"`` writes element-wise sites as
+    ``SpatialDropout(shared_axes=[])`` instead of ONNX ``Dropout``: onnxruntime
+    deletes an interior ``Dropout`` during session optimisation whatever its
+    ``training_mode`` (see docs/passes.md). Keras RNN masks are always written that way.
+    """
+    check_elementwise(elementwise)
+    if not isinstance(training_default, bool):
+        raise TypeError(f"training_default must be a bool, not {type(training_default).__name__}")
+    proto, folder = load_argument(model)
+    check_opset_imports(proto)
+    opset_from = None
+    source = proto
+    if _has_candidates(source):
+        check_training_switch_name(source)
+        opset = default_opset(source.opset_import)
+        if opset < MIN_OPSET:
+            source = _convert_opset(source, opset)
+            opset_from = opset
+    outcome = apply_rules(source, elementwise=elementwise, folder=folder)
+    report = RewriteReport(outcome.converted, outcome.rewired, outcome.unconvertible,
+                           opset_from)
+    result = onnx.ModelProto()
+    if outcome.model is None:
+        # Nothing matched: keep the input byte for byte (no IR round trip), which
+        # also makes a second rewrite a no-op.
+        result.CopyFrom(proto)
+        set_training_default(result, training_default)
+        return PassResult(result, RewriteReport(unconvertible=outcome.unconvertible))
+    result = outcome.model
+    thread_training_switch(result, training_default)
+    set_training_default(result, training_default)
+    if any(is_spatial_dropout(n) for _, n in iter_nodes(result)):
+        try:
+            result = make_portable(result)
+        except (ValueError, spec.SpatialDropoutError) as err:
+            raise UserError(f"cannot attach SpatialDropout function bodies: {err}") from None
+    return PassResult(result, report)
+
+
+def _has_candidates(model: onnx.ModelProto) -> bool:
+    """Random ops, or dropout nodes whose training_mode is not the switch yet."""
+    for _, node in iter_nodes(model):
+        if is_random(node):
+            return True
+        if (is_onnx_dropout(node) or is_spatial_dropout(node)) and len(node.input) > 2 and \
+                node.input[2] not in ("", TRAINING_MODE):
+            return True
+    return False
+
+
+def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    def convert(source: onnx.ModelProto) -> bytes:
+        import onnx.version_converter
+
+        return onnx.version_converter.convert_version(source, MIN_OPSET).SerializeToString()
+
+    try:
+        data = run_isolated(convert, model, what="converting the opset")
+    except UserError:
+        raise
+    except Exception as err:  # noqa: BLE001 - the converter raises many kinds
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(
+            f"the model imports default-domain opset {opset}; rewriting needs >= {MIN_OPSET} "
+            f"and onnx.version_converter could not convert it: {printable(first)}") from None
+    return onnx.ModelProto.FromString(data)
+
+
+def apply_rules(model: onnx.ModelProto, *, elementwise: str = "dropout",
+                folder: os.PathLike | None = None, dry_run: bool = False) -> RuleOutcome:
+    """Apply the rules only: no opset conversion, no switch definition, no function bodies.
+
+    The new nodes read ``training_mode`` without defining it. With ``dry_run``
+    the sites are found but no model is serialized (what ``inspect`` needs).
+    """
+    if not any(is_random(n) or is_onnx_dropout(n) or is_spatial_dropout(n)
+               for s in model_scopes(model) for n in s.nodes):
+        return RuleOutcome(None, (), (), ())
+    # Deferred: only models with candidate sites pay for onnx_ir / onnxscript.
+    import onnx_ir as ir
+
+    from .rewrite_engine import RewriteEngine
+
+    ir_model = ir.serde.deserialize_model(model)
+    engine = RewriteEngine(ir_model, model, elementwise=elementwise,
+                           read_external=_external_reader(folder))
+    engine.run()
+    converted, rewired = tuple(engine.converted), tuple(engine.rewired)
+    unconvertible = tuple(engine.unconvertible())
+    if dry_run or not (converted or rewired):
+        return RuleOutcome(None, converted, rewired, unconvertible)
+    result = ir.serde.serialize_model(ir_model)
+    _keep_value_info(result, model)
+    return RuleOutcome(result, converted, rewired, unconvertible)
+
+
+def _external_reader(folder: os.PathLike | None):  # noqa: ANN202 - a callable or None
+    """A bounded reader of small external constants inside ``folder`` (None: never read)."""
+    if folder is None:
+        return None
+    from ..modelio import external_constant_reader
+
+    return external_constant_reader(folder)
+
+
+def _keep_value_info(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Keep only the value_info entries the input had (onnx_ir writes one per typed value)."""
+    names = {info.name for s in model_scopes(source) if s.graph is not None
+             for info in s.graph.value_info}
+    for scope in model_scopes(model):
+        graph = scope.graph
+        if graph is None:
+            continue
+        kept = [info for info in graph.value_info if info.name in names]
+        if len(kept) != len(graph.value_info):
+            del graph.value_info[:]
+            graph.value_info.extend(kept)
+
+
+def rewrite_file(src: str | os.PathLike, dst: str | os.PathLike, *,
+                 training_default: bool = False, elementwise: str = "dropout",
+                 in_place: bool = False) -> RewriteReport:
+    """Load ``src`` safely, rewrite it and save it atomically to ``dst``."""
+    from ..modelio import load_model, save_model
+
+    loaded = load_model(src)
+    result = rewrite(loaded, training_default=training_default, elementwise=elementwise)
+    save_model(result.model, dst, source=loaded, in_place=in_place)
+    return result.report
