@@ -45,7 +45,7 @@ def inspect_path(path: str | os.PathLike) -> list[dict]:
     """Load ``path`` safely (external data validated, never read) and inspect it."""
     from ..modelio import load_model
 
-    return inspect(load_model(path))
+    return inspect(load_model(path).model)
 
 
 def _dropout_nodes(model: onnx.ModelProto) -> list[dict]:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -228,8 +227,8 @@ def rewrite_path(src: str | os.PathLike, dst: str | os.PathLike, *,
     """Load ``src`` safely, rewrite it and save it atomically to ``dst`` (weights never read)."""
     from ..modelio import load_model, save_model
 
-    model = load_model(src)
-    result, report = rewrite_with_report(model, training_default=training_default,
+    loaded = load_model(src)
+    result, report = rewrite_with_report(loaded.model, training_default=training_default,
                                          elementwise=elementwise)
-    save_model(result, dst, source_dir=Path(src).parent)
+    save_model(result, dst, source=loaded)
     return report

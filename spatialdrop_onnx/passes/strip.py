@@ -25,7 +25,6 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import chain
-from pathlib import Path
 
 import onnx
 from onnx import NodeProto, TensorProto
@@ -550,7 +549,7 @@ def strip_path(src: str | os.PathLike, dst: str | os.PathLike) -> StripReport:
     """Load ``src`` safely, strip it and save it atomically to ``dst`` (weights never read)."""
     from ..modelio import load_model, save_model
 
-    model = load_model(src)
-    result, report = strip_with_report(model)
-    save_model(result, dst, source_dir=Path(src).parent)
+    loaded = load_model(src)
+    result, report = strip_with_report(loaded.model)
+    save_model(result, dst, source=loaded)
     return report
