@@ -47,7 +47,7 @@ def _attribute(attr: AttributeProto, where: str) -> Iterator[tuple[TensorProto, 
 def _nodes(nodes: Iterable[NodeProto], where: str) -> Iterator[tuple[TensorProto, str]]:
     for index, node in enumerate(nodes):
         shown = _name(node.name) if node.name else f"#{index}"
-        label = f"{where}, node {shown} ({_name(node.op_type)})"
+        label = f"{where}, node {shown} ({printable(node.op_type, 60)})"
         for attr in node.attribute:
             yield from _attribute(attr, label)
 
