@@ -1130,3 +1130,19 @@ def test_four_concurrent_writers_never_mix_model_and_data(tmp_path: Path) -> Non
     [file] = loaded.data_files
     assert file.path.read_bytes() == bytes([writer]) * (4 << 20)
     assert sorted(p.name for p in out.iterdir()) == sorted(["out.onnx", file.location])
+
+
+def test_publishing_never_overwrites_an_existing_file(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data names are random; if one is taken anyway (planted), the save refuses."""
+    path = write_model(tmp_path / "in", place(external("w", "w.bin"), "graph"))
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(writing.secrets, "token_hex", lambda n: "f" * 2 * n)
+    planted = out / f"out.onnx.{'f' * 16}-0.data"
+    planted.write_bytes(b"planted")
+    with pytest.raises(RefusedError, match="appeared in the output folder; it was not "
+                                           "overwritten"):
+        _save(path, out / "out.onnx")
+    assert sorted(p.name for p in out.iterdir()) == [planted.name]
+    assert planted.read_bytes() == b"planted"
