@@ -31,7 +31,7 @@ from onnx import TensorProto
 
 from ..errors import RefusedError, UserError, printable
 from . import _fs
-from .tensors import is_external, iter_tensors
+from .tensors import Where, is_external, walk_tensors
 
 #: ``external_data`` keys we accept. ``basepath`` is refused: it redirects reads.
 KNOWN_EXTERNAL_KEYS = frozenset({"location", "offset", "length", "checksum"})
@@ -172,7 +172,7 @@ def _check(tensor: TensorProto, folder: Path, cache: dict[str, ExternalFile]) ->
     return _Reference(file, offset, length)
 
 
-def _failure(tensor: TensorProto, where: str, problem: _Problem) -> UserError:
+def _failure(tensor: TensorProto, where: Where | str, problem: _Problem) -> UserError:
     return problem.error(
         f"external data of tensor {_quote(tensor.name)} ({where}): {problem.reason}")
 
@@ -194,14 +194,24 @@ def validate_external_data(model: onnx.ModelProto,
     reference) or :class:`~spatialdrop_onnx.errors.UserError` (a missing file)
     naming the tensor and where it sits. Nothing is opened: only ``lstat``.
     """
+    return check_tensors(referencing_tensors(model), folder)
+
+
+def referencing_tensors(model: onnx.ModelProto) -> list[tuple[TensorProto, Where]]:
+    """The tensors of ``model`` that validation must look at (one walk)."""
+    return [(tensor, where) for tensor, where in walk_tensors(model) if _needs_check(tensor)]
+
+
+def check_tensors(found: list[tuple[TensorProto, Where]],
+                  folder: str | os.PathLike) -> tuple[ExternalFile, ...]:
+    """:func:`validate_external_data` for tensors already found by :func:`referencing_tensors`."""
     base = Path(folder)
     cache: dict[str, ExternalFile] = {}
-    for tensor, where in iter_tensors(model):
-        if _needs_check(tensor):
-            try:
-                _check(tensor, base, cache)
-            except _Problem as problem:
-                raise _failure(tensor, where, problem) from None
+    for tensor, where in found:
+        try:
+            _check(tensor, base, cache)
+        except _Problem as problem:
+            raise _failure(tensor, where, problem) from None
     return tuple(cache.values())
 
 

@@ -46,9 +46,15 @@ import onnx
 
 from ..errors import RefusedError, UserError
 from . import _fs
-from .external import ExternalFile, _Problem, location_parts, validate_external_data
+from .external import (
+    ExternalFile,
+    _Problem,
+    check_tensors,
+    location_parts,
+    referencing_tensors,
+)
 from .reading import MAX_MODEL_BYTES, LoadedModel, shown
-from .tensors import external_tensors, iter_tensors
+from .tensors import Where, walk_tensors
 
 #: Temp files of a save: ``.spatialdrop-<pid>-<token>.tmp`` (the model),
 #: ``...-d<n>.tmp`` (data file n), ``...-j.tmp`` (journal of old data files).
@@ -165,9 +171,9 @@ def _normalised(location: str) -> str | None:
         return None
 
 
-def _locations(model: onnx.ModelProto) -> set[str]:
+def _locations(tensors: list[tuple[onnx.TensorProto, Where]]) -> set[str]:
     found = set()
-    for tensor, _ in iter_tensors(model):
+    for tensor, _ in tensors:
         for entry in tensor.external_data:
             if entry.key == "location":
                 name = _normalised(entry.value)
@@ -176,16 +182,16 @@ def _locations(model: onnx.ModelProto) -> set[str]:
     return found
 
 
-def _model_files(model: onnx.ModelProto, source: LoadedModel | None,
+def _model_files(found: list[tuple[onnx.TensorProto, Where]], source: LoadedModel | None,
                  label: str) -> tuple[ExternalFile, ...]:
     """The model's data files, validated again against the input's folder."""
     if source is None:
-        if next(external_tensors(model), None) is not None:
+        if found:
             raise UserError(f"{label}: the model refers to external data but the folder of "
                             "its input is unknown")
         return ()
     try:
-        files = validate_external_data(model, source.folder)
+        files = check_tensors(found, source.folder)
     except UserError as err:
         raise type(err)(f"{label}: {err}") from None
     known = {file.location: file for file in source.data_files}
@@ -287,7 +293,8 @@ def _owned_references(dfd: int, target_name: str) -> set[str] | None:
         return None
     finally:
         os.close(fd)
-    return {name for name in _locations(model) if pattern.fullmatch(name)}
+    tensors = [(tensor, where) for tensor, where in walk_tensors(model) if tensor.external_data]
+    return {name for name in _locations(tensors) if pattern.fullmatch(name)}
 
 
 @dataclass
@@ -504,7 +511,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
     """
     target = _check_target(path, source, in_place)
     label = target.shown
-    files = _model_files(model, source, label)
+    found = referencing_tensors(model)
+    files = _model_files(found, source, label)
     if source is not None and files:
         _refuse_input(target.path, label, source, in_place, files)
     same_folder = source is not None and _same_folder(source.folder, target.folder)
@@ -521,12 +529,13 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
     if rename:
         out = onnx.ModelProto()
         out.CopyFrom(model)
-        for tensor, _ in external_tensors(out):
+        found = referencing_tensors(out)
+        for tensor, _ in found:
             for entry in tensor.external_data:
                 if entry.key == "location" and entry.value in rename:
                     entry.value = rename[entry.value]
     data = _serialise(out, label)
-    new_locations = _locations(out)
+    new_locations = _locations(found)
     try:
         save = _Save(target, token)
     except OSError as err:
