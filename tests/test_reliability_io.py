@@ -578,6 +578,15 @@ def test_special_files_at_the_output_are_never_replaced(tmp_path: Path,
         path = _special_file(out, kind)
         message = _refused_output(path, source, tmp_path, RefusedError)
         assert f"{path}: {reasons[kind]}; only regular files are replaced" == message
+        # a symlink to it is replaced itself; the special file stays what it was
+        link = out / f"link-to-{kind}.onnx"
+        link.symlink_to(path)
+        before = path.lstat()
+        modelio.save_model(source.model, link, source=source)
+        assert stat.S_ISREG(link.lstat().st_mode) and modelio.load_model(link).data_files
+        after = path.lstat()
+        assert (after.st_mode, after.st_ino, after.st_rdev) == (before.st_mode, before.st_ino,
+                                                                before.st_rdev)
     assert "is a directory" in _refused_output(_special_file(out, "directory"), source,
                                                tmp_path, UserError)
 
@@ -700,6 +709,22 @@ def test_copies_never_overwrite_other_files(tmp_path: Path) -> None:
     assert file.location not in before and file.path.read_bytes() == W.tobytes()
     other = modelio.load_model(out / "other.onnx")
     assert other.data_files[0].path.read_bytes() == b"\x07" * 48
+
+
+def test_publishing_never_overwrites_an_existing_file(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Data names are random; if one is taken anyway (planted), the save refuses."""
+    path = write_model(tmp_path / "in", place(external("w", "w.bin"), "graph"))
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(writing.secrets, "token_hex", lambda n: "f" * 2 * n)
+    planted = out / f"out.onnx.{'f' * 16}-0.data"
+    planted.write_bytes(b"planted")
+    with pytest.raises(RefusedError, match="appeared in the output folder; it was not "
+                                           "overwritten"):
+        _save(path, out / "out.onnx")
+    assert sorted(p.name for p in out.iterdir()) == [planted.name]
+    assert planted.read_bytes() == b"planted"
 
 
 def test_two_outputs_in_one_folder_own_their_data(tmp_path: Path) -> None:
@@ -1131,18 +1156,3 @@ def test_four_concurrent_writers_never_mix_model_and_data(tmp_path: Path) -> Non
     assert file.path.read_bytes() == bytes([writer]) * (4 << 20)
     assert sorted(p.name for p in out.iterdir()) == sorted(["out.onnx", file.location])
 
-
-def test_publishing_never_overwrites_an_existing_file(tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """Data names are random; if one is taken anyway (planted), the save refuses."""
-    path = write_model(tmp_path / "in", place(external("w", "w.bin"), "graph"))
-    out = tmp_path / "out"
-    out.mkdir()
-    monkeypatch.setattr(writing.secrets, "token_hex", lambda n: "f" * 2 * n)
-    planted = out / f"out.onnx.{'f' * 16}-0.data"
-    planted.write_bytes(b"planted")
-    with pytest.raises(RefusedError, match="appeared in the output folder; it was not "
-                                           "overwritten"):
-        _save(path, out / "out.onnx")
-    assert sorted(p.name for p in out.iterdir()) == [planted.name]
-    assert planted.read_bytes() == b"planted"

@@ -254,4 +254,4 @@ def read_external_bytes(tensor: TensorProto, folder: str | os.PathLike,
         finally:
             os.close(fd)
     except _Problem as problem:
-        raise _failure(tensor, "read", problem) from None
+        raise _failure(tensor, f"in {printable(os.fspath(folder), 300)}", problem) from None
