@@ -550,7 +550,8 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
     except BaseException as err:
         save.abort()
         if isinstance(err, OSError):
-            raise UserError(f"{label}: cannot be written ({err.strerror or err})") from None
+            reason = err.strerror or err.__class__.__name__  # str(err) may name a temp file
+            raise UserError(f"{label}: cannot be written ({reason})") from None
         raise
     finally:
         save.close()
