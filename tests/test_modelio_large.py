@@ -85,8 +85,9 @@ def test_large_external_data_same_folder(big: Path, command: str) -> None:
     result = _cli(command, str(big), "-o", str(out))
     assert result["code"] == 0
     assert result["peak_mb"] <= PEAK_LIMIT_MB, result
-    model = modelio.load_model(out)  # validates every reference against the folder
-    locations = modelio.external_files(model)
+    loaded = modelio.load_model(out)  # validates every reference against the folder
+    model = loaded.model
+    locations = [file.location for file in loaded.data_files]
     assert locations == ["w0.bin", "w1.bin", "w2.bin"]  # referenced, not copied
     ops = [n.op_type for n in model.graph.node]
     if command == "strip":
@@ -100,8 +101,11 @@ def test_large_external_data_other_folder_is_copied_sparsely(big: Path,
     out = tmp_path / "stripped.onnx"
     result = _cli("strip", str(big), "-o", str(out))
     assert result["peak_mb"] <= PEAK_LIMIT_MB, result
-    for i in range(TENSORS):
-        copied = tmp_path / f"w{i}.bin"
-        assert copied.stat().st_size == ELEMENTS * 4
-        assert copied.stat().st_blocks * 512 < (1 << 20)  # the holes stayed holes
-    modelio.load_model(out)
+    loaded = modelio.load_model(out)
+    assert len(loaded.data_files) == TENSORS
+    for file in loaded.data_files:  # stripped.onnx.<token>-<n>.data, next to the output
+        assert modelio.data_file_pattern("stripped.onnx").fullmatch(file.location)
+        assert file.size == ELEMENTS * 4
+        assert file.path.stat().st_blocks * 512 < (1 << 20)  # the holes stayed holes
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["stripped.onnx", *(file.location for file in loaded.data_files)])

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .. import bench
+from .. import bench as benchmark
 from ..errors import UsageError
 from .output import emit_json
 
@@ -21,7 +21,7 @@ def _parse_ints(text: str, what: str) -> list[int]:
 @click.command("bench")
 @click.option("--shape", default="32,256,512", show_default=True,
               help="Data shape, comma-separated.")
-@click.option("--dtype", type=click.Choice(list(bench.DTYPES)), default="float32",
+@click.option("--dtype", type=click.Choice(list(benchmark.DTYPES)), default="float32",
               show_default=True)
 @click.option("--shared-axes", default="1", show_default=True,
               help="Axes sharing one decision, comma-separated; 'default' for the op's "
@@ -29,7 +29,7 @@ def _parse_ints(text: str, what: str) -> list[int]:
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Drop probability.")
 @click.option("--repeat", type=click.IntRange(min=1), default=30, show_default=True,
               help=f"Timed runs per row (the Python-op row runs at most "
-                   f"{bench.EXTENSIONS_MAX_REPEAT}).")
+                   f"{benchmark.EXTENSIONS_MAX_REPEAT}).")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
               help="Untimed runs before each row.")
 @click.option("--no-extensions", is_flag=True, help="Skip the slow onnxruntime-extensions row.")
@@ -49,11 +49,11 @@ def bench(shape: str, dtype: str, shared_axes: str, ratio: float, repeat: int,
     progress = None if as_json or quiet or not sys.stderr.isatty() else (
         lambda label: click.echo(f"measuring: {label}", err=True))
     try:
-        result = bench.run_bench(dims, dtype, axes, repeat=repeat, warmup=warmup, ratio=ratio,
+        result = benchmark.run_bench(dims, dtype, axes, repeat=repeat, warmup=warmup, ratio=ratio,
                                  include_extensions=not no_extensions, progress=progress)
     except ValueError as err:  # bad shape, axes or ratio
         raise UsageError(str(err)) from None
     if as_json:
         emit_json(result.to_dict())
     else:
-        click.echo(bench.format_table(result))
+        click.echo(benchmark.format_table(result))

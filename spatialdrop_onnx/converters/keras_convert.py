@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import math
+import os
 import re
 import time
 import warnings
@@ -40,7 +41,7 @@ import onnx
 from .. import spec
 from ..errors import RefusedError, UsageError, UserError
 from ..graph import iter_nodes
-from ..modelio import save_model
+from ..modelio import check_output_path, save_model
 from ..sites import Site
 from . import keras_trace as kt
 
@@ -386,13 +387,9 @@ def convert_keras(
     check_opset(opset)
     source_format = detect_format(model_path)
     refuse_untrusted(model_path, source_format, trust_model)
-    if output_path.exists() and output_path.resolve() == model_path.resolve():
+    if output_path.exists() and os.path.samefile(output_path, model_path):
         raise RefusedError(f"{output_path}: the output would overwrite the input model")
-    if output_path.is_dir():
-        raise UserError(f"{output_path}: is a directory, expected an .onnx file path")
-    folder = output_path.parent if str(output_path.parent) else Path(".")
-    if not folder.is_dir():  # fail before the slow steps, not after them
-        raise UserError(f"{output_path}: folder {folder} does not exist")
+    check_output_path(output_path)  # fail before the slow steps, not after them
     report = ConversionReport(str(model_path), str(output_path), source_format, opset, strip)
     clock = _Clock(report.seconds)
 

@@ -21,9 +21,11 @@ with the reason the closest rule gave.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import onnx
 
 from .. import spec
@@ -47,8 +49,12 @@ from ..sites import Site
 from .result import ModelArg, PassResult, load_argument
 
 if TYPE_CHECKING:
+    import onnx_ir as ir
+
     from ..modelio import LoadedModel
 
+#: The most bytes a rule reads from external data (a small constant: threshold, scale).
+_MAX_CONSTANT_BYTES = 512
 #: Accepted values of ``elementwise``.
 ELEMENTWISE_OPS = ("dropout", "spatial")
 
@@ -197,13 +203,37 @@ def apply_rules(model: onnx.ModelProto, *, elementwise: str = "dropout",
     return RuleOutcome(result, converted, rewired, unconvertible)
 
 
-def _external_reader(folder: os.PathLike | None):  # noqa: ANN202 - a callable or None
-    """A bounded reader of small external constants inside ``folder`` (None: never read)."""
+def _external_reader(folder: os.PathLike | None
+                     ) -> Callable[[ir.Tensor], np.ndarray | None] | None:
+    """A bounded reader of small external constants inside ``folder`` (None: never read).
+
+    A threshold or scale a rule needs may live in external data; it is read with
+    :func:`~spatialdrop_onnx.modelio.read_external_bytes` (validated again, at most
+    a few hundred bytes, never following links), or stays unknown.
+    """
     if folder is None:
         return None
-    from ..modelio import external_constant_reader
+    from ..modelio import read_external_bytes
 
-    return external_constant_reader(folder)
+    def read(tensor: ir.Tensor) -> np.ndarray | None:
+        if not isinstance(tensor, ir.ExternalTensor) or tensor.dtype is None:
+            return None
+        proto = onnx.TensorProto(name=tensor.name or "", data_type=int(tensor.dtype),
+                                 dims=list(tensor.shape.numpy()))
+        proto.data_location = onnx.TensorProto.EXTERNAL
+        entries = {"location": tensor.location, "offset": tensor.offset,
+                   "length": tensor.length}
+        for key, value in entries.items():
+            if value is not None:
+                proto.external_data.add(key=key, value=str(value))
+        try:
+            data = read_external_bytes(proto, folder, _MAX_CONSTANT_BYTES)
+            dtype = tensor.dtype.numpy()
+            return np.frombuffer(data, dtype=dtype).reshape(tensor.shape.numpy()).copy()
+        except (UserError, ValueError, TypeError):
+            return None
+
+    return read
 
 
 def _keep_value_info(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
@@ -224,9 +254,10 @@ def rewrite_file(src: str | os.PathLike, dst: str | os.PathLike, *,
                  training_default: bool = False, elementwise: str = "dropout",
                  in_place: bool = False) -> RewriteReport:
     """Load ``src`` safely, rewrite it and save it atomically to ``dst``."""
-    from ..modelio import load_model, save_model
+    from ..modelio import check_output_path, load_model, save_model
 
     loaded = load_model(src)
+    check_output_path(dst, loaded, in_place)  # refuse before the slow work
     result = rewrite(loaded, training_default=training_default, elementwise=elementwise)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report

@@ -100,9 +100,10 @@ def strip(model: ModelArg) -> PassResult[StripReport]:
 def strip_file(src: str | os.PathLike, dst: str | os.PathLike, *,
                in_place: bool = False) -> StripReport:
     """Load ``src`` safely, strip it and save it atomically to ``dst``."""
-    from ..modelio import load_model, save_model
+    from ..modelio import check_output_path, load_model, save_model
 
     loaded = load_model(src)
+    check_output_path(dst, loaded, in_place)  # refuse before the slow work
     result = strip(loaded)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report

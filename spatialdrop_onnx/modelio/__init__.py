@@ -1,0 +1,52 @@
+"""Loading and saving ONNX files that may come from anyone.
+
+* :func:`load_model` refuses by kind and size before reading, reads through
+  one descriptor, parses, checks versions and validates every external-data
+  reference on the parsed model (:mod:`.external`); it returns a
+  :class:`LoadedModel` that remembers the input's identity and data files.
+* :func:`validate_external_data` inspects files with ``lstat`` only; nothing
+  is resolved against the working directory.
+* :func:`read_external_bytes` is the one place external data is read: a
+  bounded read of one small tensor from its re-validated file.
+* :func:`save_model` writes the model and its data files as one unit
+  (:mod:`.writing`); :func:`check_output_path` raises its path errors early.
+* :func:`iter_tensors` walks every place a ``TensorProto`` can sit.
+
+``docs/reliability.md`` lists each probe these functions are tested against.
+"""
+
+from .external import (
+    KNOWN_EXTERNAL_KEYS,
+    ExternalFile,
+    read_external_bytes,
+    validate_external_data,
+)
+from .reading import MAX_MODEL_BYTES, MIN_IR_VERSION, LoadedModel, check_versions, load_model
+from .tensors import external_tensors, is_external, iter_tensors
+from .writing import (
+    TEMP_PATTERN,
+    check_output_path,
+    data_file_pattern,
+    is_temp_name,
+    save_model,
+)
+
+__all__ = [
+    "KNOWN_EXTERNAL_KEYS",
+    "MAX_MODEL_BYTES",
+    "MIN_IR_VERSION",
+    "TEMP_PATTERN",
+    "ExternalFile",
+    "LoadedModel",
+    "check_output_path",
+    "check_versions",
+    "data_file_pattern",
+    "external_tensors",
+    "is_external",
+    "is_temp_name",
+    "iter_tensors",
+    "load_model",
+    "read_external_bytes",
+    "save_model",
+    "validate_external_data",
+]
