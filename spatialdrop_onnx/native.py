@@ -71,8 +71,3 @@ def session_options(so: ort.SessionOptions | None = None) -> ort.SessionOptions:
             _registered.add(so)
     return so
 
-
-def is_registered(so: ort.SessionOptions) -> bool:
-    """Whether ``session_options`` already registered the library on ``so``."""
-    with _lock:
-        return so in _registered
