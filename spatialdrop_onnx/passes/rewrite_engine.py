@@ -1,8 +1,12 @@
-"""The onnx_ir side of rewrite: facts per value, one application of the rules, dead code.
+"""The onnx_ir side of rewrite: facts per value, one anchored application of the rules, dead code.
 
-The rules (:mod:`.rules`, onnxscript patterns) run once over every scope: their
-shape reasoning reads the noise-shape expression itself (:mod:`.shapes`), so no
-site waits for another to be converted first and no re-inference is needed.
+Matching is *anchored*: every random-mask site contains a random op and every
+existing dropout is one node, so the rules (:mod:`.rules`, onnxscript patterns)
+are tried only at those anchors — at the node itself, or at nodes a few steps
+downstream of a random op, nearest first, with only the rules that can end
+there. The cost grows with the sites, not with nodes × rules. The shape
+reasoning reads the noise-shape expression itself (:mod:`.shapes`), so no site
+waits for another to be converted first and no re-inference is needed.
 New dropout nodes read a placeholder value named ``training_mode`` per top scope
 (main graph or function); :func:`spatialdrop_onnx.graph.thread_training_switch`
 defines it on the serialized model.
@@ -27,7 +31,7 @@ from ..graph import (
     model_scopes,
 )
 from ..sites import Kind, Site
-from .rule_set import dropout_rule_set
+from .rule_set import dropout_rules
 from .rules._common import RewriteContext
 from .shapes import ShapeReasoner
 
@@ -122,17 +126,55 @@ class RewriteEngine:
 
     # -- running --------------------------------------------------------------------
 
+    #: How far below a random op a site's last node may be (Keras' lowered select: 5).
+    MAX_SITE_DEPTH = 8
+
     def run(self) -> None:
-        """Apply every rule once over every scope, then remove what only the sites used."""
-        own = {key: f for key, f in self.model.functions.items() if f.domain == spec.DOMAIN}
-        for key in own:
-            del self.model.functions[key]
-        try:
-            dropout_rule_set(self.ctx).apply_to_model(self.model)
-        finally:
-            for key, function in own.items():
-                self.model.functions[key] = function
+        """Try the rules at every anchor once, then remove what only the sites used."""
+        index = dropout_rules(self.ctx)
+        for scope, _ in self.scopes:
+            anchors = [n for n in scope if n.op_type in index]
+            for anchor in anchors:
+                if anchor.graph is None:
+                    continue  # removed by an earlier site's rewrite
+                roots = index[anchor.op_type]
+                for candidate in self._candidates(anchor, roots):
+                    if self._try(candidate, roots[candidate.op_type]):
+                        break
         self._remove_dead()
+
+    def _candidates(self, anchor: ir.Node, roots: dict[str, list]) -> Iterator[ir.Node]:
+        """The anchor and the nodes below it in its graph (breadth first) a rule can end at."""
+        graph = anchor.graph
+        frontier, seen, depth = [anchor], {id(anchor)}, 0
+        while frontier and depth <= self.MAX_SITE_DEPTH:
+            following = []
+            for node in frontier:
+                if node.graph is not graph:
+                    continue
+                if node.op_type in roots:
+                    yield node
+                for output in node.outputs:
+                    for consumer in output.consumers():
+                        if id(consumer) not in seen:
+                            seen.add(id(consumer))
+                            following.append(consumer)
+            frontier, depth = following, depth + 1
+
+    def _try(self, node: ir.Node, variants: list) -> bool:
+        """Try rule variants at ``node`` in order; apply the first that matches."""
+        graph = node.graph
+        if graph is None:
+            return False
+        for rule in variants:
+            delta = rule.try_rewrite(self.model, graph, node)
+            if delta is None:
+                continue
+            ir.convenience.replace_nodes_and_values(
+                graph, node, delta.match.nodes if rule.remove_nodes else [],
+                delta.new_nodes, delta.match.outputs, delta.new_outputs)
+            return True
+        return False
 
     def _remove_dead(self) -> None:
         """Remove nodes and initializers that only the replaced sites used."""

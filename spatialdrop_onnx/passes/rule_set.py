@@ -1,25 +1,37 @@
-"""The ordered set of dropout rewrite rules.
+"""The dropout rewrite rules, indexed for anchored matching.
 
-Rules are tried at each node in this order (most specific first):
+Every random-mask site contains a random op, and every existing dropout node is
+one node: so matches are only tried near those *anchors* (rewrite_engine), and
+only with the rules that can match there. The index maps an anchor op type to
+the rules' root op types to their variants (every operand order of the
+commutative ops), in this order (most specific first):
 
-1. ``rules.keras_rnn``: Keras GRU/LSTM masks (stateless dropout of a ones tensor)
-2. ``rules.keras_stateless``: Keras 3 dropout layers through tf2onnx
-3. ``rules.torch_dynamo``: PyTorch ``DropoutNd`` / DropPath through the dynamo exporter
-4. ``rules.generic_random_mask``: any thresholded-uniform mask with inverted scaling
-5. ``rules.onnx_dropout``: an existing ONNX ``Dropout`` with a constant ``training_mode``
+1. ``rules.keras_stateless``: Keras 3 dropout layers and RNN masks through tf2onnx
+2. ``rules.torch_dynamo``: PyTorch ``DropoutNd`` / DropPath through the dynamo exporter
+3. ``rules.generic_random_mask``: any thresholded-uniform mask with inverted scaling
+4. ``rules.onnx_dropout``: an existing ``Dropout`` / ``SpatialDropout`` with a constant
+   ``training_mode`` (anchored at the node itself)
 """
 
 from __future__ import annotations
 
 from onnxscript.rewriter import pattern as orp
 
-from .rules import generic_random_mask, keras_rnn, keras_stateless, onnx_dropout, torch_dynamo
+from .rules import generic_random_mask, keras_stateless, onnx_dropout, torch_dynamo
 from .rules._common import RewriteContext
 
-RULE_MODULES = (keras_rnn, keras_stateless, torch_dynamo, generic_random_mask, onnx_dropout)
+RULE_MODULES = (keras_stateless, torch_dynamo, generic_random_mask, onnx_dropout)
+
+#: anchor op type -> root op type -> rule variants, in rule order.
+RuleIndex = dict[str, dict[str, list[orp.RewriteRule]]]
 
 
-def dropout_rule_set(ctx: RewriteContext) -> orp.RewriteRuleSet:
-    """All dropout rules for one rewrite, with commuted variants of Add/Mul patterns."""
-    rules = [rule for module in RULE_MODULES for rule in module.rules(ctx)]
-    return orp.RewriteRuleSet(rules, commute=True)
+def dropout_rules(ctx: RewriteContext) -> RuleIndex:
+    """Every rule for one rewrite, indexed by the ops that anchor them and the op they end at."""
+    index: RuleIndex = {}
+    for module in RULE_MODULES:
+        for rule in module.rules(ctx):
+            variants = rule.variants()
+            for anchor in rule.anchors:
+                index.setdefault(anchor, {}).setdefault(rule.root_op, []).extend(variants)
+    return index

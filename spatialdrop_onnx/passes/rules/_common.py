@@ -109,6 +109,11 @@ class DropoutRule(orp.RewriteRuleClassBase):
     #: Whether a failed check's reason describes the site (False for rules that
     #: only specialise another rule, whose reasons would be uninformative).
     explains_failures = True
+    #: Op type of the pattern's last node: the node a match is tried at.
+    root_op: str = ""
+    #: Random op types whose site this rule can match (the engine searches
+    #: downstream of each such node for a ``root_op`` node to try).
+    anchors: frozenset[str] = frozenset()
 
     def __init__(self, ctx: RewriteContext, name: str) -> None:
         super().__init__(name=name, remove_nodes=True)
@@ -118,6 +123,11 @@ class DropoutRule(orp.RewriteRuleClassBase):
 
     def analyse(self, context: orp.MatchContext, **bindings: object) -> Conversion:
         raise NotImplementedError
+
+    def variants(self) -> list[orp.RewriteRule]:
+        """The rule with every operand order of its commutative ops (Add, Mul, ...)."""
+        return orp.RewriteRule(self.pattern, self.rewrite, self.check, name=self.name,
+                               remove_nodes=self.remove_nodes).commute()
 
     def check(self, context: orp.MatchContext, **bindings: object) -> orp.MatchResult:
         result = orp.MatchResult()

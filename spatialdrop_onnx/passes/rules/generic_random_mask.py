@@ -43,10 +43,14 @@ FORMS = ("mask_scaled", "scale_after", "scale_before", "where")
 class GenericRandomMask(DropoutRule):
     """One application form (see module docstring), multiplying or dividing by the scale."""
 
+    anchors = frozenset(RANDOM_SOURCES)
+
     def __init__(self, ctx: RewriteContext, *, form: str, divides: bool) -> None:
         super().__init__(ctx, f"generic_random_mask_{form}_{'div' if divides else 'mul'}")
         self.form = form
         self.divides = divides
+        self.root_op = {"where": "Where", "scale_after": "Div" if divides else "Mul"}.get(
+            form, "Mul")
 
     def _scale(self, op, value, factor):  # noqa: ANN001, ANN202
         return op.Div(value, factor) if self.divides else op.Mul(value, factor)
@@ -97,6 +101,6 @@ class GenericRandomMask(DropoutRule):
             seed=seed_of(random_node), random_op=random_node.op_type)
 
 
-def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
+def rules(ctx: RewriteContext) -> list[GenericRandomMask]:
     """Every generic form, multiplying and dividing."""
-    return [GenericRandomMask.rule(ctx, form=f, divides=d) for f in FORMS for d in (False, True)]
+    return [GenericRandomMask(ctx, form=f, divides=d) for f in FORMS for d in (False, True)]

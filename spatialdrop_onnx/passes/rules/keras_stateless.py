@@ -1,10 +1,11 @@
 """Keras 3 dropout as tf2onnx writes it in training mode (stateless RNG).
 
-Per dropout layer (SpatialDropout1D/2D/3D, ``Dropout``, ``Dropout(noise_shape=…)``)::
+Per dropout layer (SpatialDropout1D/2D/3D, ``Dropout``, ``Dropout(noise_shape=…)``,
+and the ``dropout`` / ``recurrent_dropout`` masks of GRU/LSTM)::
 
     scaled = Mul(x, 1/(1-rate))                      [Transpose(scaled) when tf2onnx
     u      = StatelessRandomUniformV2(noise, key, counter, alg)    changed the layout]
-             [u * (max-min) + min for plain Dropout]
+             [Add(Mul(u, max-min), min) for some draws]
     keep   = GreaterOrEqual(u, rate)
     out    = Add(Mul(Cast(keep), scaled), Mul(0, Cast(Not(keep))))   # lowered SelectV2
 
@@ -12,13 +13,29 @@ tf2onnx cannot convert ``StatelessRandomUniformV2`` (onnxruntime rejects the
 model) and its key/counter were constant-folded, so the mask would never
 change anyway. The site becomes ``SpatialDropout`` (shared axes from the noise
 shape, in the layout of the tensor the mask multiplies) or ONNX ``Dropout``.
+
+The pattern matches from ``keep`` down; everything above it is analysed, not
+matched, because tf2onnx merges identical nodes: two sites on one tensor with
+one rate (the two directions of a ``Bidirectional`` RNN, two dropout layers on
+one input) share the scaled tensor and the noise shape. Such nodes are removed
+afterwards only if nothing else reads them.
+
+**RNN masks.** Keras builds each GRU/LSTM mask once per call as this dropout
+applied to a tensor of ones (``ones_like(inputs[:, 0])`` / ``ones_like(state)``)
+and feeds it to the ``Loop`` body. Such a site is written as
+``SpatialDropout(ones, rate, training_mode, shared_axes=[])`` (rule
+``keras_rnn_mask``): its portable body draws a fresh mask per run, and with
+training off the mask is all ones. (An ONNX ``Dropout`` there would be removed
+by onnxruntime's session optimiser whatever ``training_mode`` says.)
 """
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
+from ...graph import DEFAULT_DOMAINS
 from ._common import (
     Conversion,
     DropoutRule,
@@ -32,53 +49,36 @@ from ._common import (
 )
 
 RANDOM_OP = "StatelessRandomUniformV2"
+STATELESS_RULE = "keras_stateless_dropout"
+RNN_MASK_RULE = "keras_rnn_mask"
 
 
 class KerasStatelessDropout(DropoutRule):
-    """tf2onnx's lowering of Keras 3 stateless dropout (maybe transposed, maybe affine).
+    """tf2onnx's lowering of Keras 3 stateless dropout (and of Keras RNN masks)."""
 
-    The scaled tensor (``Mul(x, 1/(1-rate))``, maybe transposed) is bound as an
-    input of the pattern, not matched as part of it: tf2onnx merges identical
-    nodes, so two sites on one tensor with one rate (the two directions of a
-    ``Bidirectional`` RNN, two dropout layers on one input) share that node. It
-    is analysed here and removed afterwards if nothing else reads it.
-    """
+    root_op = "Add"
+    anchors = frozenset({RANDOM_OP})
 
-    def __init__(self, ctx: RewriteContext, *, affine: bool) -> None:
-        super().__init__(ctx, "keras_stateless_dropout" + ("_affine" if affine else ""))
-        self.affine = affine
+    def __init__(self, ctx: RewriteContext) -> None:
+        super().__init__(ctx, STATELESS_RULE)
 
-    def pattern(self, op, scaled, noise, key, counter, alg, rate, zero,  # noqa: ANN001
-                u_scale, u_shift):  # noqa: ANN001
-        u = op.StatelessRandomUniformV2(noise, key, counter, alg, _outputs=["u"])
-        if self.affine:
-            u = op.Add(op.Mul(u, u_scale), u_shift)
+    def pattern(self, op, u, rate, scaled, zero):  # noqa: ANN001
         keep = op.GreaterOrEqual(u, rate)
         kept = op.Mul(op.Cast(keep), scaled)
         dropped = op.Mul(zero, op.Cast(op.Not(keep)))
         return op.Add(kept, dropped)
 
-    def analyse(self, context: orp.MatchContext, scaled: ir.Value,  # noqa: ANN001
-                noise: ir.Value, rate: ir.Value, zero: ir.Value, u: ir.Value,
-                u_scale: ir.Value | None = None, u_shift: ir.Value | None = None,
-                **_: object) -> Conversion:
-        random_node = u.producer()
+    def analyse(self, context: orp.MatchContext, u: ir.Value, rate: ir.Value,  # noqa: ANN001
+                scaled: ir.Value, zero: ir.Value, **_: object) -> Conversion:
+        random_node, scale_a, shift_b = _uniform_source(self.ctx, u)
         threshold = constant(self.ctx, rate, "threshold", random_node)
-        if self.affine:
-            a = constant(self.ctx, u_scale, "uniform scale", random_node)
-            b = constant(self.ctx, u_shift, "uniform offset", random_node)
-            if a <= 0:
-                raise NoMatch(f"uniform scale {a:g} is not positive", random_node)
-            ratio = (threshold - b) / a
-        else:
-            ratio = threshold
-        check_ratio(ratio, random_node)
+        ratio = check_ratio((threshold - shift_b) / scale_a, random_node)
         if constant(self.ctx, zero, "dropped value", random_node) != 0.0:
             raise NoMatch("dropped elements are not set to 0", random_node)
         order, x, scale = _unscaled(self.ctx, scaled, random_node)
         float_data(x)
         check_scale(constant(self.ctx, scale, "scale", random_node), ratio, scale, random_node)
-        elements = self.ctx.shapes.shape_elements(noise)
+        elements = self.ctx.shapes.shape_elements(random_node.inputs[0])
         if order is not None:
             # The noise shape is written in the layout the mask multiplies.
             layout_axes = shared_axes(self.ctx, elements, scaled, random_node)
@@ -86,10 +86,35 @@ class KerasStatelessDropout(DropoutRule):
             axes = sorted(order[i] for i in layout_axes)
         else:
             axes = shared_axes(self.ctx, elements, x, random_node)
+        rnn_mask = order is None and _is_ones(self.ctx, x)
+        if rnn_mask and axes:
+            raise NoMatch("an RNN mask with shared axes", random_node)
         return Conversion(
-            name=context.root.name or "", rule=self.name, ratio=ratio, shared_axes=axes,
-            graph=self.ctx.path_of(context.graph_or_function), data=x, perm=order,
-            random_op=RANDOM_OP)
+            name=context.root.name or "", rule=RNN_MASK_RULE if rnn_mask else STATELESS_RULE,
+            ratio=ratio, shared_axes=axes, graph=self.ctx.path_of(context.graph_or_function),
+            data=x, perm=order, random_op=RANDOM_OP, force_spatial=rnn_mask)
+
+
+def _uniform_source(ctx: RewriteContext, u: ir.Value) -> tuple[ir.Node, float, float]:
+    """``(random node, a, b)`` for ``u = a * StatelessRandomUniformV2(…) + b``."""
+    node = u.producer()
+    if node is not None and node.op_type == RANDOM_OP:
+        return node, 1.0, 0.0
+    if node is None or node.op_type != "Add" or node.domain not in DEFAULT_DOMAINS:
+        raise NoMatch("the compared value is not a stateless uniform draw")
+    for product, shift in (node.inputs, reversed(node.inputs)):
+        inner = product.producer() if product is not None else None
+        if inner is None or inner.op_type != "Mul" or len(inner.inputs) != 2:
+            continue
+        for draw, factor in (inner.inputs, reversed(inner.inputs)):
+            random_node = draw.producer() if draw is not None else None
+            if random_node is not None and random_node.op_type == RANDOM_OP:
+                a = constant(ctx, factor, "uniform scale", random_node)
+                b = constant(ctx, shift, "uniform offset", random_node)
+                if a <= 0:
+                    raise NoMatch(f"uniform scale {a:g} is not positive", random_node)
+                return random_node, a, b
+    raise NoMatch("the compared value is not a stateless uniform draw")
 
 
 def _unscaled(ctx: RewriteContext, scaled: ir.Value, random_node: ir.Node | None
@@ -97,13 +122,13 @@ def _unscaled(ctx: RewriteContext, scaled: ir.Value, random_node: ir.Node | None
     """``(perm, x, scale)`` for ``scaled = [Transpose<perm>](Mul(x, scale))``."""
     order = None
     node = scaled.producer()
-    if node is not None and node.op_type == "Transpose" and node.domain in ("", "ai.onnx"):
+    if node is not None and node.op_type == "Transpose" and node.domain in DEFAULT_DOMAINS:
         perm = node.attributes.get("perm")
         if perm is None:
             raise NoMatch("Transpose without perm", random_node)
         order = list(perm.as_ints())
         node = node.inputs[0].producer() if node.inputs[0] is not None else None
-    if node is None or node.op_type != "Mul" or node.domain not in ("", "ai.onnx") or \
+    if node is None or node.op_type != "Mul" or node.domain not in DEFAULT_DOMAINS or \
             len(node.inputs) != 2:
         raise NoMatch("the kept values are not a product x * 1/(1-rate)", random_node)
     a, b = node.inputs
@@ -114,6 +139,20 @@ def _unscaled(ctx: RewriteContext, scaled: ir.Value, random_node: ir.Node | None
     raise NoMatch("the kept values are not scaled by a constant", random_node)
 
 
-def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
-    """The Keras stateless-dropout rules, most specific first."""
-    return [KerasStatelessDropout.rule(ctx, affine=a) for a in (True, False)]
+def _is_ones(ctx: RewriteContext, value: ir.Value) -> bool:
+    """A ``ConstantOfShape`` filled with 1, or a small constant of ones."""
+    producer = value.producer()
+    if producer is not None and producer.op_type == "ConstantOfShape" and \
+            producer.domain in DEFAULT_DOMAINS:
+        attr = producer.attributes.get("value")
+        if attr is None:
+            return False  # the default fill value is 0
+        fill = attr.as_tensor().numpy()
+        return fill.size == 1 and float(fill.reshape(())) == 1.0
+    const = ctx.shapes.const(value)
+    return const is not None and bool(np.all(const == 1))
+
+
+def rules(ctx: RewriteContext) -> list[DropoutRule]:
+    """The Keras stateless-dropout rule (RNN masks included)."""
+    return [KerasStatelessDropout(ctx)]

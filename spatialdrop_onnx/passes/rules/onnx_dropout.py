@@ -27,6 +27,7 @@ class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
     """``Dropout(x, ratio, <constant>)`` → ``Dropout(x, ratio, training_mode)``."""
 
     domains: tuple[str, ...] = ("", "ai.onnx")
+    root_op = "Dropout"
 
     def __init__(self, ctx: RewriteContext, *, with_mask: bool) -> None:
         super().__init__(name="onnx_dropout_training_switch" + ("_mask" if with_mask else ""),
@@ -35,6 +36,15 @@ class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
         self.with_mask = with_mask
         self._graph: ir.Graph | ir.Function | None = None
         self._node: ir.Node | None = None
+
+    @property
+    def anchors(self) -> frozenset[str]:
+        """The node itself anchors the rule."""
+        return frozenset({self.root_op})
+
+    def variants(self) -> list[orp.RewriteRule]:
+        return [orp.RewriteRule(self.pattern, self.rewrite, self.check, name=self.name,
+                                remove_nodes=True)]
 
     def pattern(self, op, x, ratio, flag):  # noqa: ANN001
         return op.Dropout(x, ratio, flag, _outputs=2 if self.with_mask else 1)
@@ -92,6 +102,7 @@ class SpatialDropoutTrainingSwitch(OnnxDropoutTrainingSwitch):
                                  _outputs=2 if self.with_mask else 1)
 
     domains = (spec.DOMAIN,)
+    root_op = spec.OP_TYPE
 
     def rewrite(self, op, x: ir.Value, ratio: ir.Value | None, **_: object):  # noqa: ANN001, ANN201
         node = self._node
@@ -104,8 +115,8 @@ class SpatialDropoutTrainingSwitch(OnnxDropoutTrainingSwitch):
                      _outputs=2 if self.with_mask else 1, **dict(node.attributes))
 
 
-def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
+def rules(ctx: RewriteContext) -> list[OnnxDropoutTrainingSwitch]:
     """The training-switch rules for existing Dropout/SpatialDropout nodes (mask first)."""
-    return [cls.rule(ctx, with_mask=m)
+    return [cls(ctx, with_mask=m)
             for cls in (OnnxDropoutTrainingSwitch, SpatialDropoutTrainingSwitch)
             for m in (True, False)]

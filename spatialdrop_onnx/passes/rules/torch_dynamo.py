@@ -36,10 +36,13 @@ from ._common import (
 class TorchDynamoDropout(DropoutRule):
     """``RandomUniformLike(ConstantOfShape)`` → ``Less`` → ``Cast`` → scale → ``Mul``."""
 
+    anchors = frozenset({"RandomUniformLike"})
+
     def __init__(self, ctx: RewriteContext, *, divide_after: bool) -> None:
         super().__init__(ctx, "torch_dynamo_droppath" if divide_after else
                          "torch_dynamo_dropout_nd")
         self.divide_after = divide_after
+        self.root_op = "Div" if divide_after else "Mul"
 
     def pattern(self, op, x, noise, keep_prob, divisor):  # noqa: ANN001
         zeros = op.ConstantOfShape(noise)
@@ -66,6 +69,6 @@ class TorchDynamoDropout(DropoutRule):
             seed=seed_of(random_node), random_op=random_node.op_type)
 
 
-def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
+def rules(ctx: RewriteContext) -> list[TorchDynamoDropout]:
     """The PyTorch dynamo rules: divide before and after the multiply."""
-    return [TorchDynamoDropout.rule(ctx, divide_after=d) for d in (False, True)]
+    return [TorchDynamoDropout(ctx, divide_after=d) for d in (False, True)]
