@@ -34,9 +34,9 @@ from .graph import (
     default_opset,
     get_attr,
     import_our_domain,
-    infer_types,
     is_spatial_dropout,
     model_scopes,
+    type_facts,
 )
 
 #: Lowest default-domain opset the body is written for (CastLike, Shape-15).
@@ -331,7 +331,7 @@ def make_portable(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto
     scopes = model_scopes(result)
     if not any(is_spatial_dropout(n) for s in scopes for n in s.nodes):
         return result
-    facts = infer_types(result)
+    facts = type_facts(result)
     fresh = NameMaker(all_names(result))
     variants: set[tuple[int | None, bool]] = set()  # (seed, via_double)
     for scope in scopes:

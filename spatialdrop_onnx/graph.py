@@ -333,25 +333,48 @@ class ValueType:
 
 
 class TypeFacts:
-    """Types of values per scope; lookups walk up to enclosing scopes (never across functions)."""
+    """Types of values per scope; lookups walk up to enclosing scopes (never across functions).
 
-    def __init__(self, scopes: list[Scope], per_scope: list[dict[str, ValueType]]) -> None:
+    What the model declares is read up front (cheap). With ``model`` given, the
+    first lookup that misses runs :func:`infer_types` once and consults its
+    answers too, so models that declare their types never pay for inference.
+    """
+
+    def __init__(self, scopes: list[Scope], per_scope: list[dict[str, ValueType]],
+                 model: onnx.ModelProto | None = None) -> None:
         self._scopes = scopes
         self._per_scope = per_scope
+        self._model = model  # inferred from on the first miss, then dropped
+        self._inferred: list[dict[str, ValueType]] | None = None
 
     @classmethod
     def empty(cls) -> TypeFacts:
         return cls([], [])
 
-    def type_of(self, scope: Scope, name: str) -> ValueType | None:
+    def _lookup(self, tables: list[dict[str, ValueType]], scope: Scope,
+                name: str) -> ValueType | None:
         current: Scope | None = scope
         while current is not None:
-            if current.index < len(self._per_scope):
-                found = self._per_scope[current.index].get(name)
+            if current.index < len(tables):
+                found = tables[current.index].get(name)
                 if found is not None:
                     return found
             current = current.parent
         return None
+
+    def type_of(self, scope: Scope, name: str) -> ValueType | None:
+        found = self._lookup(self._per_scope, scope, name)
+        if found is not None and found.dims is not None and None not in found.dims:
+            return found
+        if self._model is not None:
+            self._inferred = _inferred_tables(self._model, self._scopes)
+            self._model = None
+        if self._inferred is not None:
+            better = self._lookup(self._inferred, scope, name)
+            if better is not None and (found is None or found.dims is None or (
+                    better.dims is not None and better.dims.count(None) < found.dims.count(None))):
+                return better
+        return found
 
     def rank_of(self, scope: Scope, name: str) -> int | None:
         found = self.type_of(scope, name)
@@ -409,6 +432,15 @@ def declared_types(model: onnx.ModelProto) -> TypeFacts:
     """Only what the model itself declares (no inference): cheap."""
     scopes = model_scopes(model)
     return TypeFacts(scopes, [_declared_types(s) for s in scopes])
+
+
+def type_facts(model: onnx.ModelProto) -> TypeFacts:
+    """What the model declares, completed by shape inference on the first lookup that misses.
+
+    ``model`` must not change between this call and that lookup.
+    """
+    scopes = model_scopes(model)
+    return TypeFacts(scopes, [_declared_types(s) for s in scopes], model)
 
 
 #: Initializers above this many bytes are handed to shape inference as typed inputs only.
@@ -526,15 +558,19 @@ def _infer_facts(model: onnx.ModelProto) -> list[dict[str, ValueType]]:
 
 
 def infer_types(model: onnx.ModelProto) -> TypeFacts:
-    """Per-scope value types from the model's declarations and onnx shape inference.
+    """Per-scope value types from the model's declarations and onnx shape inference, now."""
+    scopes = model_scopes(model)
+    return TypeFacts(scopes, _inferred_tables(model, scopes))
+
+
+def _inferred_tables(model: onnx.ModelProto, scopes: list[Scope]) -> list[dict[str, ValueType]]:
+    """Declared types completed by onnx shape inference, per scope.
 
     Inference runs on a copy without large initializer data, in a forked child
     (``isolation``), so a malformed model that makes onnx abort cannot take the
     process down; the facts are then what the model declares. The caller's model
     is never touched.
     """
-    scopes = model_scopes(model)
-
     def compute(source: onnx.ModelProto) -> list[dict[str, ValueType]]:
         if not in_forked_child():  # a child owns its (copy-on-write) memory: no copy needed
             copy = onnx.ModelProto()
@@ -543,10 +579,9 @@ def infer_types(model: onnx.ModelProto) -> TypeFacts:
         return _infer_facts(source)
 
     try:
-        per_scope = run_isolated(compute, model, what="inferring shapes")
+        return run_isolated(compute, model, what="inferring shapes")
     except UserError:  # onnx crashed on this model: what it declares is all we know
-        per_scope = [_declared_types(s) for s in scopes]
-    return TypeFacts(scopes, per_scope)
+        return [_declared_types(s) for s in scopes]
 
 
 # --- The training switch ----------------------------------------------------------------

@@ -25,10 +25,11 @@ from ..graph import (
     RANDOM_OPS,
     TRAINING_MODE,
     NameMaker,
+    Scope,
     TypeFacts,
     all_names,
-    infer_types,
     model_scopes,
+    type_facts,
 )
 from ..sites import Kind, Site
 from .rule_set import dropout_rules
@@ -57,7 +58,7 @@ class RewriteEngine:
         #: (scope, path) in the order of ``graph.model_scopes`` (our own bodies skipped).
         self.scopes: list[tuple[ir.Graph | ir.Function, str]] = []
         self._index()
-        facts = infer_types(proto) if facts is None else facts
+        facts = type_facts(proto) if facts is None else facts
         shapes = ShapeReasoner(self._value_facts(proto, facts), read_external)
         self.ctx = RewriteContext(model, shapes, self.paths, self.owners, self._training_value,
                                   NameMaker(all_names(proto)), elementwise=elementwise)
@@ -87,27 +88,35 @@ class RewriteEngine:
             walk(function, path, function)
 
     def _value_facts(self, proto: onnx.ModelProto, facts: TypeFacts
-                     ) -> dict[int, tuple[int | str | None, ...] | None]:
-        """Per-scope type facts onto this model's IR values (scopes pair up in walk order)."""
+                     ) -> Callable[[ir.Value], tuple[int | str | None, ...] | None]:
+        """Per-scope type facts for this model's IR values (scopes pair up in walk order).
+
+        Lookups are lazy: a value is looked up (and inference run, once) only
+        when the shape reasoning cannot answer from the graph itself.
+        """
         proto_scopes = model_scopes(proto)
         if len(proto_scopes) != len(self.scopes):
-            return {}
+            return lambda value: None
         declared = _declared_dim_params(proto)
-        known: dict[int, tuple[int | str | None, ...] | None] = {}
+        where: dict[int, Scope] = {}
         for (scope, _), proto_scope in zip(self.scopes, proto_scopes, strict=True):
-            types = facts.scope_types(proto_scope.index)
             values: list[ir.Value] = list(scope.inputs)
             if isinstance(scope, ir.Graph):
                 values.extend(scope.initializers.values())
             values.extend(out for node in scope for out in node.outputs)
             for value in values:
-                found = types.get(value.name or "")
-                if found is None:
-                    continue
-                # Names inference invents (unk__N) say nothing: only declared names count.
-                known[id(value)] = None if found.dims is None else tuple(
-                    d if not isinstance(d, str) or d in declared else None for d in found.dims)
-        return known
+                where[id(value)] = proto_scope
+
+        def lookup(value: ir.Value) -> tuple[int | str | None, ...] | None:
+            scope = where.get(id(value))
+            found = None if scope is None else facts.type_of(scope, value.name or "")
+            if found is None or found.dims is None:
+                return None
+            # Names inference invents (unk__N) say nothing: only declared names count.
+            return tuple(d if not isinstance(d, str) or d in declared else None
+                         for d in found.dims)
+
+        return lookup
 
     # -- the training switch ----------------------------------------------------------
 

@@ -47,6 +47,7 @@ class DimOf:
 
 
 Dim = int | str | DimOf
+Dims = tuple[int | str | None, ...]
 
 
 @dataclass(frozen=True)
@@ -109,12 +110,14 @@ def small_const(value: ir.Value | None,
 class ShapeReasoner:
     """Dims of tensors and elements of shape tensors, from facts and from the graph."""
 
-    def __init__(self, facts: dict[int, tuple[int | str | None, ...] | None] | None = None,
+    def __init__(self, facts: Callable[[ir.Value], Dims | None] | None = None,
                  read_external: Callable[[ir.Tensor], np.ndarray | None] | None = None
                  ) -> None:
-        #: id(ir.Value) -> dims known for it (None entries: unknown dim; None: unknown rank).
-        self.facts = facts or {}
+        #: Dims inference knows for a value (None entries: unknown dim; None: unknown rank);
+        #: asked only when the value declares no shape and the graph does not tell.
+        self.facts = facts or (lambda value: None)
         self.read_external = read_external
+        self._roots: dict[int, ir.Value] = {}
 
     def const(self, value: ir.Value | None) -> np.ndarray | None:
         return small_const(value, self.read_external)
@@ -130,50 +133,66 @@ class ShapeReasoner:
 
     # -- tensors ------------------------------------------------------------------
 
-    def _known(self, value: ir.Value) -> tuple[int | str | None, ...] | None:
-        if id(value) in self.facts:
-            return self.facts[id(value)]
+    @staticmethod
+    def _declared(value: ir.Value) -> Dims | None:
         if value.shape is None:
             return None
         return tuple(d if isinstance(d, int) else
                      (d.value if isinstance(d.value, str) and d.value else None)
                      for d in value.shape)
 
-    def root(self, value: ir.Value, depth: int = 0) -> ir.Value:
-        """The tensor ``value`` has the shape of, through shape-preserving ops."""
-        while depth < 256:
-            node = value.producer()
-            if node is None or node.domain not in DEFAULT_DOMAINS or not node.inputs or \
-                    value is not node.outputs[0]:
-                return value
-            if node.op_type in _SAME_SHAPE and node.inputs[0] is not None:
-                value = node.inputs[0]
-            elif node.op_type in _BINARY and len(node.inputs) == 2:
-                a, b = node.inputs
-                if b is not None and self._is_scalar_like(b):
-                    value = a
-                elif a is not None and self._is_scalar_like(a):
-                    value = b
-                else:
-                    return value
-            else:
-                return value
-            depth += 1
+    def root(self, value: ir.Value) -> ir.Value:
+        """The tensor ``value`` has the shape of, through shape-preserving ops (memoised)."""
+        found = self._roots.get(id(value))
+        if found is None:
+            found = self._roots[id(value)] = self._root(value)
+        return found
+
+    def _root(self, value: ir.Value) -> ir.Value:
+        path: list[ir.Value] = []
+        while True:
+            known = self._roots.get(id(value))
+            if known is not None:
+                value = known
+                break
+            following = self._same_shape_input(value)
+            if following is None:
+                break
+            path.append(value)
+            value = following
+        for visited in path:  # every value on the way shares the root
+            self._roots[id(visited)] = value
         return value
+
+    def _same_shape_input(self, value: ir.Value) -> ir.Value | None:
+        """The input ``value`` has the shape of, when its producer keeps the shape."""
+        node = value.producer()
+        if node is None or node.domain not in DEFAULT_DOMAINS or not node.inputs or \
+                value is not node.outputs[0]:
+            return None
+        if node.op_type in _SAME_SHAPE:
+            return node.inputs[0]
+        if node.op_type in _BINARY and len(node.inputs) == 2:
+            a, b = node.inputs
+            if a is not None and b is not None and self._is_scalar_like(b):
+                return a
+            if a is not None and b is not None and self._is_scalar_like(a):
+                return b
+        return None
 
     def _is_scalar_like(self, value: ir.Value) -> bool:
         const = self.const(value)
         if const is not None:
             return const.size == 1
-        known = self._known(value)
-        return known is not None and all(d == 1 for d in known)
+        declared = self._declared(value)
+        return declared is not None and all(d == 1 for d in declared)
 
     def rank(self, value: ir.Value | None, depth: int = 0) -> int | None:
         if value is None or depth > 64:
             return None
-        known = self._known(value)
-        if known is not None:
-            return len(known)
+        declared = self._declared(value)
+        if declared is not None:
+            return len(declared)
         node = value.producer()
         if node is not None and node.domain in DEFAULT_DOMAINS and node.inputs:
             if node.op_type == "Transpose":
@@ -187,13 +206,14 @@ class ShapeReasoner:
             root = self.root(value)
             if root is not value:
                 return self.rank(root, depth + 1)
-        return None
+        known = self.facts(value)
+        return None if known is None else len(known)
 
     def dim(self, value: ir.Value, axis: int, depth: int = 0) -> Dim:
         """Axis ``axis`` (non-negative) of ``value``: known int/str, or a :class:`DimOf`."""
-        known = self._known(value)
-        if known is not None and axis < len(known) and known[axis] is not None:
-            return known[axis]  # type: ignore[return-value]
+        declared = self._declared(value)
+        if declared is not None and axis < len(declared) and declared[axis] is not None:
+            return declared[axis]  # type: ignore[return-value]
         node = value.producer()
         if depth < 64 and node is not None and node.domain in DEFAULT_DOMAINS and \
                 node.inputs and value is node.outputs[0]:
@@ -211,6 +231,9 @@ class ShapeReasoner:
                 root = self.root(value)
                 if root is not value:
                     return self.dim(root, axis, depth + 1)
+        known = self.facts(value)
+        if known is not None and axis < len(known) and known[axis] is not None:
+            return known[axis]  # type: ignore[return-value]
         return DimOf(id(value), axis, value.name or "")
 
     # -- shape tensors -------------------------------------------------------------

@@ -43,11 +43,11 @@ from ..graph import (
     drop_our_unused_functions,
     drop_unused_training_switch,
     get_attr,
-    infer_types,
     is_onnx_dropout,
     is_spatial_dropout,
     model_scopes,
     subgraphs,
+    type_facts,
 )
 from ..sites import Site
 from .result import ModelArg, PassResult, load_argument
@@ -123,7 +123,7 @@ class _Lazy:
     @property
     def types(self) -> TypeFacts:
         if self._types is None:
-            self._types = infer_types(self.model)
+            self._types = type_facts(self.model)
         return self._types
 
     @property
