@@ -17,15 +17,15 @@ from passes_helpers import all_nodes, full_check, sample
 import spatialdrop_onnx as sd
 
 #: A DropPath-like mask inside a function, its noise shape read from another value's Shape:
-#: the function's own ``z`` (from its input ``b``) is named like a main-graph value ``z``.
+#: the function's input ``z`` is named like the main graph's input ``z`` (exporters name
+#: values val_0, val_1, ... in every function, so such collisions are normal).
 COLLIDING = """<ir_version: 10, opset_import: ["": 18, "local": 1]>
 main (float[2,4,3,5] x, float[{B},7] z, float[2,7] w) => (float[2,4,3,5] y, float[{B},7] z2) {{
     y = local.F(x, w)
     z2 = Identity(z)
 }}
 <domain: "local", opset_import: ["": 18]>
-F (a, b) => (y) {{
-    z = Identity(b)
+F (a, z) => (y) {{
     s = Shape<start=0, end=1>(z)
     four = Constant<value = int64[1] {{4}}>()
     one = Constant<value = int64[1] {{1}}>()
