@@ -1,8 +1,10 @@
 #include "dropout_plan.h"
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "onnxruntime_cxx_api.h"
 #include "op_spec.h"
@@ -12,14 +14,35 @@ namespace spatialdrop {
 namespace {
 
 // Python's repr() of a float, near enough for error messages: shortest
-// round-trip digits, "nan"/"inf", and "2.0" rather than "2".
+// round-trip digits, "nan"/"inf", "2.0" rather than "2", exponent notation
+// below 1e-4 and from 1e16. Written with snprintf/strtod rather than
+// std::to_chars(double), which needs GLIBCXX_3.4.29 and so a newer libstdc++
+// than the manylinux_2_28 baseline.
 std::string FormatFloat(double value) {
   if (std::isnan(value)) return "nan";
   if (std::isinf(value)) return value > 0 ? "inf" : "-inf";
   char buffer[64];
-  const auto result = std::to_chars(buffer, buffer + sizeof(buffer), value);
-  std::string text(buffer, result.ptr);
-  if (text.find_first_of(".e") == std::string::npos) text += ".0";
+  int digits = 1;
+  for (; digits < 17; ++digits) {  // the fewest significant digits that round-trip
+    std::snprintf(buffer, sizeof(buffer), "%.*e", digits - 1, value);
+    if (std::strtod(buffer, nullptr) == value) break;
+  }
+  std::snprintf(buffer, sizeof(buffer), "%.*e", digits - 1, value);
+  const int exponent = value == 0.0 ? 0 : std::atoi(std::strchr(buffer, 'e') + 1);
+  if (exponent < -4 || exponent >= 16) {
+    // Python writes 1e-05 / 1.5e+16: mantissa, 'e', sign, at least two exponent digits.
+    std::string text(buffer);
+    const size_t e = text.find('e');
+    std::string mantissa = text.substr(0, e);
+    char sign = text[e + 1];
+    std::string magnitude = std::to_string(std::abs(exponent));
+    if (magnitude.size() < 2) magnitude = "0" + magnitude;
+    return mantissa + "e" + sign + magnitude;
+  }
+  const int decimals = std::max(0, digits - 1 - exponent);
+  std::snprintf(buffer, sizeof(buffer), "%.*f", decimals, value);
+  std::string text(buffer);
+  if (text.find('.') == std::string::npos) text += ".0";
   return text;
 }
 

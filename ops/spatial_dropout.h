@@ -9,7 +9,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <memory>
 #include <optional>
 #include <string>
@@ -37,6 +39,11 @@ struct KernelConfig {
 KernelConfig ReadKernelConfig(const OrtApi* api, const OrtKernelInfo* info) noexcept;
 
 namespace detail {
+
+/// Frees what std::malloc returned (for unique_ptr).
+struct FreeDeleter {
+  void operator()(void* memory) const noexcept { std::free(memory); }
+};
 
 // Work per thread-pool task: large enough to amortise scheduling, small
 // enough to balance (the data pass is bound by memory bandwidth).
@@ -191,9 +198,13 @@ void RunSpatialDropout(const KernelConfig& config, uint64_t call_index, OrtKerne
     if (mask) std::memset(mask, 1, static_cast<size_t>(noise_count));
     return;
   }
-  // Left uninitialised: every element is written by DrawDecisions.
-  const std::unique_ptr<typename D::Bits[]> keep_bits(
-      new typename D::Bits[static_cast<size_t>(noise_count)]);
+  // Left uninitialised: every element is written by DrawDecisions. (malloc, not
+  // new[]: GCC 12 emits __throw_bad_array_new_length for new[], a GLIBCXX_3.4.29
+  // symbol beyond the manylinux_2_28 baseline.)
+  using Bits = typename D::Bits;
+  const std::unique_ptr<Bits[], FreeDeleter> keep_bits(
+      static_cast<Bits*>(std::malloc(static_cast<size_t>(noise_count) * sizeof(Bits) + 1)));
+  if (!keep_bits) throw std::bad_alloc();
   DrawDecisions<D>(context, PhiloxStream(config.key, call_index), ratio, noise_count,
                    keep_bits.get(), mask);
   if (total == 0) return;

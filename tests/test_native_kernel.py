@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -336,6 +337,19 @@ def test_invalid_ratio(so, ratio, message):
     with pytest.raises(Exception, match=message):  # also with training off, like the reference
         run(session, x, np.asarray(ratio, np.float64), False)
     run(session, x, 0.5)  # the session still works
+
+
+@pytest.mark.parametrize("ratio", [1.0000001, 2.0, 1e-05 - 1, -1e-300, 123456.789, 1e16, 3e20,
+                                   -0.1, 1.0 + 2**-52, float("inf"), -float("inf")])
+def test_invalid_ratio_is_written_as_python_writes_it(so, ratio):
+    """The kernel's message shows the ratio as Python's repr() does, as the reference's does."""
+    session = ort_session(dropout_model((2, 3, 4), seed=1), so)
+    x = sample_data((2, 3, 4), np.dtype(np.float32))
+    with pytest.raises(Exception) as caught:
+        run(session, x, np.asarray(ratio, np.float64))
+    assert f"ratio must be in [0, 1], got {ratio!r}" in str(caught.value)
+    with pytest.raises(ValueError, match=re.escape(f"got {ratio!r}")):
+        reference.spatial_dropout(x, ratio=ratio)
 
 
 @pytest.mark.parametrize(("shape", "axes", "message"), [

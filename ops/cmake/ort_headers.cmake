@@ -24,16 +24,12 @@ set(_ORT_REQUIRED_HEADERS
     onnxruntime_lite_custom_op.h onnxruntime_float16.h)
 
 set(_ORT_HOW_TO_PROVIDE "
-The native SpatialDropout kernel needs the ONNX Runtime C/C++ headers, which
-the onnxruntime wheel does not ship. The build fetches them with
-`npm pack ${_ORT_NPM_PACKAGE}@${_ORT_NPM_VERSION}` (npm and access to the npm
-registry needed, about 150 MB once). Alternatives:
-  * set SPATIALDROP_ORT_INCLUDE_DIR to a folder with onnxruntime_c_api.h,
-    onnxruntime_cxx_api.h and onnxruntime_lite_custom_op.h from an ONNX Runtime
-    release >= 1.17 (its include/ folder, or include/onnxruntime/core/session in
-    a source checkout);
-  * or set SPATIALDROP_ORT_NPM_TARBALL to a downloaded
-    ${_ORT_NPM_PACKAGE}-${_ORT_NPM_VERSION}.tgz (SHA-256 ${_ORT_NPM_SHA256}).
+  The native kernel needs the ONNX Runtime C/C++ headers (the onnxruntime wheel
+  has none). Install npm (they come from `npm pack ${_ORT_NPM_PACKAGE}@${_ORT_NPM_VERSION}`),
+  or set SPATIALDROP_ORT_INCLUDE_DIR to a folder with onnxruntime_c_api.h,
+  onnxruntime_cxx_api.h and onnxruntime_lite_custom_op.h (ONNX Runtime >= 1.17),
+  or SPATIALDROP_ORT_NPM_TARBALL to a downloaded
+  ${_ORT_NPM_PACKAGE}-${_ORT_NPM_VERSION}.tgz (SHA-256 ${_ORT_NPM_SHA256}).
 ")
 
 function(_spatialdrop_headers_complete dir out_var)
@@ -69,6 +65,11 @@ function(_spatialdrop_get_tarball work_dir out_var)
   if(NOT SPATIALDROP_NPM)
     message(FATAL_ERROR "npm was not found.${_ORT_HOW_TO_PROVIDE}")
   endif()
+  execute_process(COMMAND "${SPATIALDROP_NPM}" --version RESULT_VARIABLE npm_works
+                  OUTPUT_QUIET ERROR_QUIET TIMEOUT 120)
+  if(NOT npm_works EQUAL 0)
+    message(FATAL_ERROR "npm (${SPATIALDROP_NPM}) does not run.${_ORT_HOW_TO_PROVIDE}")
+  endif()
   message(STATUS "Fetching ONNX Runtime headers: npm pack ${_ORT_NPM_PACKAGE}@${_ORT_NPM_VERSION}")
   # A private npm cache, deleted afterwards, so the 150 MB tarball is not kept twice.
   execute_process(
@@ -82,9 +83,10 @@ function(_spatialdrop_get_tarball work_dir out_var)
     TIMEOUT 1800)
   set(tarball "${work_dir}/${_ORT_NPM_PACKAGE}-${_ORT_NPM_VERSION}.tgz")
   if(NOT npm_result EQUAL 0 OR NOT EXISTS "${tarball}")
+    string(STRIP "${npm_error}" npm_error)
+    string(REGEX REPLACE "\n.*" "" npm_error "${npm_error}")  # its first line is enough
     message(FATAL_ERROR
-      "`npm pack ${_ORT_NPM_PACKAGE}@${_ORT_NPM_VERSION}` failed (${npm_result}):\n"
-      "${npm_output}${npm_error}${_ORT_HOW_TO_PROVIDE}")
+      "`npm pack` failed (${npm_result}: ${npm_error}).${_ORT_HOW_TO_PROVIDE}")
   endif()
   file(REMOVE_RECURSE "${work_dir}/npm-cache")
   set(${out_var} "${tarball}" PARENT_SCOPE)
