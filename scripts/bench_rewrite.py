@@ -98,7 +98,8 @@ def main() -> None:
     args = parser.parse_args()
 
     rows = []
-    for label, plain, sites in (("sites", 0, args.sites), ("sparse", args.nodes, args.sparse_sites)):
+    cases = (("sites", 0, args.sites), ("sparse", args.nodes, args.sparse_sites))
+    for label, plain, sites in cases:
         model = build(plain, sites)
         seconds, converted = time_rewrite(model, args.repeat)
         row = {"model": label, "nodes": len(model.graph.node), "sites": sites,
@@ -106,7 +107,8 @@ def main() -> None:
         if args.scale:
             big = build(plain * args.scale, sites * args.scale)
             big_seconds, big_converted = time_rewrite(big, 1)
-            row.update({"scaled_nodes": len(big.graph.node), "scaled_seconds": round(big_seconds, 3),
+            row.update({"scaled_nodes": len(big.graph.node),
+                        "scaled_seconds": round(big_seconds, 3),
                         "scaled_converted": big_converted,
                         "time_ratio": round(big_seconds / seconds, 2)})
         rows.append(row)

@@ -1,4 +1,4 @@
-"""Shared axes come from the noise-shape expression, per scope, never from names or downstream shapes.
+"""Shared axes come from the noise-shape expression, per scope, not from names or later shapes.
 
 Each case is a small ONNX-text model; the rewritten model must have the expected
 ``shared_axes`` and, run in onnxruntime with training on, drop whole slices
