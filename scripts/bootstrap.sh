@@ -7,8 +7,24 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-# torch first and pinned: a bare "torch" requirement would pull a multi-GB CUDA build;
-# this version is the CPU build this project's machines carry.
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
+
+# torch first, pinned, and CPU only: a bare "torch" requirement (or this pin on a machine
+# without a local CPU wheel) would pull a CUDA build and a dozen nvidia-* packages (GBs).
+# Ask pip what it would install before installing anything.
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  plan=$(.venv/bin/python -m pip install --quiet --dry-run --report - "torch==2.13.0")
+  if .venv/bin/python -c '
+import json, sys
+names = [item["metadata"]["name"] for item in json.load(sys.stdin)["install"]]
+sys.exit(any(name.startswith("nvidia-") for name in names))' <<<"$plan"; then
+    .venv/bin/python -m pip install --quiet "torch==2.13.0"
+  else
+    echo "bootstrap: torch==2.13.0 would come as a CUDA build here (nvidia-* packages)." >&2
+    echo "  Install the CPU build first, from PyTorch's CPU wheel index:" >&2
+    echo "  .venv/bin/python -m pip install torch==2.13.0 --index-url <PyTorch CPU wheel index>" >&2
+    echo "  then run this script again." >&2
+    exit 1
+  fi
+fi
 .venv/bin/python -m pip install --quiet -e ".[all]"
 echo "bootstrap: ready (.venv)"

@@ -31,8 +31,14 @@ def inference_session(
     """A session for ``model`` (proto or path) whose dropout obeys ``training_mode``.
 
     With ``native`` the SpatialDropout kernel is registered; without it the
-    model's function bodies run.
+    model's function bodies run. Without ``so``, onnxruntime logs errors only:
+    its load warning about the ``training_mode`` initializer ("Initializer
+    training_mode appears in graph inputs …") recommends a script that would
+    freeze the switch, and is expected for every converted model.
     """
+    if so is None:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
     if native:
         so = session_options(so)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)

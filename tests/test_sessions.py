@@ -43,3 +43,25 @@ def test_inference_session_keeps_training_dropout(native, tmp_path):
         assert abs((trained == 0).mean() - 0.5) < 4 * np.sqrt(0.25 / 4000)
         np.testing.assert_array_equal(
             session.run(None, {"x": x, "training_mode": np.array(False)})[0], x)
+
+
+def test_no_training_mode_initializer_warning(tmp_path):
+    """onnxruntime warns on every model whose graph input has an initializer default; the
+    warning's advice would freeze the switch, so inference_session keeps it off the terminal."""
+    import subprocess
+    import sys
+
+    model = _interior_dropout_model()
+    model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(False),
+                                                                "training_mode"))
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    plain = "import onnxruntime as ort, sys; ort.InferenceSession(sys.argv[1])"
+    ours = "import spatialdrop_onnx as sd, sys; sd.inference_session(sys.argv[1])"
+    stderr = {}
+    for label, code in (("plain", plain), ("ours", ours)):
+        done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True,
+                              text=True, timeout=120, check=True)
+        stderr[label] = done.stderr
+    assert "training_mode" in stderr["plain"]  # the warning exists...
+    assert stderr["ours"] == ""                 # ...and inference_session does not show it
