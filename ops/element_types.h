@@ -20,7 +20,6 @@ struct Float32 {
   static constexpr ONNXTensorElementDataType kOnnxType = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   static Factor MakeFactor(double scale) { return static_cast<float>(scale); }
   static Storage Scale(Storage x, Factor factor) { return x * factor; }
-  static double ToDouble(Storage x) { return x; }
 };
 
 struct Float64 {
@@ -30,7 +29,6 @@ struct Float64 {
   static constexpr ONNXTensorElementDataType kOnnxType = ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE;
   static Factor MakeFactor(double scale) { return scale; }
   static Storage Scale(Storage x, Factor factor) { return x * factor; }
-  static double ToDouble(Storage x) { return x; }
 };
 
 // float16 and bfloat16: both operands widened to float, whose product of two
@@ -43,7 +41,6 @@ struct Float16 {
   // numpy rounds double -> float16 directly (one rounding).
   static Factor MakeFactor(double scale) { return HalfToFloat(DoubleToHalf(scale)); }
   static Storage Scale(Storage x, Factor factor) { return FloatToHalf(HalfToFloat(x) * factor); }
-  static double ToDouble(Storage x) { return HalfToFloat(x); }
 };
 
 struct BFloat16 {
@@ -59,7 +56,6 @@ struct BFloat16 {
   static Storage Scale(Storage x, Factor factor) {
     return FloatToBFloat16(BFloat16ToFloat(x) * factor);
   }
-  static double ToDouble(Storage x) { return BFloat16ToFloat(x); }
 };
 
 }  // namespace spatialdrop

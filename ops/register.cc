@@ -31,9 +31,11 @@ constexpr const char* kMinOnnxruntime = "1.17";
 
 using OpPtr = std::unique_ptr<Ort::Custom::OrtLiteCustomOp>;
 
+/// One registration per (data, ratio) type pair: onnxruntime matches kernels by
+/// the declared input types; the kernel itself reads the ratio's type at run time.
 template <typename D, typename R>
 void AddKernel(std::vector<OpPtr>& ops) {
-  OpPtr op{Ort::Custom::CreateLiteCustomOp<SpatialDropoutKernel<D, R>>(
+  OpPtr op{Ort::Custom::CreateLiteCustomOp<SpatialDropoutKernel<D>>(
       kOpType, "CPUExecutionProvider", kOpsetVersion)};
   op->input_types_ = {D::kOnnxType, R::kOnnxType, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
   op->output_types_ = {D::kOnnxType, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};

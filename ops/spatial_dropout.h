@@ -164,8 +164,8 @@ void ApplyDecisions(OrtKernelContext* context, const Layout& layout,
   ParallelFor(context, TaskCount(layout.total, per_task), task);
 }
 
-/// One run of the op on an ORT kernel context.
-template <typename D, typename R>
+/// One run of the op on an ORT kernel context (the ratio's type is read at run time).
+template <typename D>
 void RunSpatialDropout(const KernelConfig& config, uint64_t call_index, OrtKernelContext* context) {
   if (!config.error.empty()) FailInvalid(config.error);
   const OrtValue* data = OptionalInput(context, 0);
@@ -216,7 +216,8 @@ void RunSpatialDropout(const KernelConfig& config, uint64_t call_index, OrtKerne
 
 /// The lite custom-op struct: attributes in the constructor, a thread-safe
 /// Compute (ORT may call it from several threads at once for one session).
-template <typename D, typename R>
+/// One instantiation per data type; the ratio's type only matters at registration.
+template <typename D>
 struct SpatialDropoutKernel {
   SpatialDropoutKernel(const OrtApi* api, const OrtKernelInfo* info) noexcept
       : config_(ReadKernelConfig(api, info)) {}
@@ -228,7 +229,7 @@ struct SpatialDropoutKernel {
   Ort::Status Compute(OrtKernelContext* context) {
     const uint64_t call_index = calls_.fetch_add(1, std::memory_order_relaxed);
     try {
-      detail::RunSpatialDropout<D, R>(config_, call_index, context);
+      detail::RunSpatialDropout<D>(config_, call_index, context);
       return Ort::Status{nullptr};
     } catch (const Ort::Exception& error) {
       return Ort::Status(error);
