@@ -312,10 +312,14 @@ def _make_explicit(scope: Scope, facts: TypeFacts, fresh: NameMaker) -> None:
         position += len(constants) + 1
 
 
-def make_portable(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto:
+def make_portable(model: onnx.ModelProto | str | os.PathLike, *,
+                  types: TypeFacts | None = None) -> onnx.ModelProto:
     """Return a copy of ``model`` where every SpatialDropout node has a function body.
 
     ``model`` is a ``ModelProto`` or the path of an ONNX file (loaded safely).
+    ``types`` may give type facts already known for the model's values (e.g. of
+    the model it was rewritten from, with the same scopes); by default they are
+    read from the model (inferred only if it does not declare them).
     Idempotent. Raises ValueError if the default-domain opset is below
     ``MIN_OPSET`` or a node's ``shared_axes`` is invalid for its data's rank.
     """
@@ -331,7 +335,7 @@ def make_portable(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto
     scopes = model_scopes(result)
     if not any(is_spatial_dropout(n) for s in scopes for n in s.nodes):
         return result
-    facts = type_facts(result)
+    facts = type_facts(result) if types is None else types
     fresh = NameMaker(all_names(result))
     variants: set[tuple[int | None, bool]] = set()  # (seed, via_double)
     for scope in scopes:

@@ -22,11 +22,12 @@ ort.set_default_logger_severity(3)
 MODELS = Path(__file__).resolve().parents[1] / "models"
 
 
-def load_script(name: str) -> ModuleType:
-    """Import ``models/<name>.py`` (the export scripts are not a package)."""
+def load_script(name: str, folder: str = "models") -> ModuleType:
+    """Import ``<folder>/<name>.py`` (models/ and scripts/ are not packages)."""
     if name in sys.modules:
         return sys.modules[name]
-    spec_ = importlib.util.spec_from_file_location(name, MODELS / f"{name}.py")
+    path = MODELS.parent / folder / f"{name}.py"
+    spec_ = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec_)
     sys.modules[name] = module  # dataclasses look their module up while being defined
     spec_.loader.exec_module(module)

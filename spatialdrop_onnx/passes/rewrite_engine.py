@@ -51,17 +51,21 @@ class RewriteEngine:
 
     def __init__(self, model: ir.Model, proto: onnx.ModelProto, *, elementwise: str,
                  read_external: Callable[[ir.Tensor], np.ndarray | None] | None = None,
-                 facts: TypeFacts | None = None) -> None:
+                 whole: onnx.ModelProto | None = None, facts: TypeFacts | None = None) -> None:
+        """``model`` is ``proto`` in onnx_ir form; ``whole`` the model ``proto`` is a region
+        of (its names, declared dims and type facts hold for the region's values);
+        ``facts`` the type facts of ``whole`` (made lazily when None)."""
+        whole = proto if whole is None else whole
+        self.facts = type_facts(whole) if facts is None else facts
         self.model = model
         self.paths: dict[int, str] = {}
         self.owners: dict[int, ir.Function | None] = {}
         #: (scope, path) in the order of ``graph.model_scopes`` (our own bodies skipped).
         self.scopes: list[tuple[ir.Graph | ir.Function, str]] = []
         self._index()
-        facts = type_facts(proto) if facts is None else facts
-        shapes = ShapeReasoner(self._value_facts(proto, facts), read_external)
+        shapes = ShapeReasoner(self._value_facts(proto, whole, self.facts), read_external)
         self.ctx = RewriteContext(model, shapes, self.paths, self.owners, self._training_value,
-                                  NameMaker(all_names(proto)), elementwise=elementwise)
+                                  NameMaker(all_names(whole)), elementwise=elementwise)
         self._training: dict[int | None, ir.Value] = {}
         # Names as the input model has them (the rewriter names unnamed nodes).
         self._given_names = {id(n): n.name or "" for scope, _ in self.scopes for n in scope}
@@ -87,9 +91,10 @@ class RewriteEngine:
             self.owners[id(function.graph)] = function
             walk(function, path, function)
 
-    def _value_facts(self, proto: onnx.ModelProto, facts: TypeFacts
+    def _value_facts(self, proto: onnx.ModelProto, whole: onnx.ModelProto, facts: TypeFacts
                      ) -> Callable[[ir.Value], tuple[int | str | None, ...] | None]:
-        """Per-scope type facts for this model's IR values (scopes pair up in walk order).
+        """Per-scope type facts of ``whole`` for this model's IR values (scopes pair up in
+        walk order; a region's scopes are the first scopes of the whole model).
 
         Lookups are lazy: a value is looked up (and inference run, once) only
         when the shape reasoning cannot answer from the graph itself.
@@ -97,7 +102,7 @@ class RewriteEngine:
         proto_scopes = model_scopes(proto)
         if len(proto_scopes) != len(self.scopes):
             return lambda value: None
-        declared = _declared_dim_params(proto)
+        declared = _declared_dim_params(whole)
         where: dict[int, Scope] = {}
         for (scope, _), proto_scope in zip(self.scopes, proto_scopes, strict=True):
             values: list[ir.Value] = list(scope.inputs)

@@ -33,6 +33,7 @@ from ..errors import UserError, printable
 from ..function_body import MIN_OPSET, make_portable
 from ..graph import (
     TRAINING_MODE,
+    TypeFacts,
     check_opset_imports,
     check_training_switch_name,
     default_opset,
@@ -43,6 +44,7 @@ from ..graph import (
     model_scopes,
     set_training_default,
     thread_training_switch,
+    type_facts,
 )
 from ..isolation import run_isolated
 from ..sites import Site
@@ -87,6 +89,8 @@ class RuleOutcome:
     converted: tuple[Site, ...]
     rewired: tuple[Site, ...]
     unconvertible: tuple[Site, ...]
+    #: Type facts of the input model; they hold for the output's surviving values.
+    facts: TypeFacts | None = None
 
 
 def check_elementwise(elementwise: str) -> str:
@@ -140,7 +144,8 @@ def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
     set_training_default(result, training_default)
     if any(is_spatial_dropout(n) for _, n in iter_nodes(result)):
         try:
-            result = make_portable(result)
+            # The input's type facts hold for every value the new nodes read.
+            result = make_portable(result, types=outcome.facts)
         except (ValueError, spec.SpatialDropoutError) as err:
             raise UserError(f"cannot attach SpatialDropout function bodies: {err}") from None
     return PassResult(result, report)
@@ -185,22 +190,32 @@ def apply_rules(model: onnx.ModelProto, *, elementwise: str = "dropout",
     if not any(is_random(n) or is_onnx_dropout(n) or is_spatial_dropout(n)
                for s in model_scopes(model) for n in s.nodes):
         return RuleOutcome(None, (), (), ())
+    facts = type_facts(model)
     # Deferred: only models with candidate sites pay for onnx_ir / onnxscript.
     import onnx_ir as ir
 
+    from . import region as regions
     from .rewrite_engine import RewriteEngine
 
-    ir_model = ir.serde.deserialize_model(model)
-    engine = RewriteEngine(ir_model, model, elementwise=elementwise,
-                           read_external=_external_reader(folder))
+    # A large graph: convert only the neighbourhood of its sites (see passes/region.py).
+    found = regions.extract(model)
+    part = model if found is None else found.model
+    ir_model = ir.serde.deserialize_model(part)
+    engine = RewriteEngine(ir_model, part, elementwise=elementwise,
+                           read_external=_external_reader(folder), whole=model, facts=facts)
     engine.run()
     converted, rewired = tuple(engine.converted), tuple(engine.rewired)
     unconvertible = tuple(engine.unconvertible())
     if dry_run or not (converted or rewired):
-        return RuleOutcome(None, converted, rewired, unconvertible)
-    result = ir.serde.serialize_model(ir_model)
-    _keep_value_info(result, model)
-    return RuleOutcome(result, converted, rewired, unconvertible)
+        return RuleOutcome(None, converted, rewired, unconvertible, facts)
+    rewritten = ir.serde.serialize_model(ir_model)
+    _keep_value_info(rewritten, part)
+    if found is None:
+        return RuleOutcome(rewritten, converted, rewired, unconvertible, facts)
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    regions.splice(result, found, rewritten)
+    return RuleOutcome(result, converted, rewired, unconvertible, facts)
 
 
 def _external_reader(folder: os.PathLike | None
