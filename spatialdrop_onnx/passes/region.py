@@ -30,6 +30,7 @@ import onnx
 from onnx import NodeProto, TensorProto
 
 from ..graph import is_onnx_dropout, is_random, is_spatial_dropout, model_scopes, subgraphs
+from .shapes import BINARY_OPS, SAME_SHAPE_OPS
 
 #: Main graphs smaller than this are converted whole (the region would save little).
 MIN_NODES = 2_000
@@ -126,6 +127,7 @@ def _region_model(model: onnx.ModelProto, positions: list[int],
     graph_inputs = {info.name for info in graph.input}
     graph_outputs = {info.name for info in graph.output}
 
+    carried = _ShapeCarrier(graph, declared, initializers)
     region = onnx.GraphProto(name=graph.name or "region")
     region.node.extend(nodes)
     seen: set[str] = set()
@@ -140,7 +142,8 @@ def _region_model(model: onnx.ModelProto, positions: list[int],
             if small and name not in graph_inputs:
                 region.initializer.append(init)  # a constant rules may read
                 continue
-            region.input.append(_typed(name, declared, init))
+            region.input.append(_typed(name, declared, init) if name in declared or init
+                                else carried.value_info(name))
     for name in sorted(produced):
         outside = any(i not in inside for i in consumers.get(name, ()))
         if outside or name in graph_outputs:
@@ -153,6 +156,54 @@ def _region_model(model: onnx.ModelProto, positions: list[int],
     result.functions.extend(model.functions)
     result.graph.CopyFrom(region)
     return result
+
+
+class _ShapeCarrier:
+    """Types for the region's untyped inputs, carried down from a declared value through
+    the shape-preserving ops above it (the chain the rules' shape reasoning walks), so a
+    region sees what the whole graph shows without running shape inference on it."""
+
+    def __init__(self, graph: onnx.GraphProto, declared: dict[str, onnx.ValueInfoProto],
+                 initializers: dict[str, TensorProto]) -> None:
+        self.producer = {out: node for node in graph.node for out in node.output if out}
+        self.declared = declared
+        self.initializers = initializers
+
+    def _scalar(self, name: str) -> bool:
+        init = self.initializers.get(name)
+        if init is not None:
+            count = 1
+            for dim in init.dims:
+                count *= dim
+            return count == 1
+        node = self.producer.get(name)
+        return node is not None and node.op_type == "Constant" and not node.input
+
+    def value_info(self, name: str) -> onnx.ValueInfoProto:
+        current, steps = name, 0
+        while current not in self.declared and steps < 10_000:
+            node = self.producer.get(current)
+            if node is None or node.domain not in ("", "ai.onnx") or node.output[0] != current:
+                break
+            inputs = [n for n in node.input if n]
+            if node.op_type in SAME_SHAPE_OPS and inputs:
+                current = inputs[0]
+            elif node.op_type in BINARY_OPS and len(inputs) == 2 and self._scalar(inputs[1]):
+                current = inputs[0]
+            elif node.op_type in BINARY_OPS and len(inputs) == 2 and self._scalar(inputs[0]):
+                current = inputs[1]
+            else:
+                break
+            steps += 1
+        source = self.declared.get(current)
+        if source is None or not source.type.tensor_type.HasField("shape"):
+            return onnx.helper.make_value_info(name, onnx.TypeProto())
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(source)
+        info.name = name
+        if current != name:  # the shape carries over; the element type may not (Cast)
+            info.type.tensor_type.elem_type = TensorProto.UNDEFINED
+        return info
 
 
 def _typed(name: str, declared: dict[str, onnx.ValueInfoProto],

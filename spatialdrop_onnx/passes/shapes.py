@@ -58,13 +58,13 @@ class WholeShape:
 
 
 #: Ops whose (first) output has the shape of their first input.
-_SAME_SHAPE = frozenset({
+SAME_SHAPE_OPS = frozenset({
     "Identity", "Cast", "CastLike", "Relu", "Sigmoid", "Tanh", "Neg", "Abs", "Exp", "Log",
     "Sqrt", "Erf", "LeakyRelu", "Elu", "Selu", "Softplus", "HardSigmoid", "Clip", "Not",
     "RandomUniformLike", "RandomNormalLike", "Bernoulli", "Dropout", "Softmax", "LogSoftmax",
     "Gelu", "HardSwish", "Mish", "Floor", "Ceil", "Round", "Reciprocal", "IsNaN",
 })
-_BINARY = frozenset({
+BINARY_OPS = frozenset({
     "Add", "Sub", "Mul", "Div", "Pow", "Less", "Greater", "LessOrEqual", "GreaterOrEqual",
     "Equal", "And", "Or", "Xor", "Max", "Min",
 })
@@ -170,9 +170,9 @@ class ShapeReasoner:
         if node is None or node.domain not in DEFAULT_DOMAINS or not node.inputs or \
                 value is not node.outputs[0]:
             return None
-        if node.op_type in _SAME_SHAPE:
+        if node.op_type in SAME_SHAPE_OPS:
             return node.inputs[0]
-        if node.op_type in _BINARY and len(node.inputs) == 2:
+        if node.op_type in BINARY_OPS and len(node.inputs) == 2:
             a, b = node.inputs
             if a is not None and b is not None and self._is_scalar_like(b):
                 return a

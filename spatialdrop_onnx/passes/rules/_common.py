@@ -209,7 +209,7 @@ def emit_dropout(op: orp.RewriterContext, site: Conversion, training: ir.Value,
 
 
 def float_data(x: ir.Value) -> None:
-    if x.dtype is not None and not x.dtype.is_floating_point():
+    if x.dtype not in (None, ir.DataType.UNDEFINED) and not x.dtype.is_floating_point():
         raise NoMatch(f"data {x.name!r} is {x.dtype}, not floating point")
 
 
