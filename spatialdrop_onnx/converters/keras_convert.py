@@ -253,7 +253,7 @@ class _Converter:
         except VerificationMismatch as err:
             if not probed:
                 raise
-            mismatch = first_line(err)
+            mismatch = err.difference
         base = [layer for layer in forced if layer.kind is not LayerKind.RANDOM]
         best = self.attempt(base)  # still wrong: not the probed layers' doing, so raise
         classes: dict[str, list[RandomLayer]] = {}

@@ -29,6 +29,11 @@ VERIFY_TOLERANCE = 1e-4
 class VerificationMismatch(UserError):
     """The converted model's inference output differs from Keras' (nothing is written)."""
 
+    def __init__(self, message: str, difference: str) -> None:
+        super().__init__(message)
+        #: What differs, e.g. ``max abs diff 0.725`` or ``output shape (2, 3)``.
+        self.difference = difference
+
 
 def sample_inputs(specs: Sequence[Any], batch: int = 2, seed: int = 0) -> list[np.ndarray]:
     """A small valid batch for each traced input spec (unknown dims: batch, then 5)."""
@@ -80,14 +85,16 @@ def verify_against_keras(model: onnx.ModelProto, keras_model: Any, input_specs: 
     for want, have in zip(_keras_outputs(keras_model, samples, stack), got, strict=True):
         if want.shape != have.shape:
             raise VerificationMismatch(f"the converted model's output shape {have.shape} "
-                                       f"differs from Keras' {want.shape}")
+                                       f"differs from Keras' {want.shape}",
+                                       f"output shape {have.shape}, not {want.shape}")
         diff = float(np.max(np.abs(want.astype(np.float64) - have.astype(np.float64)),
                             initial=0.0))
         scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
         if not math.isfinite(diff) or diff > VERIFY_TOLERANCE * scale:
             raise VerificationMismatch(
                 f"the converted model's inference output differs from Keras by {diff:.3g} "
-                f"(more than {VERIFY_TOLERANCE:g} relative to the output scale); not written")
+                f"(more than {VERIFY_TOLERANCE:g} relative to the output scale); not written",
+                f"inference output off by {diff:.3g}")
         worst = max(worst, diff)
     return worst
 
