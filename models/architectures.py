@@ -193,24 +193,27 @@ TCN_STEPS, TCN_FEATURES, TCN_FILTERS, TCN_RATE = 64, 4, 16, 0.1
 TCN_DILATIONS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def tcn() -> Any:
+def tcn(dilations: tuple[int, ...] = TCN_DILATIONS) -> Any:
     """A TCN: per dilation a residual block of two causal convs, each followed by dropout."""
     keras.utils.set_random_seed(12)
     layers = keras.layers
     inputs = keras.Input((TCN_STEPS, TCN_FEATURES), name="sequence")
     x, skips = inputs, []
-    for d in TCN_DILATIONS:
-        y = layers.Conv1D(TCN_FILTERS, 3, padding="causal", dilation_rate=d, name=f"b{d}_conv1")(x)
-        y = layers.BatchNormalization(name=f"b{d}_bn1")(y)
-        y = layers.Activation("relu", name=f"b{d}_relu1")(y)
-        y = layers.SpatialDropout1D(TCN_RATE, name=f"b{d}_sdrop1")(y)
-        y = layers.Conv1D(TCN_FILTERS, 3, padding="causal", dilation_rate=d, name=f"b{d}_conv2")(y)
-        y = layers.BatchNormalization(name=f"b{d}_bn2")(y)
-        y = layers.Activation("relu", name=f"b{d}_relu2")(y)
-        y = layers.SpatialDropout1D(TCN_RATE, name=f"b{d}_sdrop2")(y)
+    for block, d in enumerate(dilations):
+        name = f"b{block}"  # block i has dilation dilations[i]
+        y = layers.Conv1D(TCN_FILTERS, 3, padding="causal", dilation_rate=d,
+                          name=f"{name}_conv1")(x)
+        y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+        y = layers.Activation("relu", name=f"{name}_relu1")(y)
+        y = layers.SpatialDropout1D(TCN_RATE, name=f"{name}_sdrop1")(y)
+        y = layers.Conv1D(TCN_FILTERS, 3, padding="causal", dilation_rate=d,
+                          name=f"{name}_conv2")(y)
+        y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+        y = layers.Activation("relu", name=f"{name}_relu2")(y)
+        y = layers.SpatialDropout1D(TCN_RATE, name=f"{name}_sdrop2")(y)
         residual = x if x.shape[-1] == TCN_FILTERS else layers.Conv1D(
-            TCN_FILTERS, 1, name=f"b{d}_match")(x)
-        x = layers.Add(name=f"b{d}_residual")([residual, y])
+            TCN_FILTERS, 1, name=f"{name}_match")(x)
+        x = layers.Add(name=f"{name}_residual")([residual, y])
         skips.append(y)
     s = layers.Activation("relu", name="skips_relu")(layers.Add(name="skips")(skips))
     s = layers.GlobalAveragePooling1D(name="pool")(s)

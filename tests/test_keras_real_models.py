@@ -261,7 +261,7 @@ def test_efficientnet_sites_in_training_mode(converted: Any) -> None:
 def test_tcn_all_fourteen_sites_convert(converted: Any, architectures: Any) -> None:
     c = converted("tcn")
     assert_valid(c.onnx)
-    paths = [f"b{d}_sdrop{i}" for d in architectures.TCN_DILATIONS for i in (1, 2)]
+    paths = [f"b{k}_sdrop{i}" for k in range(len(architectures.TCN_DILATIONS)) for i in (1, 2)]
     assert len(paths) == 14
     for path in paths:
         entry = c.layer(path)
