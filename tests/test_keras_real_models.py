@@ -297,6 +297,19 @@ def test_convnext_converts_with_grouped_convs_and_exact_gelu(converted: Any) -> 
     assert any(n.op_type == "Erf" for n in c.onnx.graph.node)  # exact GELU stays exact
 
 
+def test_convnext_preprocessing_constants_are_initializers(converted: Any) -> None:
+    """Normalization keeps its mean as an eager tensor the trace captures: a value, not an input."""
+    c = converted("convnext_mini")
+    normalization = next(layer for layer in c.keras.layers
+                         if type(layer).__name__ == "Normalization")
+    mean = np.asarray(normalization.mean, dtype=np.float32).ravel()
+    read = {name for node in c.onnx.graph.node for name in node.input}
+    holders = [i.name for i in c.onnx.graph.initializer
+               if np.array_equal(onnx.numpy_helper.to_array(i).ravel(), mean)]
+    assert holders and set(holders) & read
+    assert not {i.name for i in c.onnx.graph.input} & set(holders)
+
+
 def test_convnext_stochastic_depth_becomes_spatial_dropout(converted: Any) -> None:
     c = converted("convnext_mini")
     depth = {layer.name: layer.drop_path_rate for layer in c.keras.layers
