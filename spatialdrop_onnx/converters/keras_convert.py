@@ -56,7 +56,7 @@ from .keras_input import (
 )
 from .keras_layers import LayerKind, RandomLayer, iter_sublayers, survey_layers
 from .keras_probe import probe_random_layers
-from .keras_report import ConversionReport, LayerReport, Training
+from .keras_report import ConversionReport, layer_report, value_info_dict
 from .keras_stack import DEFAULT_OPSET, KerasStack, check_opset, first_line, import_keras_stack
 from .keras_trace import keras_input_specs, trace_callable, trace_keras
 from .keras_verify import VerificationMismatch, check_structure, verify_against_keras
@@ -326,36 +326,15 @@ def _fill_report(report: ConversionReport, layers: list[RandomLayer], result: _A
     owned, unowned = sites_by_layer(result.converted, result.raw.scopes,
                                     {layer.path: layer for layer in layers})
     for layer in layers:
-        sites = tuple(owned.get(layer.path, ()))
-        if layer.kind is LayerKind.AUGMENTATION:
-            entry = LayerReport.of(layer, Training.SKIPPED, note="Keras applies it only when "
-                                   "training; exported as the identity")
-            report.notes.append(f"{layer.path} ({layer.layer_class}): augmentation layer, "
-                                "applied by Keras only when training; exported as the identity")
-        elif not layer.active:
-            entry = LayerReport.of(layer, Training.NONE, note="rate 0: nothing to convert")
-        elif layer.path in result.fallback:
-            entry = LayerReport.of(layer, Training.INFERENCE_ONLY,
-                                   note=result.fallback[layer.path])
-            report.warnings.append(f"{layer.path} ({layer.layer_class}): "
-                                   f"{result.fallback[layer.path]}")
-        elif sites:
-            entry = LayerReport.of(layer, Training.KEPT, sites)
-        elif unowned:
-            entry = LayerReport.of(layer, Training.KEPT, note=(
-                f"random ops converted; {len(unowned)} rewritten site(s) not attributable "
-                "to a layer by name"))
-        else:
-            entry = LayerReport.of(layer, Training.NONE,
-                                   note="no random op of this layer reached the trace")
-        report.layers.append(entry)
+        report.add_layer(layer_report(layer, tuple(owned.get(layer.path, ())),
+                                      result.fallback.get(layer.path), len(unowned)))
     report.unattributed_sites = list(unowned)
     for site in result.stray:
         report.warnings.append(f"random op '{site.name}' ({site.op_type}) belongs to no layer "
                                f"in training mode and is left as it is: {site.reason}")
     model = result.model
-    report.inputs = [_value_info_dict(v) for v in model.graph.input]
-    report.outputs = [_value_info_dict(v) for v in model.graph.output]
+    report.inputs = [value_info_dict(v) for v in model.graph.input]
+    report.outputs = [value_info_dict(v) for v in model.graph.output]
     report.training_input = None if report.strip else TRAINING_INPUT
     report.max_abs_diff_vs_keras = result.max_diff
     if not report.strip and any(n.op_type == "Dropout" and n.domain in ("", "ai.onnx")
@@ -403,11 +382,3 @@ def _ensure_training_input(model: onnx.ModelProto) -> None:
     model.graph.input.append(onnx.helper.make_tensor_value_info(
         TRAINING_INPUT, onnx.TensorProto.BOOL, []))
     model.graph.initializer.append(onnx.numpy_helper.from_array(np.array(False), TRAINING_INPUT))
-
-
-def _value_info_dict(info: onnx.ValueInfoProto) -> dict[str, Any]:
-    tensor = info.type.tensor_type
-    dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
-            for d in tensor.shape.dim]
-    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
-    return {"name": info.name, "dtype": dtype, "shape": dims}

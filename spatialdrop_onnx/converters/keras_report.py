@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+import onnx
+
 from .. import spec
 from ..errors import PartialResult, printable
 from ..sites import Site
@@ -108,6 +110,39 @@ class LayerReport:
                 "onnx_sites": [s.to_dict() for s in self.sites], "note": self.note}
 
 
+def layer_report(layer: RandomLayer, sites: tuple[Site, ...], fallback: str | None,
+                 unattributed: int) -> LayerReport:
+    """What became of ``layer``: its Sites, or why it has none.
+
+    ``fallback``: why the layer was traced in inference mode after all (None if
+    it was not); ``unattributed``: how many rewritten sites no layer's scope holds.
+    """
+    if layer.kind is LayerKind.AUGMENTATION:
+        return LayerReport.of(layer, Training.SKIPPED, note="Keras applies it only when "
+                              "training; exported as the identity")
+    if not layer.active:
+        return LayerReport.of(layer, Training.NONE, note="rate 0: nothing to convert")
+    if fallback is not None:
+        return LayerReport.of(layer, Training.INFERENCE_ONLY, note=fallback)
+    if sites:
+        return LayerReport.of(layer, Training.KEPT, sites)
+    if unattributed:
+        return LayerReport.of(layer, Training.KEPT, note=(
+            f"random ops converted; {unattributed} rewritten site(s) not attributable to a "
+            "layer by name"))
+    return LayerReport.of(layer, Training.NONE,
+                          note="no random op of this layer reached the trace")
+
+
+def value_info_dict(info: onnx.ValueInfoProto) -> dict[str, Any]:
+    """A graph input or output as the report lists it: name, dtype, shape (``batch``, ints)."""
+    tensor = info.type.tensor_type
+    dims = [d.dim_param or (d.dim_value if d.HasField("dim_value") else None)
+            for d in tensor.shape.dim]
+    dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
+    return {"name": info.name, "dtype": dtype, "shape": dims}
+
+
 @dataclass
 class ConversionReport:
     """What ``convert_keras`` did; ``to_dict`` is the ``--json`` report."""
@@ -130,6 +165,16 @@ class ConversionReport:
     """Randomness the model does not keep in training mode (with the reason)."""
     notes: list[str] = field(default_factory=list)
     """How to run the model correctly (runtime caveats), augmentation layers."""
+
+    def add_layer(self, entry: LayerReport) -> None:
+        """Add a layer report; a layer exported for inference only is a warning,
+        an augmentation layer a note."""
+        self.layers.append(entry)
+        if entry.partial:
+            self.warnings.append(f"{entry.path} ({entry.layer_class}): {entry.note}")
+        elif entry.training is Training.SKIPPED:
+            self.notes.append(f"{entry.path} ({entry.layer_class}): augmentation layer, "
+                              "applied by Keras only when training; exported as the identity")
 
     @property
     def partial_layers(self) -> list[LayerReport]:
