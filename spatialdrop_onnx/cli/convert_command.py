@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 
 from ..converters import keras_convert
-from ..converters.keras_trace import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
+from ..converters.keras_stack import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from ..converters.native_output import captured_native_stderr
+from ..errors import printable
 from .output import emit_json
 
 
@@ -59,9 +60,11 @@ def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: boo
 
     Dropout layers (SpatialDropout1D/2D/3D, Dropout, GaussianDropout,
     GaussianNoise, AlphaDropout, RNN dropout), also those nested inside other
-    layers, become SpatialDropout, ONNX Dropout or standard random ops switched
-    by a boolean `training_mode` input that defaults to false; every other layer
-    is exported in inference mode. Needs TensorFlow and tf2onnx:
+    layers, and other layers seen drawing random numbers in training mode
+    (e.g. stochastic depth) become SpatialDropout or ONNX Dropout switched by a
+    boolean `training_mode` input that defaults to false; every other layer is
+    exported in inference mode. A random layer that cannot be kept is named and
+    the exit status is 5. Needs TensorFlow and tf2onnx:
     pip install "spatialdrop-onnx[keras]".
     """
     show_progress = sys.stderr.isatty() and not quiet
@@ -80,4 +83,7 @@ def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: boo
     if quiet or as_json:
         # A layer exported for inference only is never left unsaid.
         for warning in report.warnings:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(f"warning: {printable(warning, limit=400)}", err=True)
+    partial = report.partial_error()
+    if partial is not None:
+        raise partial  # exit 5: written, but some randomness is not kept

@@ -2,8 +2,13 @@
 
 Importing this package is cheap: TensorFlow is imported only when a converter runs.
 
-- ``keras_trace``: trace a Keras model with only its dropout layers in training
-  mode and export it with tf2onnx (``export_keras_training_graph``).
-- ``keras_convert``: the whole ``convert`` pipeline (load safely, trace, rewrite,
-  check, save) and its report.
+- ``keras_convert``: the ``convert`` pipeline (load safely, find the random
+  layers, trace, export, rewrite, check, save); one module per step:
+  ``keras_stack`` (optional dependencies), ``keras_input`` (safe loading),
+  ``keras_layers`` / ``keras_probe`` (which layers are random), ``keras_trace``
+  (the trace with chosen layers in training mode), ``keras_export`` (tf2onnx
+  with the fixes real models need), ``keras_attribution`` (ONNX node → Keras
+  layer), ``keras_verify`` (checks), ``keras_report`` (the report).
+- ``torch_export``: the PyTorch helper.
+- ``native_output``: keeps TensorFlow's C++ log lines off the terminal.
 """

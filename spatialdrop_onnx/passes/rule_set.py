@@ -8,8 +8,10 @@ commutative ops), in this order (most specific first):
 
 1. ``rules.keras_stateless``: Keras 3 dropout layers and RNN masks through tf2onnx
 2. ``rules.torch_dynamo``: PyTorch ``DropoutNd`` / DropPath through the dynamo exporter
-3. ``rules.generic_random_mask``: any thresholded-uniform mask with inverted scaling
-4. ``rules.onnx_dropout``: an existing ``Dropout`` / ``SpatialDropout`` with a constant
+3. ``rules.floor_mask``: stochastic depth as ``floor(keep + uniform)`` (Keras ConvNeXt,
+   PyTorch drop_connect)
+4. ``rules.generic_random_mask``: any thresholded-uniform mask with inverted scaling
+5. ``rules.onnx_dropout``: an existing ``Dropout`` / ``SpatialDropout`` with a constant
    ``training_mode`` (anchored at the node itself)
 """
 
@@ -17,10 +19,10 @@ from __future__ import annotations
 
 from onnxscript.rewriter import pattern as orp
 
-from .rules import generic_random_mask, keras_stateless, onnx_dropout, torch_dynamo
+from .rules import floor_mask, generic_random_mask, keras_stateless, onnx_dropout, torch_dynamo
 from .rules._common import RewriteContext
 
-RULE_MODULES = (keras_stateless, torch_dynamo, generic_random_mask, onnx_dropout)
+RULE_MODULES = (keras_stateless, torch_dynamo, floor_mask, generic_random_mask, onnx_dropout)
 
 #: anchor op type -> root op type -> rule variants, in rule order.
 RuleIndex = dict[str, dict[str, list[orp.RewriteRule]]]

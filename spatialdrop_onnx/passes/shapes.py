@@ -270,8 +270,13 @@ class ShapeReasoner:
             data = self.shape_elements(inputs[0], depth + 1)
             index = self.const(inputs[1])
             axis = node.attributes.get("axis")
-            if not isinstance(data, list) or index is None or \
-                    (axis is not None and axis.as_int() != 0):
+            if index is None or (axis is not None and axis.as_int() != 0):
+                return None
+            if isinstance(data, WholeShape) and bool(np.all(index >= 0)):
+                # Shape(t) of a tensor of unknown rank, permuted (tf2onnx's layout
+                # changes): the indices name t's dims themselves.
+                return [self.dim(data.value, int(i)) for i in index.reshape(-1)]
+            if not isinstance(data, list):
                 return None
             try:
                 return [data[int(i)] for i in index.reshape(-1)]
@@ -295,10 +300,11 @@ class ShapeReasoner:
     def _slice(self, node: ir.Node, depth: int) -> list[Dim] | None:
         inputs = list(node.inputs) + [None] * 5
         data = self.shape_elements(inputs[0], depth + 1)
-        if isinstance(data, WholeShape):
-            rank = self.rank(data.value)
-            data = None if rank is None else [self.dim(data.value, k) for k in range(rank)]
-        if data is None:
+        whole = data if isinstance(data, WholeShape) else None
+        if whole is not None:
+            rank = self.rank(whole.value)
+            data = None if rank is None else [self.dim(whole.value, k) for k in range(rank)]
+        if data is None and whole is None:
             return None
         if inputs[1] is None:  # Slice-1: attributes
             starts = _ints_attr(node, "starts")
@@ -312,6 +318,13 @@ class ShapeReasoner:
         if None in (starts, ends, axes, steps) or len(starts) != 1 or axes not in ([0], [-1]) \
                 or steps[0] == 0:
             return None
+        if data is None:
+            # Shape(t) of a tensor of unknown rank: a forward slice within its leading
+            # dims (``shape(x)[0:1]``, the batch size) names t's dims without the rank.
+            start, end, step = starts[0], ends[0], steps[0]
+            if not 0 <= start <= end <= start + 8 or step <= 0 or whole is None:
+                return None
+            return [self.dim(whole.value, k) for k in range(start, end, step)]
         return list(data[slice(starts[0], ends[0], steps[0])])
 
     def _const_list(self, value: ir.Value | None) -> list[int] | None:

@@ -1,0 +1,150 @@
+"""Reading a Keras model safely: format checks before TensorFlow, safe loading, user modules.
+
+``.keras`` archives always load with ``safe_mode=True``; ``.h5``/``.hdf5`` files
+and SavedModel directories can run code when loaded and are refused unless the
+caller trusts them. Keras' nested load errors become one line that says what
+to do (``--import`` for a custom layer, re-save for a Lambda layer).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import warnings
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import RefusedError, UserError
+from .keras_stack import KerasStack, first_line
+
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def detect_format(path: Path) -> str:
+    """``keras``, ``h5`` or ``savedmodel`` for ``path``; UserError for anything else."""
+    if not path.exists():
+        raise UserError(f"{path}: no such file or directory")
+    if path.is_dir():
+        if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
+            return "savedmodel"
+        raise UserError(f"{path}: is a directory but not a TensorFlow SavedModel "
+                        "(expected a Keras 3 .keras file)")
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(8)
+    except OSError as err:
+        raise UserError(f"{path}: cannot read the file ({err.strerror})") from None
+    if not head:
+        raise UserError(f"{path}: file is empty")
+    if path.suffix.lower() in (".h5", ".hdf5") or head == _HDF5_MAGIC:
+        return "h5"
+    if path.suffix.lower() != ".keras":
+        raise UserError(f"{path}: not a Keras model file (expected a Keras 3 .keras archive; "
+                        ".h5/.hdf5 files and SavedModel directories need --trust-model)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        raise UserError(f"{path}: not a Keras .keras archive (not a zip file)") from None
+    if "config.json" not in names:
+        raise UserError(f"{path}: not a Keras .keras archive (no config.json inside)")
+    return "keras"
+
+
+def refuse_untrusted(path: Path, source_format: str, trust_model: bool) -> None:
+    """Refuse formats that can execute code on load unless the user trusts the file."""
+    if trust_model or source_format == "keras":
+        return
+    what = {"h5": "an HDF5 (.h5/.hdf5) model: Keras does not apply safe_mode to HDF5 files",
+            "savedmodel": "a TensorFlow SavedModel: a SavedModel is a program"}[source_format]
+    raise RefusedError(f"{path}: refusing to load {what}, and loading it can run arbitrary "
+                       "code; re-save it as .keras, or pass --trust-model if you trust its "
+                       "source")
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the user's modules so their registered Keras layers can be deserialized."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as err:  # noqa: BLE001 - any failure in user code is a user error
+            raise UserError(f"--import {name}: cannot import the module "
+                            f"({err.__class__.__name__}: {first_line(err)})") from None
+
+
+def _exception_chain(err: BaseException) -> list[BaseException]:
+    """``err`` and its causes, outermost first (Keras wraps the real reason several times)."""
+    chain = [err]
+    while (nxt := chain[-1].__cause__ or chain[-1].__context__) is not None and nxt not in chain:
+        chain.append(nxt)
+    return chain
+
+
+def _explain_load_error(path: Path, err: Exception) -> UserError:
+    chain = _exception_chain(err)
+    texts = [str(e) for e in chain]
+    if any("safe_mode" in t for t in texts):
+        return RefusedError(f"{path}: refused by Keras safe mode: the model holds Python code "
+                            "(e.g. a Lambda layer) that would run when loaded; this tool always "
+                            "loads .keras files with safe_mode=True")
+    for text in reversed(texts):
+        missing = re.search(r"Could not locate (class|function) '([^']+)'", text)
+        if missing:
+            module = re.search(r"'module': '([^']+)'", text)
+            origin = f" from module '{module.group(1)}'" if module else ""
+            return RefusedError(
+                f"{path}: cannot load the model: it names the {missing.group(1)} "
+                f"'{missing.group(2)}'{origin}, which Keras does not know or will not load in "
+                "safe mode (for a custom layer of an installed package, pass --import MODULE)")
+    innermost = chain[-1]
+    return UserError(f"{path}: cannot load the Keras model: "
+                     f"{innermost.__class__.__name__}: {first_line(innermost)}")
+
+
+class SavedModelFunction:
+    """A SavedModel's ``serving_default`` signature, shaped like a Keras model for tracing.
+
+    A SavedModel is an exported graph, not Keras layers: dropout layers cannot
+    be found in it, so it converts with whatever the export kept (usually the
+    inference graph).
+    """
+
+    def __init__(self, signature: Any, stack: KerasStack, keep_alive: Any = None) -> None:
+        self._signature = signature
+        self._keep_alive = keep_alive  # the signature needs its object graph alive
+        _, kwargs = signature.structured_input_signature
+        self.input_names = sorted(kwargs)
+        self.specs = [stack.tf.TensorSpec(kwargs[n].shape, kwargs[n].dtype, name=n)
+                      for n in self.input_names]
+
+    def __call__(self, *args: Any) -> dict[str, Any]:
+        return self._signature(**dict(zip(self.input_names, args, strict=True)))
+
+
+def load_model(path: Path, source_format: str, stack: KerasStack) -> Any:
+    """Load a Keras model (``safe_mode=True``), or a SavedModel's serving function."""
+    keras = stack.keras
+    if source_format == "savedmodel":
+        return _load_savedmodel(path, stack)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras' build/compile hints are not the user's concern
+            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files
+        raise _explain_load_error(path, err) from None
+    if not isinstance(model, keras.Model):
+        raise UserError(f"{path}: holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+def _load_savedmodel(path: Path, stack: KerasStack) -> SavedModelFunction:
+    try:
+        loaded = stack.tf.saved_model.load(str(path))
+        signature = loaded.signatures["serving_default"]
+    except KeyError:
+        raise UserError(f"{path}: the SavedModel has no 'serving_default' signature") from None
+    except Exception as err:  # noqa: BLE001 - TensorFlow raises many types for bad folders
+        raise UserError(f"{path}: cannot load the SavedModel: {first_line(err)}") from None
+    return SavedModelFunction(signature, stack, keep_alive=loaded)
