@@ -81,8 +81,8 @@ def _write_weights(handle, elements: int, rng: np.random.Generator) -> str:  # n
     return digest.hexdigest()
 
 
-def build_model(path: Path, megabytes: float, tensors: int = 4, seed: int = 0
-                ) -> dict[str, str]:
+def build_model(path: Path, megabytes: float, tensors: int = 4, seed: int = 0,
+                opset: int = 17) -> dict[str, str]:
     """Write the benchmark model to ``path``; return ``{weight name: SHA-256 of its bytes}``.
 
     ``tensors - 1`` large initializers ``w0..`` feed an Add/Mul chain; the last
@@ -118,7 +118,7 @@ def build_model(path: Path, megabytes: float, tensors: int = 4, seed: int = 0
                           [oh.make_tensor_value_info("x", TensorProto.FLOAT, [1, WIDTH])],
                           [oh.make_tensor_value_info("y", TensorProto.FLOAT, [1, WIDTH])],
                           small)
-    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", opset)])
     # The large tensors are appended to the serialized graph as fields: a Constant
     # node (its value attribute with raw_data) and initializers (repeated fields may
     # come in any order, and the node list keeps its order).

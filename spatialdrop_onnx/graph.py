@@ -258,7 +258,7 @@ def holds_values(tensor: TensorProto) -> bool:
 
 def scalar_of(tensor: TensorProto | None) -> float | int | bool | None:
     """The value of a one-element tensor stored in the model, or None."""
-    if tensor is None or tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+    if tensor is None or not holds_values(tensor):  # external data, or a placeholder
         return None
     count = 1
     for dim in tensor.dims:

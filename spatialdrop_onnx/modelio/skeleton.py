@@ -321,10 +321,9 @@ class _Reader(_Fields):
         return data
 
     def _fill(self, pos: int) -> None:
-        window_end = self.base + len(self.buf)
-        if self.base <= self.run < min(pos, window_end):
-            self._flush(min(pos, window_end))  # what the window holds, before it moves
-        self.buf = self._pread(pos, min(_WINDOW, self.size - pos))
+        # Bytes still to copy that the old window held are read again by _flush (the field
+        # whose header is being read began there, and it may be one that is not copied).
+        self.buf = self._pread(pos, min(max(_WINDOW, 16), self.size - pos))  # >= a varint
         self.base = pos
 
     def _flush(self, upto: int) -> None:
@@ -521,7 +520,9 @@ class SkeletonSource:
         return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
 
     def check(self) -> None:
-        """Raise UserError if the file changed since the skeleton was read."""
+        """Raise UserError if the file changed since the skeleton was read (or was closed)."""
+        if not self._closer.alive:
+            raise UserError(f"{self.label}: its weights are needed but the file was closed")
         try:
             info = os.fstat(self.fd)
         except OSError as err:
@@ -530,9 +531,9 @@ class SkeletonSource:
             raise UserError(f"{self.label}: changed while it was processed; its weights are "
                             "read from it when the result is written")
 
-    def read(self, offset: int, length: int) -> bytes:
+    def read(self, offset: int, length: int) -> bytearray:
         try:
-            return bytes(_fs.read_exactly(self.fd, length, offset))
+            return _fs.read_exactly(self.fd, length, offset)
         except (OSError, EOFError) as err:
             raise UserError(f"{self.label}: cannot be read again "
                             f"({getattr(err, 'strerror', None) or 'it shrank'})") from None
@@ -603,7 +604,7 @@ class _Expander(_Fields):
         token = bytes(self.buf[pos: pos + _TOKEN_BYTES])
         if self.token is None or token != self.token:
             raise UserError(f"{self.label}: the model holds a tensor without its data (a "
-                            "placeholder of a skeleton this save was not given the source of)")
+                            "skeleton placeholder whose source file was not given)")
         pos += _TOKEN_BYTES
         count, pos = self._varint(pos, end, 10)
         ranges = []
@@ -655,6 +656,7 @@ def fill_placeholders(model: ModelProto, source: SkeletonSource) -> int:
             whole += source.read(*part) if isinstance(part, tuple) else part
         tensor.ParseFromString(whole)
         count += 1
+    source.check()  # not changed while it was read
     return count
 
 
