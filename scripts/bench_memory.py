@@ -170,7 +170,7 @@ def measure(path: Path) -> dict[str, dict]:
     """Peak RSS of each command on ``path`` (outputs next to it)."""
     results = {"inspect": run_cli("inspect", "-q", str(path))}
     for command in ("strip", "rewrite"):
-        out = path.with_name(f"{command}.onnx")
+        out = path.with_name(f"{path.stem}.{command}.onnx")
         results[command] = run_cli(command, "-q", str(path), "-o", str(out))
     return results
 

@@ -14,6 +14,7 @@ placeholders kept out of the converter); onnxruntime runs them.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ from passes_helpers import load_script
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx import modelio
-from spatialdrop_onnx.modelio import skeleton
+from spatialdrop_onnx.modelio import skeleton, writing
 from spatialdrop_onnx.passes import rewrite_file, strip_file
 
 bench = load_script("bench_memory", "scripts")
@@ -54,7 +55,7 @@ def test_peak_memory_of_each_command_and_exact_weights(big: tuple[Path, dict]) -
         assert results[command]["code"] == 0, results
         assert results[command]["peak_mb"] <= goal * size_mb, (command, results, size_mb)
     for command in ("strip", "rewrite"):
-        model = onnx.load(path.with_name(f"{command}.onnx"))
+        model = onnx.load(path.with_name(f"{path.stem}.{command}.onnx"))
         assert weight_digests(model) == digests, command
         ops = [node.op_type for node in model.graph.node]
         assert "RandomUniformLike" not in ops, command
@@ -97,3 +98,40 @@ def test_skeleton_path_gives_the_whole_file_results(opset: int, tmp_path: Path,
         reference = ort.InferenceSession(expected.SerializeToString(),
                                          providers=["CPUExecutionProvider"])
         np.testing.assert_array_equal(got, reference.run(None, {"x": x})[0])
+
+
+def test_no_pass_reads_a_placeholder_as_a_value(tmp_path: Path, small_skeletons: None,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every tensor a placeholder (even the scalars): constants are unknown, never wrong."""
+    monkeypatch.setattr(skeleton, "LARGE_BYTES", 0)
+    path = tmp_path / "model.onnx"
+    bench.build_model(path, 0.1)
+    dropout, random_site = sd.inspect(path)
+    assert (dropout.op_type, dropout.ratio, dropout.training_mode) == ("Dropout", None, "no")
+    assert random_site.reason == "threshold 'ratio' is not a constant scalar"
+    result = sd.strip(path)
+    assert result.report.unconvertible == (random_site,) and result.report.folded == 1
+    assert not modelio.holds_placeholders(result.model)
+    assert weight_digests(result.model) == weight_digests(onnx.load(path))
+
+
+def test_replaced_output_is_scanned_in_chunks(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """The old target is searched for its data-file names without reading it whole."""
+    monkeypatch.setattr(writing, "_SCAN_CHUNK", 7)
+    name = "out.onnx.0123456789abcdef-0.data"
+    pattern = modelio.data_file_pattern("out.onnx")
+    for offset in range(20):
+        path = tmp_path / f"f{offset}"
+        path.write_bytes(b"x" * offset + name.encode() + b"y" * 9)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            assert writing._mentions(fd, path.stat().st_size, pattern), offset
+        finally:
+            os.close(fd)
+    path.write_bytes(b"x" * 40 + name[:-1].encode())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert not writing._mentions(fd, path.stat().st_size, pattern)
+    finally:
+        os.close(fd)

@@ -62,7 +62,7 @@ TEMP_PATTERN = re.compile(r"\.spatialdrop-(?P<pid>[0-9]{1,10})-(?P<token>[0-9a-f
                           r"(?:-(?P<kind>d[0-9]{1,6}|j))?\.tmp")
 _ANY_DATA = re.compile(r"(?P<owner>.+)\.(?P<token>[0-9a-f]{16})-[0-9]{1,6}\.data")
 _JOURNAL_LIMIT = 1 << 20
-_SCAN_CHUNK = 8 << 20
+_SCAN_CHUNK = 1 << 20
 _WRITE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
                 | getattr(os, "O_CLOEXEC", 0))
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK,
@@ -272,15 +272,15 @@ def _mentions(fd: int, size: int, pattern: re.Pattern[str]) -> bool:
     """True if the bytes of ``fd`` contain a match of ``pattern`` (read in chunks)."""
     needle = re.compile(pattern.pattern.encode("utf-8", "surrogateescape"))
     overlap = len(needle.pattern) + 64  # longer than any match
-    position, tail = 0, b""
+    position = 0
     while position < size:
-        chunk = os.pread(fd, min(_SCAN_CHUNK, size - position), position)
-        if not chunk:
+        start = max(0, position - overlap)  # a match may straddle two chunks
+        chunk = os.pread(fd, min(_SCAN_CHUNK, size - position) + position - start, start)
+        if len(chunk) <= position - start:
             break
-        if needle.search(tail + chunk):
+        if needle.search(chunk):
             return True
-        tail = chunk[-overlap:]
-        position += len(chunk)
+        position = start + len(chunk)
     return False
 
 
