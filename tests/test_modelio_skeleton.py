@@ -452,3 +452,36 @@ def test_saving_placeholders_needs_their_unchanged_source(tmp_path: Path,
     with pytest.raises(UserError, match="changed while it was processed"):
         modelio.fill_placeholders(loaded.model, loaded.skeleton)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]  # nothing written
+
+
+@pytest.mark.parametrize("fault", ["interrupt", "disk_full"])
+def test_a_fault_while_copying_weights_leaves_nothing(fault: str, tmp_path: Path,
+                                                      everything_skeletonised: None,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_big_tensor_model())
+    out = tmp_path / "out.onnx"
+    out.write_bytes(b"previous")
+    loaded = _skeleton(path)
+    real = skeleton._fs.copy_out
+    calls = []
+
+    def failing(*args: int) -> None:
+        calls.append(args)
+        if len(calls) == 2:
+            if fault == "interrupt":
+                raise KeyboardInterrupt
+            raise OSError(28, "No space left on device")
+        real(*args)
+
+    monkeypatch.setattr(skeleton._fs, "copy_out", failing)
+    expected = KeyboardInterrupt if fault == "interrupt" else UserError
+    with pytest.raises(expected) as caught:
+        modelio.save_model(loaded.model, out, source=loaded)
+    if fault == "disk_full":
+        assert str(caught.value) == f"{out}: cannot be written (No space left on device)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx", "out.onnx"]
+    assert out.read_bytes() == b"previous"
+    monkeypatch.setattr(skeleton._fs, "copy_out", real)
+    modelio.save_model(loaded.model, path, source=loaded, in_place=True)  # from the old inode
+    assert onnx.load(path) == onnx.ModelProto.FromString(_big_tensor_model())

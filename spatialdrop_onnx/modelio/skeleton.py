@@ -313,11 +313,11 @@ class _Reader(_Fields):
 
     def _pread(self, pos: int, count: int) -> bytes:
         data = os.pread(self.fd, count, pos)
-        if len(data) != count:
-            if not data:
+        while len(data) < count:
+            more = os.pread(self.fd, count - len(data), pos + len(data))
+            if not more:
                 raise _Shrunk
-            rest = self._pread(pos + len(data), count - len(data))
-            data += rest
+            data += more
         return data
 
     def _fill(self, pos: int) -> None:
@@ -374,6 +374,7 @@ class _Reader(_Fields):
         self.out += varint_bytes(number << 3 | 2)
         self.out += bytes(5)  # the length, written once known
         content = len(self.out)
+        placeholders = self.placeholders
         try:
             if kind == _TENSOR:
                 self._tensor(start, end, depth)
@@ -381,6 +382,7 @@ class _Reader(_Fields):
                 self._message(start, end, kind, depth)
         except _Copy:
             del self.out[mark:]
+            self.placeholders = placeholders
             self.run = field_start  # the whole field joins the bytes copied as they are
             return
         self.out[content - 5: content] = _padded_length(len(self.out) - content)
@@ -676,6 +678,5 @@ __all__ = [
     "is_placeholder",
     "placeholder_tensors",
     "read_skeleton",
-    "varint_bytes",
 ]
 
