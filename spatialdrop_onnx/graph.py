@@ -241,9 +241,24 @@ def all_names(model: onnx.ModelProto) -> set[str]:
 # --- Constants -----------------------------------------------------------------------
 
 
+_VALUE_FIELDS = ("raw_data", "float_data", "int32_data", "string_data", "int64_data",
+                 "double_data", "uint64_data")
+
+
+def holds_values(tensor: TensorProto) -> bool:
+    """True if ``tensor``'s values are stored in it: not external data, and not a tensor
+    with elements but no data field (a skeleton placeholder, see ``modelio.skeleton``)."""
+    if tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+        return False
+    if tensor.HasField("raw_data") or any(len(getattr(tensor, name)) for name in
+                                          _VALUE_FIELDS[1:]):
+        return True
+    return any(dim == 0 for dim in tensor.dims)
+
+
 def scalar_of(tensor: TensorProto | None) -> float | int | bool | None:
     """The value of a one-element tensor stored in the model, or None."""
-    if tensor is None or tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+    if tensor is None or not holds_values(tensor):  # external data, or a placeholder
         return None
     count = 1
     for dim in tensor.dims:
@@ -448,14 +463,13 @@ _BIG_TENSOR_BYTES = 1024
 
 
 def _skeleton_in_place(model: onnx.ModelProto) -> None:
-    """Drop large and external initializer data (kept as typed inputs): inference needs
-    their types, not their values. Only ever called on a throw-away copy."""
+    """Drop large, external and placeholder initializer data (kept as typed inputs):
+    inference needs their types, not their values. Only ever called on a throw-away copy."""
     graph = model.graph
     inputs = {i.name for i in graph.input}
     kept = []
     for init in graph.initializer:
-        external = init.data_location == TensorProto.EXTERNAL or bool(init.external_data)
-        if external or init.ByteSize() > _BIG_TENSOR_BYTES:
+        if not holds_values(init) or init.ByteSize() > _BIG_TENSOR_BYTES:
             if init.name not in inputs:
                 graph.input.append(onnx.helper.make_tensor_value_info(
                     init.name, init.data_type, list(init.dims)))

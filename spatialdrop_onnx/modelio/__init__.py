@@ -11,6 +11,9 @@
 * :func:`save_model` writes the model and its data files as one unit
   (:mod:`.writing`); :func:`check_output_path` raises its path errors early.
 * :func:`iter_tensors` walks every place a ``TensorProto`` can sit.
+* ``load_model(path, skeleton=True)`` leaves large embedded tensors in the
+  file (:mod:`.skeleton`): placeholders that :func:`save_model` copies from
+  the source file and :func:`fill_placeholders` reads back into memory.
 
 ``docs/reliability.md`` lists each probe these functions are tested against.
 """
@@ -22,6 +25,12 @@ from .external import (
     validate_external_data,
 )
 from .reading import MAX_MODEL_BYTES, MIN_IR_VERSION, LoadedModel, check_versions, load_model
+from .skeleton import (
+    SkeletonSource,
+    fill_placeholders,
+    holds_placeholders,
+    is_placeholder,
+)
 from .tensors import external_tensors, is_external, iter_tensors
 from .writing import (
     TEMP_PATTERN,
@@ -38,11 +47,15 @@ __all__ = [
     "TEMP_PATTERN",
     "ExternalFile",
     "LoadedModel",
+    "SkeletonSource",
     "check_output_path",
     "check_versions",
     "data_file_pattern",
     "external_tensors",
+    "fill_placeholders",
+    "holds_placeholders",
     "is_external",
+    "is_placeholder",
     "is_temp_name",
     "iter_tensors",
     "load_model",

@@ -187,6 +187,32 @@ def _copy_range(src: int, dst: int, start: int, end: int) -> None:
         position += copied
 
 
+def copy_out(src: int, dst: int, offset: int, length: int) -> None:
+    """Append bytes [offset, offset + length) of ``src`` to ``dst`` at its file position.
+
+    ``copy_file_range`` first (the bytes never enter this process), then
+    ``pread``/``write`` in chunks; ``EOFError`` if ``src`` is shorter.
+    """
+    done = 0
+    while done < length:
+        count = min(_COPY_CHUNK, length - done)
+        try:
+            copied = os.copy_file_range(src, dst, count, offset + done)
+        except OSError as err:
+            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
+                raise
+            copied = 0
+        except AttributeError:
+            copied = 0
+        if copied <= 0:  # not supported here, or the end of the file: pread tells which
+            chunk = os.pread(src, count, offset + done)
+            if not chunk:
+                raise EOFError("the source file shrank while it was copied")
+            write_all(dst, chunk)
+            copied = len(chunk)
+        done += copied
+
+
 def data_segments(fd: int, size: int) -> Iterator[tuple[int, int]]:
     """(start, end) of the non-hole parts of a file; the whole file if holes are unknown."""
     position = 0

@@ -11,7 +11,9 @@ import onnx
 
 from ..errors import UserError, printable
 from . import _fs
+from . import skeleton as skeleton_module
 from .external import ExternalFile, validate_external_data
+from .skeleton import SkeletonSource, WireError, read_skeleton
 
 #: Oldest IR version we accept (IR 3 introduced opset imports).
 MIN_IR_VERSION = 3
@@ -21,7 +23,13 @@ MAX_MODEL_BYTES = 2**31 - 1
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A parsed model with everything needed to write it back safely."""
+    """A parsed model with everything needed to write it back safely.
+
+    With ``skeleton`` set, ``model`` is a skeleton: its large tensors hold
+    placeholders instead of their data, which :func:`~.writing.save_model`
+    (given this as ``source``) copies from the still open input file, and
+    :func:`~.skeleton.fill_placeholders` puts back in memory.
+    """
 
     model: onnx.ModelProto
     path: Path                  #: as given
@@ -29,6 +37,7 @@ class LoadedModel:
     device: int                 #: ``st_dev`` of the model file
     inode: int                  #: ``st_ino`` of the model file
     data_files: tuple[ExternalFile, ...]
+    skeleton: SkeletonSource | None = None  #: the input file, while placeholders need it
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -46,8 +55,8 @@ def _too_large(path: Path, size: int) -> UserError:
         "weights as external data (onnx.save_model(..., save_as_external_data=True))")
 
 
-def _read(path: Path) -> tuple[bytearray, os.stat_result]:
-    """The bytes of ``path`` through one descriptor, refusing by kind and size first."""
+def _open(path: Path) -> tuple[int, os.stat_result]:
+    """A descriptor of ``path``, refusing by kind and size before anything is read."""
     try:
         fd, info = _fs.open_regular(path, follow=True)
     except FileNotFoundError:
@@ -64,44 +73,85 @@ def _read(path: Path) -> tuple[bytearray, os.stat_result]:
             raise UserError(f"{shown(path)}: file is empty")
         if info.st_size > MAX_MODEL_BYTES:
             raise _too_large(path, info.st_size)
-        try:
-            data = _fs.read_exactly(fd, info.st_size)
-        except EOFError:
-            raise UserError(f"{shown(path)}: file shrank while it was read") from None
-        except MemoryError:
-            raise UserError(f"{shown(path)}: not enough memory to read "
-                            f"{info.st_size} bytes") from None
-        except OSError as err:
-            raise UserError(f"{shown(path)}: cannot be read ({err.strerror})") from None
-    finally:
+    except BaseException:
         os.close(fd)
-    return data, info
+        raise
+    return fd, info
 
 
-def load_model(path: str | os.PathLike) -> LoadedModel:
+def _read_all(fd: int, info: os.stat_result, path: Path) -> bytearray:
+    try:
+        return _fs.read_exactly(fd, info.st_size)
+    except EOFError:
+        raise UserError(f"{shown(path)}: file shrank while it was read") from None
+    except MemoryError:
+        raise UserError(f"{shown(path)}: not enough memory to read "
+                        f"{info.st_size} bytes") from None
+    except OSError as err:
+        raise UserError(f"{shown(path)}: cannot be read ({err.strerror})") from None
+
+
+def _read_skeleton(fd: int, info: os.stat_result, path: Path
+                   ) -> tuple[bytearray, bytes | None]:
+    """The skeleton's bytes and token (None: no placeholder, or the whole file was read)."""
+    if info.st_size < skeleton_module.MIN_FILE_BYTES:
+        return _read_all(fd, info, path), None
+    try:
+        found = read_skeleton(fd, info.st_size)
+    except WireError as err:
+        raise UserError(f"{shown(path)}: not a valid ONNX model (DecodeError: {err})") from None
+    except EOFError:
+        raise UserError(f"{shown(path)}: file shrank while it was read") from None
+    except MemoryError:
+        raise UserError(f"{shown(path)}: not enough memory to read it") from None
+    except OSError as err:
+        raise UserError(f"{shown(path)}: cannot be read ({err.strerror})") from None
+    if found is None:
+        return _read_all(fd, info, path), None
+    return found.data, (found.token if found.placeholders else None)
+
+
+def load_model(path: str | os.PathLike, *, skeleton: bool = False) -> LoadedModel:
     """Load an ONNX model without reading external data; one-line errors for bad files.
 
     Refuses, before reading, anything but a regular file (a symlink to one is
     fine), an empty file and one larger than protobuf can parse; then corrupt
     protobufs, non-ONNX files, IR/opset versions this onnx cannot handle, and
     any unsafe external-data reference (validated on the parsed model, always).
+
+    With ``skeleton``, large embedded tensors are not read: they hold
+    placeholders (see :mod:`.skeleton`) and the file stays open in
+    ``LoadedModel.skeleton`` until the result is saved with this as ``source``.
     """
     given = Path(path)
-    data, info = _read(given)
+    fd, info = _open(given)
+    keep = False
     try:
-        model = onnx.ModelProto.FromString(data)
-    except Exception as err:  # noqa: BLE001 - DecodeError, RecursionError, upb errors
-        raise UserError(f"{shown(given)}: not a valid ONNX model "
-                        f"({err.__class__.__name__})") from None
-    del data
-    check_versions(model, str(given))
-    folder = given.absolute().parent
-    try:
-        data_files = validate_external_data(model, folder)
-    except UserError as err:
-        raise type(err)(f"{shown(given)}: {err}") from None
+        if skeleton:
+            data, token = _read_skeleton(fd, info, given)
+        else:
+            data, token = _read_all(fd, info, given), None
+        try:
+            model = onnx.ModelProto.FromString(data)
+        except Exception as err:  # noqa: BLE001 - DecodeError, RecursionError, upb errors
+            raise UserError(f"{shown(given)}: not a valid ONNX model "
+                            f"({err.__class__.__name__})") from None
+        del data
+        check_versions(model, str(given))
+        folder = given.absolute().parent
+        try:
+            data_files = validate_external_data(model, folder)
+        except UserError as err:
+            raise type(err)(f"{shown(given)}: {err}") from None
+        source = None
+        if token is not None:
+            source = SkeletonSource(fd, info, token, shown(given))
+            keep = True
+    finally:
+        if not keep:
+            os.close(fd)
     return LoadedModel(model=model, path=given, folder=folder, device=info.st_dev,
-                       inode=info.st_ino, data_files=data_files)
+                       inode=info.st_ino, data_files=data_files, skeleton=source)
 
 
 def check_versions(model: onnx.ModelProto, label: str = "model") -> None:

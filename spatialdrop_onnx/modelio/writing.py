@@ -33,7 +33,6 @@ import contextlib
 import errno
 import fcntl
 import json
-import mmap
 import os
 import re
 import secrets
@@ -54,6 +53,7 @@ from .external import (
     referencing_tensors,
 )
 from .reading import MAX_MODEL_BYTES, LoadedModel, shown
+from .skeleton import Part, SkeletonSource, expand, read_skeleton
 from .tensors import Where, walk_tensors
 
 #: Temp files of a save: ``.spatialdrop-<pid>-<token>.tmp`` (the model),
@@ -62,6 +62,7 @@ TEMP_PATTERN = re.compile(r"\.spatialdrop-(?P<pid>[0-9]{1,10})-(?P<token>[0-9a-f
                           r"(?:-(?P<kind>d[0-9]{1,6}|j))?\.tmp")
 _ANY_DATA = re.compile(r"(?P<owner>.+)\.(?P<token>[0-9a-f]{16})-[0-9]{1,6}\.data")
 _JOURNAL_LIMIT = 1 << 20
+_SCAN_CHUNK = 1 << 20
 _WRITE_FLAGS = (os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
                 | getattr(os, "O_CLOEXEC", 0))
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK,
@@ -219,18 +220,25 @@ def _same_folder(a: Path, b: Path) -> bool:
         return False
 
 
-def _serialise(model: onnx.ModelProto, label: str) -> bytes:
+def _serialise(model: onnx.ModelProto, source: LoadedModel | None,
+               label: str) -> tuple[list[Part], int]:
+    """The parts of the file to write (bytes, and ranges of a skeleton's source) and its size."""
     try:
         size = model.ByteSize()
         if size > MAX_MODEL_BYTES:
             raise UserError(f"{label}: the model is {size} bytes, more than protobuf can write "
                             "(2 GiB - 1); store the weights as external data")
-        return model.SerializeToString()
+        data = model.SerializeToString()
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - EncodeError, ValueError, upb errors
         raise UserError(f"{label}: the model cannot be serialised "
                         f"({err.__class__.__name__})") from None
+    parts, size = expand(data, None if source is None else source.skeleton, label)
+    if size > MAX_MODEL_BYTES:
+        raise UserError(f"{label}: the model is {size} bytes, more than protobuf can write "
+                        "(2 GiB - 1); store the weights as external data")
+    return parts, size
 
 
 # --- The folder: temp files, the lock, old data -------------------------------------
@@ -260,12 +268,28 @@ def _unlink_regular(dfd: int, name: str) -> None:
         pass
 
 
+def _mentions(fd: int, size: int, pattern: re.Pattern[str]) -> bool:
+    """True if the bytes of ``fd`` contain a match of ``pattern`` (read in chunks)."""
+    needle = re.compile(pattern.pattern.encode("utf-8", "surrogateescape"))
+    overlap = len(needle.pattern) + 64  # longer than any match
+    position = 0
+    while position < size:
+        start = max(0, position - overlap)  # a match may straddle two chunks
+        chunk = os.pread(fd, min(_SCAN_CHUNK, size - position) + position - start, start)
+        if len(chunk) <= position - start:
+            break
+        if needle.search(chunk):
+            return True
+        position = start + len(chunk)
+    return False
+
+
 def _owned_references(dfd: int, target_name: str) -> set[str] | None:
     """Data files named for ``target_name`` that the current target file refers to.
 
     ``None`` when that cannot be told (unreadable or unparsable target): then
-    nothing is removed. The file is scanned for candidate names first and
-    parsed only if one appears.
+    nothing is removed. The file is scanned for candidate names first (in
+    chunks) and read as a skeleton (no weights) only if one appears.
     """
     try:
         fd, info = _fs.open_regular(target_name, dir_fd=dfd)
@@ -281,14 +305,12 @@ def _owned_references(dfd: int, target_name: str) -> set[str] | None:
             return set()
         if info.st_size > MAX_MODEL_BYTES:
             return None
-        with mmap.mmap(fd, info.st_size, prot=mmap.PROT_READ) as view:
-            if re.search(pattern.pattern.encode("utf-8", "surrogateescape"), view) is None:
-                return set()
-            contents = memoryview(view)
-            try:
-                model = onnx.ModelProto.FromString(contents)
-            finally:
-                contents.release()
+        if not _mentions(fd, info.st_size, pattern):
+            return set()
+        found = read_skeleton(fd, info.st_size)  # the weights are not needed, only locations
+        data = _fs.read_exactly(fd, info.st_size) if found is None else found.data
+        model = onnx.ModelProto.FromString(data)
+        del data, found
     except Exception:  # noqa: BLE001 - best effort: an unreadable old target keeps its files
         return None
     finally:
@@ -410,11 +432,24 @@ class _Save:
         return record.final
 
     # Step 4
-    def write_model(self, data: bytes) -> None:
+    def write_model(self, parts: list[Part], source: SkeletonSource | None) -> None:
+        """Write the model's parts; ranges are copied from the skeleton's source file."""
         mode = self.target.mode if self.target.mode is not None else _fs.default_mode()
         fd = self._create(self.model_temp, mode)
         try:
-            _fs.write_all(fd, data)
+            copying = any(isinstance(part, tuple) for part in parts)
+            if copying:
+                assert source is not None
+                source.check()
+            for part in parts:
+                if isinstance(part, tuple):
+                    assert source is not None
+                    source.copy_to(fd, *part)
+                else:
+                    _fs.write_all(fd, part)
+            if copying:
+                assert source is not None
+                source.check()  # not changed while it was copied
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -534,7 +569,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
             for entry in tensor.external_data:
                 if entry.key == "location" and entry.value in rename:
                     entry.value = rename[entry.value]
-    data = _serialise(out, label)
+    parts, _ = _serialise(out, source, label)
     new_locations = _locations(found)
     try:
         save = _Save(target, token)
@@ -545,7 +580,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
         for identity, file in by_identity.items():
             assert source is not None
             save.copy_in(file, source.folder, index[identity])
-        save.write_model(data)
+        save.write_model(parts, None if source is None else source.skeleton)
         save.commit(new_locations)
     except BaseException as err:
         save.abort()

@@ -33,7 +33,8 @@ from .result import ModelArg, load_argument
 
 def inspect(model: ModelArg) -> list[Site]:
     """Every dropout site of ``model`` (a ModelProto or a path)."""
-    proto, folder = load_argument(model)
+    given = load_argument(model)
+    proto, folder = given.model, given.folder
     check_opset_imports(proto)
     sites = _dropout_nodes(proto)
     if any(is_random(n) for s in model_scopes(proto) for n in s.nodes):
@@ -46,10 +47,9 @@ def inspect(model: ModelArg) -> list[Site]:
 
 
 def inspect_file(path: str | os.PathLike) -> list[Site]:
-    """Load ``path`` safely (external data validated, never read) and inspect it."""
-    from ..modelio import load_model
-
-    return inspect(load_model(path))
+    """Load ``path`` safely (external data validated, never read; large tensors skipped)
+    and inspect it."""
+    return inspect(path)
 
 
 def _dropout_nodes(model: onnx.ModelProto) -> list[Site]:

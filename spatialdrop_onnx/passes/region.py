@@ -29,7 +29,14 @@ from dataclasses import dataclass
 import onnx
 from onnx import NodeProto, TensorProto
 
-from ..graph import is_onnx_dropout, is_random, is_spatial_dropout, model_scopes, subgraphs
+from ..graph import (
+    holds_values,
+    is_onnx_dropout,
+    is_random,
+    is_spatial_dropout,
+    model_scopes,
+    subgraphs,
+)
 from .shapes import BINARY_OPS, SAME_SHAPE_OPS
 
 #: Main graphs smaller than this are converted whole (the region would save little).
@@ -137,8 +144,8 @@ def _region_model(model: onnx.ModelProto, positions: list[int],
                 continue
             seen.add(name)
             init = initializers.get(name)
-            small = init is not None and init.data_location != TensorProto.EXTERNAL and \
-                not init.external_data and init.ByteSize() <= _SMALL_TENSOR_BYTES
+            small = init is not None and holds_values(init) and \
+                init.ByteSize() <= _SMALL_TENSOR_BYTES
             if small and name not in graph_inputs:
                 region.initializer.append(init)  # a constant rules may read
                 continue

@@ -6,9 +6,13 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import onnx
+
+if TYPE_CHECKING:
+    from ..modelio import LoadedModel
+    from ..modelio.skeleton import SkeletonSource
 
 ReportT = TypeVar("ReportT")
 
@@ -27,21 +31,52 @@ class PassResult(Generic[ReportT]):
         return iter((self.model, self.report))
 
 
-def load_argument(model: object) -> tuple[onnx.ModelProto, Path | None]:
-    """``(model, folder its external data is relative to)`` from what a user passed.
+@dataclass(frozen=True)
+class PassInput:
+    """What a pass works on: the model, the folder of its external data, where it came from."""
+
+    model: onnx.ModelProto
+    folder: Path | None
+    #: The loaded file (a skeleton's source file stays open in it), or None for a ModelProto.
+    loaded: LoadedModel | None = None
+    #: True when the pass loaded the file itself: it must return a complete model.
+    owned: bool = False
+
+    @property
+    def source(self) -> SkeletonSource | None:
+        """The file the placeholders of a skeleton refer to (None: the model is complete)."""
+        return None if self.loaded is None else self.loaded.skeleton
+
+    def complete(self, result: onnx.ModelProto) -> onnx.ModelProto:
+        """``result``, with the data of its placeholders read back when this pass loaded a
+        skeleton itself (a caller that passed a ``LoadedModel`` saves it with
+        ``save_model(..., source=loaded)``, which copies the data instead)."""
+        source = self.source
+        if self.owned and source is not None:
+            from ..modelio import fill_placeholders
+
+            fill_placeholders(result, source)
+            source.close()
+        return result
+
+
+def load_argument(model: object) -> PassInput:
+    """The :class:`PassInput` for what a user passed.
 
     Paths load through :func:`spatialdrop_onnx.modelio.load_model` (checked,
-    external data validated); a ``LoadedModel`` keeps its folder; a bare
-    ``ModelProto`` has none, so its external constants are never read.
+    external data validated) as a skeleton: large tensors are not read until
+    :meth:`PassInput.complete`; a ``LoadedModel`` keeps its folder (and its
+    skeleton source); a bare ``ModelProto`` has no folder, so its external
+    constants are never read.
     """
     from ..modelio import LoadedModel, load_model
 
     if isinstance(model, onnx.ModelProto):
-        return model, None
+        return PassInput(model, None)
     if isinstance(model, LoadedModel):
-        return model.model, model.folder
+        return PassInput(model.model, model.folder, model)
     if isinstance(model, (str, os.PathLike)):
-        loaded = load_model(model)
-        return loaded.model, loaded.folder
+        loaded = load_model(model, skeleton=True)
+        return PassInput(loaded.model, loaded.folder, loaded, owned=True)
     raise TypeError(f"expected an onnx.ModelProto or a path to an ONNX file, "
                     f"not {type(model).__name__}")

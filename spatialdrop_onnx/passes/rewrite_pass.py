@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     import onnx_ir as ir
 
     from ..modelio import LoadedModel
+    from ..modelio.skeleton import SkeletonSource
 
 #: The most bytes a rule reads from external data (a small constant: threshold, scale).
 _MAX_CONSTANT_BYTES = 512
@@ -119,7 +120,8 @@ def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
     check_elementwise(elementwise)
     if not isinstance(training_default, bool):
         raise TypeError(f"training_default must be a bool, not {type(training_default).__name__}")
-    proto, folder = load_argument(model)
+    given = load_argument(model)
+    proto, folder = given.model, given.folder
     check_opset_imports(proto)
     opset_from = None
     source = proto
@@ -127,7 +129,7 @@ def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
         check_training_switch_name(source)
         opset = default_opset(source.opset_import)
         if opset < MIN_OPSET:
-            source = _convert_opset(source, opset)
+            source = _convert_opset(source, opset, given.source)
             opset_from = opset
     outcome = apply_rules(source, elementwise=elementwise, folder=folder)
     report = RewriteReport(outcome.converted, outcome.rewired, outcome.unconvertible,
@@ -138,7 +140,8 @@ def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
         # also makes a second rewrite a no-op.
         result.CopyFrom(proto)
         set_training_default(result, training_default)
-        return PassResult(result, RewriteReport(unconvertible=outcome.unconvertible))
+        return PassResult(given.complete(result),
+                          RewriteReport(unconvertible=outcome.unconvertible))
     result = outcome.model
     thread_training_switch(result, training_default)
     set_training_default(result, training_default)
@@ -148,7 +151,7 @@ def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
             result = make_portable(result, types=outcome.facts)
         except (ValueError, spec.SpatialDropoutError) as err:
             raise UserError(f"cannot attach SpatialDropout function bodies: {err}") from None
-    return PassResult(result, report)
+    return PassResult(given.complete(result), report)
 
 
 def _has_candidates(model: onnx.ModelProto) -> bool:
@@ -162,11 +165,24 @@ def _has_candidates(model: onnx.ModelProto) -> bool:
     return False
 
 
-def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
-    def convert(source: onnx.ModelProto) -> bytes:
+def _convert_opset(model: onnx.ModelProto, opset: int,
+                   source: SkeletonSource | None = None) -> onnx.ModelProto:
+    """``model`` converted to opset ``MIN_OPSET`` by onnx's version converter (isolated).
+
+    The converter rebuilds every tensor and would drop a skeleton's placeholders:
+    main-graph initializers holding one are set aside (typed inputs meanwhile) and
+    put back after; other placeholders get their data in the child doing the work.
+    """
+    aside, model = _set_aside_placeholders(model)
+
+    def convert(skeleton: onnx.ModelProto) -> bytes:
         import onnx.version_converter
 
-        return onnx.version_converter.convert_version(source, MIN_OPSET).SerializeToString()
+        if source is not None:
+            from ..modelio import fill_placeholders
+
+            fill_placeholders(skeleton, source)  # in the child: only what is left
+        return onnx.version_converter.convert_version(skeleton, MIN_OPSET).SerializeToString()
 
     try:
         data = run_isolated(convert, model, what="converting the opset")
@@ -177,7 +193,72 @@ def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
         raise UserError(
             f"the model imports default-domain opset {opset}; rewriting needs >= {MIN_OPSET} "
             f"and onnx.version_converter could not convert it: {printable(first)}") from None
-    return onnx.ModelProto.FromString(data)
+    converted = onnx.ModelProto.FromString(data)
+    if aside is not None:
+        _put_back(converted, aside)
+    return converted
+
+
+@dataclass
+class _SetAside:
+    """Main-graph initializers kept out of the version converter."""
+
+    order: list[tuple[str, bool]]     # every initializer name, in order; True: set aside
+    tensors: list[onnx.TensorProto]   # the placeholders set aside, in order
+    added_inputs: set[str]            # typed inputs standing in for them
+
+
+def _set_aside_placeholders(model: onnx.ModelProto
+                            ) -> tuple[_SetAside | None, onnx.ModelProto]:
+    from ..modelio import is_placeholder
+
+    if not any(is_placeholder(init) for init in model.graph.initializer):
+        return None, model
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    graph = copy.graph
+    inputs = {info.name for info in graph.input}
+    aside = _SetAside([], [], set())
+    kept = []
+    for init in graph.initializer:
+        placeholder = is_placeholder(init)
+        aside.order.append((init.name, placeholder))
+        if not placeholder:
+            kept.append(init)
+            continue
+        aside.tensors.append(init)
+        if init.name not in inputs and init.name not in aside.added_inputs:
+            graph.input.append(onnx.helper.make_tensor_value_info(
+                init.name, init.data_type, list(init.dims)))
+            aside.added_inputs.add(init.name)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    return aside, copy
+
+
+def _put_back(model: onnx.ModelProto, aside: _SetAside) -> None:
+    """The set-aside initializers back in their places; the stand-in inputs removed."""
+    graph = model.graph
+    if aside.added_inputs:
+        inputs = [info for info in graph.input if info.name not in aside.added_inputs]
+        del graph.input[:]
+        graph.input.extend(inputs)
+    converted: dict[str, list[onnx.TensorProto]] = {}
+    for init in graph.initializer:
+        copy = onnx.TensorProto()
+        copy.CopyFrom(init)
+        converted.setdefault(init.name, []).append(copy)
+    placeholders = iter(aside.tensors)
+    ordered = []
+    for name, set_aside in aside.order:
+        if set_aside:
+            ordered.append(next(placeholders))
+        elif converted.get(name):
+            ordered.append(converted[name].pop(0))
+    for rest in converted.values():  # initializers the converter added
+        ordered.extend(rest)
+    del graph.initializer[:]
+    graph.initializer.extend(ordered)
 
 
 def apply_rules(model: onnx.ModelProto, *, elementwise: str = "dropout",
@@ -271,7 +352,7 @@ def rewrite_file(src: str | os.PathLike, dst: str | os.PathLike, *,
     """Load ``src`` safely, rewrite it and save it atomically to ``dst``."""
     from ..modelio import check_output_path, load_model, save_model
 
-    loaded = load_model(src)
+    loaded = load_model(src, skeleton=True)  # large tensors are copied when saving
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
     result = rewrite(loaded, training_default=training_default, elementwise=elementwise)
     save_model(result.model, dst, source=loaded, in_place=in_place)

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
-from ..graph import DEFAULT_DOMAINS, MAX_CONSTANT_ELEMENTS
+from ..graph import DEFAULT_DOMAINS, MAX_CONSTANT_ELEMENTS, holds_values
 
 
 @dataclass(frozen=True)
@@ -97,10 +97,24 @@ def small_const(value: ir.Value | None,
                     array = np.asarray(attr.value)
                     return array if array.size <= MAX_CONSTANT_ELEMENTS else None
             return None
+    return small_tensor_values(tensor, read_external)
+
+
+def small_tensor_values(tensor: ir.TensorProtocol,
+                        read_external: Callable[[ir.Tensor], np.ndarray | None] | None = None
+                        ) -> np.ndarray | None:
+    """The values of a tensor of at most ``MAX_CONSTANT_ELEMENTS`` elements, or None.
+
+    A larger tensor, a skeleton placeholder (its data left in the model file)
+    and an unreadable tensor are never read; external data only through
+    ``read_external``.
+    """
     if tensor.size > MAX_CONSTANT_ELEMENTS:
         return None
     if isinstance(tensor, ir.ExternalTensor):
         return None if read_external is None else read_external(tensor)
+    if isinstance(tensor, ir.TensorProtoTensor) and not holds_values(tensor.raw):
+        return None
     try:
         return tensor.numpy()
     except Exception:  # noqa: BLE001 - an unreadable constant is simply not a known constant

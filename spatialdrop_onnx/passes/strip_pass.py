@@ -77,7 +77,8 @@ def strip(model: ModelArg) -> PassResult[StripReport]:
     module docstring. Random-mask sites no rule recognises are left in place and
     listed in ``report.unconvertible``.
     """
-    proto, folder = load_argument(model)
+    given = load_argument(model)
+    proto, folder = given.model, given.folder
     check_opset_imports(proto)
     result = onnx.ModelProto()
     result.CopyFrom(proto)
@@ -94,7 +95,8 @@ def strip(model: ModelArg) -> PassResult[StripReport]:
         if outcome.model is not None:
             result = outcome.model
             folded += _fold(result)[0]
-    return PassResult(result, StripReport(folded, random_subgraphs, unconvertible))
+    return PassResult(given.complete(result),
+                      StripReport(folded, random_subgraphs, unconvertible))
 
 
 def strip_file(src: str | os.PathLike, dst: str | os.PathLike, *,
@@ -102,7 +104,7 @@ def strip_file(src: str | os.PathLike, dst: str | os.PathLike, *,
     """Load ``src`` safely, strip it and save it atomically to ``dst``."""
     from ..modelio import check_output_path, load_model, save_model
 
-    loaded = load_model(src)
+    loaded = load_model(src, skeleton=True)  # large tensors are copied when saving
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
     result = strip(loaded)
     save_model(result.model, dst, source=loaded, in_place=in_place)

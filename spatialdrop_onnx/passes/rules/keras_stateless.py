@@ -36,6 +36,7 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from ...graph import DEFAULT_DOMAINS
+from ..shapes import small_tensor_values
 from ._common import (
     Conversion,
     DropoutRule,
@@ -147,8 +148,8 @@ def _is_ones(ctx: RewriteContext, value: ir.Value) -> bool:
         attr = producer.attributes.get("value")
         if attr is None:
             return False  # the default fill value is 0
-        fill = attr.as_tensor().numpy()
-        return fill.size == 1 and float(fill.reshape(())) == 1.0
+        fill = small_tensor_values(attr.as_tensor())
+        return fill is not None and fill.size == 1 and float(fill.reshape(())) == 1.0
     const = ctx.shapes.const(value)
     return const is not None and bool(np.all(const == 1))
 
