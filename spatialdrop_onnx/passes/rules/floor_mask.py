@@ -61,11 +61,14 @@ _MAX_AFFINE_STEPS = 8
 class FloorMask(DropoutRule):
     """``x * floor(keep + u) / keep`` in one of the :data:`FORMS`, multiplying or dividing."""
 
+    anchors = frozenset(UNIFORM_SOURCES)
+
     def __init__(self, ctx: RewriteContext, *, form: str, divides: bool) -> None:
         super().__init__(ctx, f"floor_mask_{form}" + ("" if form == "scaled_data" else
                                                       "_div" if divides else "_mul"))
         self.form = form
         self.divides = divides
+        self.root_op = "Div" if form == "scale_after" and divides else "Mul"
 
     def _scale(self, op, value, factor):  # noqa: ANN001, ANN202
         return op.Div(value, factor) if self.divides else op.Mul(value, factor)
@@ -224,8 +227,8 @@ def _noise_elements(ctx: RewriteContext, random_node: ir.Node) -> list[Dim] | Wh
     return ctx.shapes.shape_elements(source)
 
 
-def rules(ctx: RewriteContext) -> list[orp.RewriteRule]:
+def rules(ctx: RewriteContext) -> list[FloorMask]:
     """Every floor-mask form; the scaled-data form analyses its scale itself."""
-    found = [FloorMask.rule(ctx, form="scaled_data", divides=False)]
-    found += [FloorMask.rule(ctx, form=f, divides=d) for f in FORMS[1:] for d in (False, True)]
+    found = [FloorMask(ctx, form="scaled_data", divides=False)]
+    found += [FloorMask(ctx, form=f, divides=d) for f in FORMS[1:] for d in (False, True)]
     return found
