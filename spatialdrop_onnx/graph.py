@@ -596,9 +596,14 @@ def _default_tensor(value: bool) -> TensorProto:
 
 
 def set_training_default(model: onnx.ModelProto, value: bool) -> None:
-    """Give the main-graph ``training_mode`` input the initializer default ``value``."""
+    """Give the main-graph ``training_mode`` input the initializer default ``value``.
+
+    Only a boolean scalar input is the switch; a model's own ``training_mode`` of
+    another type or shape is left alone (a scalar default would make it invalid).
+    """
     graph = model.graph
-    if not any(i.name == TRAINING_MODE for i in graph.input):
+    flag = next((i for i in graph.input if i.name == TRAINING_MODE), None)
+    if flag is None or not _is_bool_scalar(flag):
         return
     for init in graph.initializer:
         if init.name == TRAINING_MODE:

@@ -33,6 +33,9 @@ from ..errors import UserError, printable
 from ..function_body import MIN_OPSET, make_portable
 from ..graph import (
     TRAINING_MODE,
+    NameMaker,
+    Scope,
+    all_names,
     check_opset_imports,
     check_training_switch_name,
     default_opset,
@@ -158,10 +161,28 @@ def _has_candidates(model: onnx.ModelProto) -> bool:
 
 
 def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
+    """``model`` at default-domain opset ``MIN_OPSET``, its model-local functions included.
+
+    ``onnx.version_converter`` converts the main graph only and drops the
+    model's functions, so each function body is converted on its own (as the
+    graph of a throw-away model) and put back.
+    """
     def convert(source: onnx.ModelProto) -> bytes:
         import onnx.version_converter
 
-        return onnx.version_converter.convert_version(source, MIN_OPSET).SerializeToString()
+        converted = onnx.version_converter.convert_version(source, MIN_OPSET)
+        del converted.functions[:]
+        for function in source.functions:
+            converted.functions.append(_convert_function(function, source, MIN_OPSET))
+        fresh = NameMaker(all_names(converted))
+        if opset < 10:
+            main = [s for s in model_scopes(converted) if s.function is None]
+            _keep_mask_types(main, fresh)
+        for function, original in zip(converted.functions, source.functions, strict=True):
+            if 0 < default_opset(original.opset_import) < 10:
+                _keep_mask_types([s for s in model_scopes(converted, include_ours=True)
+                                  if s.function is function], fresh)
+        return converted.SerializeToString()
 
     try:
         data = run_isolated(convert, model, what="converting the opset")
@@ -173,6 +194,55 @@ def _convert_opset(model: onnx.ModelProto, opset: int) -> onnx.ModelProto:
             f"the model imports default-domain opset {opset}; rewriting needs >= {MIN_OPSET} "
             f"and onnx.version_converter could not convert it: {printable(first)}") from None
     return onnx.ModelProto.FromString(data)
+
+
+def _keep_mask_types(scopes: list[Scope], fresh: NameMaker) -> None:
+    """Give converted Dropout masks their old type back (in one graph tree or function).
+
+    Below opset 10 a Dropout's ``mask`` has the data's type; the version converter
+    makes it a bool without touching its readers, which then no longer type-check
+    (``Mul(y, mask)``). A used mask is renamed and cast back with ``CastLike``.
+    """
+    used = {name for scope in scopes for node in scope.nodes for name in node.input}
+    used.update(name for scope in scopes for name in scope.output_names)
+    for scope in reversed(scopes):  # children first: rewriting a node list copies its nodes
+        nodes: list[onnx.NodeProto] = []
+        for node in scope.nodes:
+            nodes.append(node)
+            if not is_onnx_dropout(node) or len(node.output) < 2 or node.output[1] not in used:
+                continue
+            mask = node.output[1]
+            node.output[1] = fresh(f"{mask}/bool")
+            nodes.append(onnx.helper.make_node("CastLike", [node.output[1], node.output[0]],
+                                               [mask], name=fresh(f"{mask}/as_data_type")))
+        if len(nodes) != len(scope.nodes):
+            del scope.nodes[:]
+            scope.nodes.extend(nodes)
+
+
+def _convert_function(function: onnx.FunctionProto, model: onnx.ModelProto,
+                      target: int) -> onnx.FunctionProto:
+    """``function`` with its body converted to default-domain opset ``target``."""
+    import onnx.version_converter
+
+    result = onnx.FunctionProto()
+    result.CopyFrom(function)
+    if default_opset(function.opset_import) in (0, target):
+        return result
+    untyped = onnx.TypeProto()
+    graph = onnx.helper.make_graph(
+        list(function.node), function.name or "function",
+        [onnx.helper.make_value_info(name, untyped) for name in function.input],
+        [onnx.helper.make_value_info(name, untyped) for name in function.output])
+    body = onnx.helper.make_model(graph, opset_imports=list(function.opset_import))
+    body.ir_version = model.ir_version
+    body.functions.extend(f for f in model.functions if f is not function)
+    converted = onnx.version_converter.convert_version(body, target)
+    del result.node[:]
+    result.node.extend(converted.graph.node)
+    del result.opset_import[:]
+    result.opset_import.extend(converted.opset_import)
+    return result
 
 
 def apply_rules(model: onnx.ModelProto, *, elementwise: str = "dropout",

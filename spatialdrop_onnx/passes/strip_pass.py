@@ -292,10 +292,17 @@ class _Folder:
                                       name=fresh(f"{label}/all_kept"), value=one))
         elif opset == 8:
             scalar = fresh(f"{label}/one")
-            nodes.append(oh.make_node("Constant", [], [scalar], name=scalar,
-                                      value=oh.make_tensor(scalar, elem, [], [1])))
+            nodes.extend(_constant(scalar, elem, [], [1], opset, fresh))
             nodes.append(oh.make_node("Expand", [scalar], [mask], name=fresh(f"{label}/all_kept")))
             nodes[-1].input.append(noise)
+        elif kind == "onnx" and self.lazy.types.rank_of(scope, data) is None:
+            # Opset 7, rank unknown: Dropout's mask is data-shaped, and x < x is false
+            # for every x (NaN included), so Not(Less(x, x)) is all true in any rank.
+            less, kept = fresh(f"{label}/never_less"), fresh(f"{label}/all_true")
+            nodes[:] = [oh.make_node("Less", [data, data], [less], name=less),
+                        oh.make_node("Not", [less], [kept], name=kept),
+                        oh.make_node("Cast", [kept], [mask], name=fresh(f"{label}/all_kept"),
+                                     to=elem)]
         else:
             rank = self.lazy.types.rank_of(scope, data)
             if rank is None:
@@ -303,8 +310,7 @@ class _Folder:
                     f"node {printable(label)!r}: its mask output is used but the data rank is "
                     f"unknown (opset {opset} has no ConstantOfShape/Expand)")
             ones = fresh(f"{label}/ones")
-            nodes.append(oh.make_node("Constant", [], [ones], name=ones,
-                                      value=oh.make_tensor(ones, elem, [1] * rank, [1])))
+            nodes.extend(_constant(ones, elem, [1] * rank, [1], opset, fresh))
             nodes.append(oh.make_node("Tile", [ones, noise], [mask],
                                       name=fresh(f"{label}/all_kept")))
         return nodes
@@ -329,11 +335,12 @@ class _Folder:
         shared = set(spec.resolve_shared_axes(rank, axes))
         keep_name, ones_name, kept = (fresh(f"{label}/not_shared"), fresh(f"{label}/shared"),
                                       fresh(f"{label}/kept_dims"))
+        opset = scope.opset
         nodes = [
-            oh.make_node("Constant", [], [keep_name], name=keep_name, value=oh.make_tensor(
-                keep_name, TensorProto.INT64, [rank], [int(i not in shared) for i in range(rank)])),
-            oh.make_node("Constant", [], [ones_name], name=ones_name, value=oh.make_tensor(
-                ones_name, TensorProto.INT64, [rank], [int(i in shared) for i in range(rank)])),
+            *_constant(keep_name, TensorProto.INT64, [rank],
+                       [int(i not in shared) for i in range(rank)], opset, fresh),
+            *_constant(ones_name, TensorProto.INT64, [rank],
+                       [int(i in shared) for i in range(rank)], opset, fresh),
             oh.make_node("Mul", [shape, keep_name], [kept], name=kept),
             oh.make_node("Add", [kept, ones_name], [noise], name=fresh(f"{label}/noise")),
         ]
@@ -431,6 +438,22 @@ class _Folder:
 
 
 _DROPOUT_OPS = frozenset({"Dropout", spec.OP_TYPE})
+#: What ``Constant`` can hold below opset 9.
+_CONSTANT_1_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE})
+
+
+def _constant(name: str, dtype: int, dims: list[int], values: list, opset: int,
+              fresh: NameMaker) -> list[NodeProto]:
+    """Nodes making the constant ``name``: a ``Constant``, or below opset 9 (where
+    ``Constant`` holds float types only) a float ``Constant`` cast to ``dtype``."""
+    if opset >= 9 or dtype in _CONSTANT_1_TYPES:
+        return [oh.make_node("Constant", [], [name], name=name,
+                             value=oh.make_tensor(name, dtype, dims, values))]
+    as_float = fresh(f"{name}/float")
+    return [oh.make_node("Constant", [], [as_float], name=as_float,
+                         value=oh.make_tensor(as_float, TensorProto.FLOAT, dims,
+                                              [float(v) for v in values])),
+            oh.make_node("Cast", [as_float], [name], name=name, to=dtype)]
 
 
 def _dropout_kind(node: NodeProto) -> str | None:
