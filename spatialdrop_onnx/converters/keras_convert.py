@@ -44,6 +44,7 @@ from ..graph import iter_nodes
 from ..modelio import check_output_path, save_model
 from ..sites import Site
 from . import keras_trace as kt
+from .keras_archive import check_keras_archive
 
 #: Name of the boolean graph input the rewrite adds.
 TRAINING_INPUT = "training_mode"
@@ -170,6 +171,7 @@ def detect_format(path: Path) -> str:
         raise UserError(f"{path}: not a Keras .keras archive (not a zip file)") from None
     if "config.json" not in names:
         raise UserError(f"{path}: not a Keras .keras archive (no config.json inside)")
+    check_keras_archive(path)  # a zip bomb is refused before anything is extracted
     return "keras"
 
 
