@@ -96,7 +96,8 @@ def check_opset_imports(model: onnx.ModelProto) -> None:
                          *((f, f"function {printable(f.name)}") for f in model.functions)]:
         defaults = [o for o in owner.opset_import if o.domain in DEFAULT_DOMAINS]
         if len(defaults) > 1:
-            versions = ", ".join(f"{o.domain or '(empty)'}:{o.version}" for o in defaults)
+            versions = ", ".join(f"{printable(o.domain) or '(empty)'}:{o.version}"
+                                 for o in defaults)
             raise UserError(f"{label} imports the default ONNX domain {len(defaults)} times "
                             f"({versions}); keep one import")
 
@@ -585,9 +586,11 @@ def check_training_switch_name(model: onnx.ModelProto) -> None:
         produced = {out for node in scope.nodes for out in node.output}
         if TRAINING_MODE in produced:
             raise UserError(f"the model already computes a value named {TRAINING_MODE!r} "
-                            f"({scope.path}); rename it before adding the dropout switch")
+                            f"({printable(scope.path)}); rename it before adding the dropout "
+                            "switch")
         if scope.parent is not None and TRAINING_MODE in scope.input_names:
-            raise UserError(f"a subgraph ({scope.path}) has its own input {TRAINING_MODE!r}; "
+            raise UserError(f"a subgraph ({printable(scope.path)}) has its own input "
+                            f"{TRAINING_MODE!r}; "
                             "rename it before adding the dropout switch")
 
 

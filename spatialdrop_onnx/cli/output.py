@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -23,9 +24,22 @@ from ..spec import SpatialDropoutError
 TRACEBACK_ENV = "SPATIALDROP_ONNX_TRACEBACK"
 
 
+def strict_json_value(data: Any) -> Any:  # noqa: ANN401 - any JSON-able value
+    """``data`` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(data, float):  # numpy float64 is a float too
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: strict_json_value(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json_value(value) for value in data]
+    if hasattr(data, "dtype") and hasattr(data, "item"):  # numpy scalars
+        return strict_json_value(data.item())
+    return data
+
+
 def emit_json(data: Any) -> None:  # noqa: ANN401 - any JSON-able value
-    """Print ``data`` as strict JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, allow_nan=False))
+    """Print ``data`` as strict JSON on stdout (no NaN, no Infinity: those become null)."""
+    click.echo(json.dumps(strict_json_value(data), indent=2, allow_nan=False))
 
 
 def site_line(site: Site) -> str:

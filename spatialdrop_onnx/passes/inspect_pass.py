@@ -14,6 +14,7 @@ import os
 import onnx
 
 from .. import spec
+from ..errors import prefixed_with
 from ..graph import (
     Constants,
     Scope,
@@ -49,7 +50,9 @@ def inspect_file(path: str | os.PathLike) -> list[Site]:
     """Load ``path`` safely (external data validated, never read) and inspect it."""
     from ..modelio import load_model
 
-    return inspect(load_model(path))
+    loaded = load_model(path)
+    with prefixed_with(path):
+        return inspect(loaded)
 
 
 def _dropout_nodes(model: onnx.ModelProto) -> list[Site]:

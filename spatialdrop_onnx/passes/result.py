@@ -45,3 +45,4 @@ def load_argument(model: object) -> tuple[onnx.ModelProto, Path | None]:
         return loaded.model, loaded.folder
     raise TypeError(f"expected an onnx.ModelProto or a path to an ONNX file, "
                     f"not {type(model).__name__}")
+

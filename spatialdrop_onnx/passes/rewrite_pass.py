@@ -29,7 +29,7 @@ import numpy as np
 import onnx
 
 from .. import spec
-from ..errors import UserError, printable
+from ..errors import UserError, prefixed_with, printable
 from ..function_body import MIN_OPSET, make_portable
 from ..graph import (
     TRAINING_MODE,
@@ -328,6 +328,7 @@ def rewrite_file(src: str | os.PathLike, dst: str | os.PathLike, *,
 
     loaded = load_model(src)
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
-    result = rewrite(loaded, training_default=training_default, elementwise=elementwise)
+    with prefixed_with(src):
+        result = rewrite(loaded, training_default=training_default, elementwise=elementwise)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report

@@ -31,7 +31,7 @@ from onnx import NodeProto, TensorProto
 from onnx import helper as oh
 
 from .. import spec
-from ..errors import UserError, printable
+from ..errors import UserError, prefixed_with, printable
 from ..function_body import runtime_noise_shape
 from ..graph import (
     RANDOM_OPS,
@@ -104,7 +104,8 @@ def strip_file(src: str | os.PathLike, dst: str | os.PathLike, *,
 
     loaded = load_model(src)
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
-    result = strip(loaded)
+    with prefixed_with(src):
+        result = strip(loaded)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report
 
@@ -332,7 +333,10 @@ class _Folder:
                 raise UserError(f"node {printable(label)!r}: its mask output is used, the data "
                                 f"rank is unknown and opset {scope.opset} < 13 cannot compute it")
             return noise, runtime_noise_shape(data, noise, axes, fresh)
-        shared = set(spec.resolve_shared_axes(rank, axes))
+        try:
+            shared = set(spec.resolve_shared_axes(rank, axes))
+        except spec.SpatialDropoutError as err:
+            raise UserError(f"node {printable(label)!r}: {err}") from None
         keep_name, ones_name, kept = (fresh(f"{label}/not_shared"), fresh(f"{label}/shared"),
                                       fresh(f"{label}/kept_dims"))
         opset = scope.opset
