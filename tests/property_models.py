@@ -48,8 +48,8 @@ class Case:
     opset: int
     #: The user's own training_mode is not a boolean scalar: rewrite must refuse.
     bad_switch_name: bool
-    #: A Loop below opset 11 hides its output's rank from onnx shape inference.
-    old_loop: bool
+    #: A Loop (onnx infers no shape for its outputs) in a model below opset 13.
+    loop_below_13: bool
 
 
 @dataclass
@@ -76,7 +76,7 @@ class _Builder:
         self.clean_functions: list[onnx.FunctionProto] = []
         self.feeds: dict[str, np.ndarray] = {}
         self.uses_ours = False
-        self.old_loop = False
+        self.loop_below_13 = False
 
     def name(self, base: str) -> str:
         self.count += 1
@@ -243,7 +243,7 @@ def dropout_models(draw: st.DrawFn) -> Case:
                                           else_branch=else_g))
             current = out
         elif where == "Loop":
-            b.old_loop |= opset < 11
+            b.loop_below_13 |= opset < 13
             inner = _Nodes(opset)
             index, cond_in, carried = b.name("i"), b.name("cin"), b.name("carried")
             result = draw(_site(b, inner, carried, shape, False, False))
@@ -313,4 +313,4 @@ def dropout_models(draw: st.DrawFn) -> Case:
         return model
 
     return Case(build(main.nodes, b.functions), build(main.clean, b.clean_functions), feeds,
-                opset, user_switch in ("bool[2]", "float"), b.old_loop)
+                opset, user_switch in ("bool[2]", "float"), b.loop_below_13)
