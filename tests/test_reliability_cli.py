@@ -4,6 +4,9 @@
   on some malformed models; the CLI runs them in a forked child
   (``spatialdrop_onnx.isolation``) and answers with one line and a documented
   exit code. No onnx C++ check runs in the CLI's own process on user input.
+* Output a script can trust: strict JSON, model names escaped in every line,
+  the user's path in every error, a safety net quoting the onnx checker, and
+  one table of exit codes for every command.
 """
 
 from __future__ import annotations

@@ -241,3 +241,23 @@ def test_strip_spatial_mask_forms(opset: int, axes: list[int] | None,
     if opset < 9:
         constants = [n for n in result.graph.node if n.op_type == "Constant"]
         assert {a.t.data_type for n in constants for a in n.attribute} == {TensorProto.FLOAT}
+
+
+@pytest.mark.parametrize("declared", [-1, 2**40])
+def test_strip_refuses_when_built_masks_expose_a_contradiction(declared: int, tmp_path) -> None:  # noqa: ANN001
+    # Found by the mutation fuzz: onnx infers no shape for a Dropout-7 mask, so the
+    # checker cannot see that z's declared shape contradicts Add(mask, x). The folded
+    # mask's shape is inferable: the output would fail the checker the input passed.
+    model = parse(f"""<ir_version: 7, opset_import: ["": 7]>
+        g (float[2,3,4,5] x) => (float[2,3,4,5] y, float[2,3,{declared},5] z) {{
+            d, m = Dropout<ratio: float = 0.3>(x)
+            y = Relu(d)
+            z = Add(m, x)
+        }}""")  # parse() runs the full checker: it passes
+    with pytest.raises(UserError, match=r"declares shapes or types that contradict what it "
+                                        r"computes, .*differ in dimension 2: \(4\) vs"):
+        sd.strip(model)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    assert main(["strip", str(path), "-o", str(tmp_path / "o.onnx")]) == 3
+    assert not (tmp_path / "o.onnx").exists()

@@ -92,19 +92,10 @@ def model_errors(src: str, action: str) -> Iterator[None]:
 
 def _checker_verdict(src: str) -> str:
     """The onnx checker's first complaint about the model at ``src`` ("" if none)."""
-    from ..isolation import run_isolated
+    from ..isolation import checker_complaint
     from ..modelio import load_model
 
-    def check(model: Any) -> str:  # noqa: ANN401 - a ModelProto
-        import onnx
-
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except Exception as err:  # noqa: BLE001 - any complaint is the answer
-            return _first_line(err)
-        return ""
-
     try:
-        return run_isolated(check, load_model(src).model, what="checking the model")
-    except Exception as err:  # noqa: BLE001 - a crash of the checker is an answer too
+        return checker_complaint(load_model(src).model)
+    except Exception as err:  # noqa: BLE001 - a model that does not even load again
         return _first_line(err)

@@ -81,7 +81,7 @@ def strip(model: ModelArg) -> PassResult[StripReport]:
     check_opset_imports(proto)
     result = onnx.ModelProto()
     result.CopyFrom(proto)
-    folded, op_types = _fold(result)
+    folded, op_types = _fold(result, proto)
     random_subgraphs = 0
     unconvertible: tuple[Site, ...] = ()
     if not RANDOM_OPS.isdisjoint(op_types):
@@ -93,7 +93,7 @@ def strip(model: ModelArg) -> PassResult[StripReport]:
         unconvertible = outcome.unconvertible
         if outcome.model is not None:
             result = outcome.model
-            folded += _fold(result)[0]
+            folded += _fold(result, proto)[0]
     return PassResult(result, StripReport(folded, random_subgraphs, unconvertible))
 
 
@@ -120,6 +120,8 @@ class _Lazy:
         self.model = model
         self._types: TypeFacts | None = None
         self._names: NameMaker | None = None
+        #: Masks built: they may make shapes known that the input hid from the checker.
+        self.masks_built = 0
 
     @property
     def types(self) -> TypeFacts:
@@ -274,6 +276,7 @@ class _Folder:
         label = node.name or mask
         opset = scope.opset
         fresh = self.lazy.names
+        self.lazy.masks_built += 1
         shape = fresh(f"{label}/data_shape")
         nodes = [oh.make_node("Shape", [data], [shape], name=fresh(f"{label}/mask_shape"))]
         if kind == "spatial":
@@ -468,8 +471,13 @@ def _dropout_kind(node: NodeProto) -> str | None:
     return None
 
 
-def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
-    """Fold in place; return the count and every op type seen (one pass over the nodes)."""
+def _fold(model: onnx.ModelProto, source: onnx.ModelProto | None = None
+          ) -> tuple[int, set[str]]:
+    """Fold in place; return the count and every op type seen (one pass over the nodes).
+
+    With ``source`` (the model before any fold), a fold that built an all-true mask is
+    checked: see :func:`_check_masks`.
+    """
     lazy = _Lazy(model)
     folded = 0
     op_types: set[str] = set()
@@ -481,4 +489,23 @@ def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
         drop_unused_training_switch(model)
     if any(o.domain == spec.DOMAIN for o in model.opset_import):
         drop_our_unused_functions(model)
+    if lazy.masks_built and source is not None:
+        _check_masks(model, source)
     return folded, op_types
+
+
+def _check_masks(result: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Refuse a result the full checker rejects although the input passed it.
+
+    A used mask becomes nodes whose shape onnx can infer where the dropout's mask
+    (Dropout-7..11) had none, so a declared shape that contradicts what the model
+    computes, hidden from the checker before, becomes visible (found by the
+    mutation fuzz: ``float[2,3,-1,5] z = Add(mask, x)``). Only folds that built a
+    mask pay for the check.
+    """
+    from ..isolation import checker_complaint
+
+    problem = checker_complaint(result)
+    if problem and not checker_complaint(source):
+        raise UserError(f"the model declares shapes or types that contradict what it computes, "
+                        f"which folding its dropout masks makes visible: {printable(problem)}")
