@@ -32,6 +32,7 @@ import numpy as np
 import onnx
 import onnx.parser
 from onnx import AttributeProto, TensorProto
+from passes_helpers import random_mask
 
 from spatialdrop_onnx.cli import main
 from spatialdrop_onnx.isolation import run_isolated
@@ -42,14 +43,10 @@ DOCUMENTED = {0, 2, 3, 4, 5, 6}
 HANG_SECONDS = 30
 
 GENERATED = {
-    "random_mask": """<ir_version: 8, opset_import: ["": 18]>
-        g (float[N,3,4,5] x) => (float[N,3,4,5] y) <float k = {0.75}, float s = {1.3333334}> {
-            u = RandomUniform<shape = [2, 3, 1, 1]>()
-            keep = Less(u, k)
-            m = Cast<to = 1>(keep)
-            ms = Mul(m, s)
-            y = Mul(x, ms)
-        }""",
+    "random_mask": f"""<ir_version: 8, opset_import: ["": 18]>
+        g (float[N,3,4,5] x) => (float[N,3,4,5] y) <float k = {{0.75}}, float s = {{1.3333334}}> {{
+            {random_mask()}
+        }}""",
     "torch_dynamo": """<ir_version: 8, opset_import: ["": 17]>
         g (float[2,3,4,5] x) => (float[2,3,4,5] y) <int64[4] n = {2, 3, 1, 1}, float p = {0.8}> {
             z = ConstantOfShape(n)
@@ -123,6 +120,10 @@ def _names(model: onnx.ModelProto) -> list[str]:
     return names + [i.name for i in model.graph.initializer]
 
 
+def _pick(items: list, rng: random.Random) -> object:
+    return rng.choice(items) if items else None
+
+
 NASTY_NAMES = ("", "x", "training_mode", "n\nspatialdrop-onnx: error: forged", "\x1b[2J",
                "../../etc/passwd", "a" * 300)
 
@@ -165,10 +166,9 @@ def mutate_attribute(model: onnx.ModelProto, rng: random.Random) -> str:
 
 
 def mutate_name(model: onnx.ModelProto, rng: random.Random) -> str:
-    nodes = _nodes(model)
-    if not nodes:
+    node = _pick(_nodes(model), rng)
+    if node is None:
         return "no nodes"
-    node = rng.choice(nodes)
     field = rng.choice(["input", "output", "name"])
     new = rng.choice([*NASTY_NAMES, *_names(model)] or ["x"])
     if field == "name":
@@ -179,10 +179,9 @@ def mutate_name(model: onnx.ModelProto, rng: random.Random) -> str:
 
 
 def mutate_inputs(model: onnx.ModelProto, rng: random.Random) -> str:
-    nodes = [n for n in _nodes(model) if n.input]
-    if not nodes:
+    node = _pick([n for n in _nodes(model) if n.input], rng)
+    if node is None:
         return "no inputs"
-    node = rng.choice(nodes)
     choice = rng.randrange(3)
     if choice == 0:
         del node.input[rng.randrange(len(node.input)):]
@@ -226,10 +225,9 @@ def mutate_external(model: onnx.ModelProto, rng: random.Random) -> str:
 
 
 def mutate_op_type(model: onnx.ModelProto, rng: random.Random) -> str:
-    nodes = _nodes(model)
-    if not nodes:
+    node = _pick(_nodes(model), rng)
+    if node is None:
         return "no nodes"
-    node = rng.choice(nodes)
     node.op_type, node.domain = rng.choice([
         ("Dropout", ""), ("SpatialDropout", "org.spatialdrop"), ("RandomUniformLike", ""),
         ("Loop", ""), ("If", ""), ("Identity", ""), ("Unknown", "com.example")])

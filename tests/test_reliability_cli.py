@@ -22,6 +22,7 @@ import onnx
 import pytest
 from onnx import TensorProto
 from onnx import helper as oh
+from passes_helpers import random_mask
 
 TESTS = Path(__file__).resolve().parent
 INT_MAX = 2**31 - 1
@@ -131,31 +132,23 @@ CPP_ENTRY_POINTS = {
 
 GUARD_MODELS = {
     # a random-mask site: rules, shape inference
-    "random": """<ir_version: 8, opset_import: ["": 18]>
-        g (float[2,3,4,5] x) => (float[2,3,4,5] y) <float k = {0.5}, float s = {2}> {
-            u = RandomUniform<shape = [2, 3, 1, 1]>()
-            keep = Less(u, k)
-            m = Cast<to = 1>(keep)
-            ms = Mul(m, s)
-            y = Mul(x, ms)
-        }""",
+    "random": f"""<ir_version: 8, opset_import: ["": 18]>
+        g (float[2,3,4,5] x) => (float[2,3,4,5] y) <float k = {{0.5}}, float s = {{2}}> {{
+            {random_mask()}
+        }}""",
     # below opset 15 with a function: the version converter, per function too
-    "opset 8": """<ir_version: 8, opset_import: ["": 8, "local": 1]>
-        g (float[2,3,4,5] x) => (float[2,3,4,5] y) <float r = {0.5}> {
+    "opset 8": f"""<ir_version: 8, opset_import: ["": 8, "local": 1]>
+        g (float[2,3,4,5] x) => (float[2,3,4,5] y) <float r = {{0.5}}> {{
             d, m = Dropout<ratio: float = 0.5>(x)
             z = Mul(d, m)
             y = local.f(z)
-        }
+        }}
         <domain: "local", opset_import: ["": 8]>
-        f (a) => (b) {
-            k = Constant<value = float {0.5}>()
-            s = Constant<value = float {2}>()
-            u = RandomUniform<shape = [2, 3, 4, 5]>()
-            keep = Less(u, k)
-            m = Cast<to = 1>(keep)
-            ms = Mul(m, s)
-            b = Mul(a, ms)
-        }""",
+        f (a) => (b) {{
+            k = Constant<value = float {{0.5}}>()
+            s = Constant<value = float {{2}}>()
+            {random_mask("a", "b", "[2, 3, 4, 5]")}
+        }}""",
     # a consumed mask: strip infers the data's type
     "mask": """<ir_version: 8, opset_import: ["": 18]>
         g (float[2,3,4,5] x) => (float[2,3,4,5] y) <float r = {0.5}, bool t = {1}> {
@@ -164,14 +157,10 @@ GUARD_MODELS = {
             y = Mul(d, mf)
         }""",
     # malformed inside (an attribute of the wrong type): the safety net asks the checker
-    "attribute type": """<ir_version: 8, opset_import: ["": 18]>
-        g (float[2,3,4,5] x) => (float[2,3,4,5] y) <float k = {0.5}, float s = {2}> {
-            u = RandomUniform<shape = 2.5>()
-            keep = Less(u, k)
-            m = Cast<to = 1>(keep)
-            ms = Mul(m, s)
-            y = Mul(x, ms)
-        }""",
+    "attribute type": f"""<ir_version: 8, opset_import: ["": 18]>
+        g (float[2,3,4,5] x) => (float[2,3,4,5] y) <float k = {{0.5}}, float s = {{2}}> {{
+            {random_mask(uniform="u = RandomUniform<shape = 2.5>()")}
+        }}""",
 }
 
 
@@ -348,12 +337,6 @@ def test_json_never_holds_nan_or_infinity(tmp_path: Path, capsys: pytest.Capture
     assert data["sites"][0]["rate"] is None and data["sites"][0]["details"] == {"noise": None}
 
 
-RANDOM_MASK = """keep = Less(u, k)
-        m = Cast<to = 1>(keep)
-        ms = Mul(m, s)
-        y = Mul(x, ms)"""
-
-
 @pytest.mark.parametrize("text,reason", [
     ("u = RandomUniform<shape = 2.5>()",
      "Mismatched attribute type in ' : shape'. Expected: 'INTS', actual: 'FLOAT'"),
@@ -370,8 +353,7 @@ def test_the_safety_net_says_what_is_wrong(tmp_path: Path, capsys: pytest.Captur
     path = tmp_path / "bad.onnx"
     onnx.save(onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["": 18]>
         g (float[2,3] x) => (float[2,3] y) <float k = {{0.5}}, float s = {{2}}> {{
-        {text}
-        {RANDOM_MASK} }}"""), path)
+        {random_mask(uniform=text)} }}"""), path)
     for action in ("inspect", "strip", "rewrite"):
         argv = [action, str(path)] + ([] if action == "inspect" else ["-o", str(tmp_path / "o")])
         assert main(argv) == 3
@@ -394,10 +376,9 @@ EXIT_MODELS = {
         }""",
     "invalid": f"""<ir_version: 8, opset_import: ["": 18]>
         g (float[2,3] x) => (float[2,3] y) <float k = {{0.5}}, float s = {{2}}> {{
-            u = RandomUniform<shape = 2.5>()
-            {RANDOM_MASK}
+            {random_mask(uniform="u = RandomUniform<shape = 2.5>()")}
         }}""",
-    "foreign switch": """<ir_version: 8, opset_import: ["": 18]>
+    "foreign_switch": """<ir_version: 8, opset_import: ["": 18]>
         g (float[2,3] x, bool[2] training_mode) => (float[2,3] y)
           <float r = {0.5}, bool t = {1}> {
             y = Dropout(x, r, t)
@@ -415,7 +396,7 @@ def exit_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("exit")
     files = {}
     for name, text in EXIT_MODELS.items():
-        files[name] = folder / f"{name.replace(' ', '_')}.onnx"
+        files[name] = folder / f"{name}.onnx"
         onnx.save(onnx.parser.parse_model(text), files[name])
     unsafe = onnx.parser.parse_model(EXIT_MODELS["ok"])
     unsafe.graph.initializer.append(external("w", "../secret.bin"))
@@ -471,8 +452,8 @@ EXIT_TABLE = {
                                       None),
     ("rewrite", "no such file"): (["{missing}", "-o", "{out}"], 3, "missing", None),
     ("rewrite", "malformed inside"): (["{invalid}", "-o", "{out}"], 3, "invalid", None),
-    ("rewrite", "foreign training_mode"): (["{foreign switch}", "-o", "{out}"], 3,
-                                           "foreign switch", None),
+    ("rewrite", "foreign training_mode"): (["{foreign_switch}", "-o", "{out}"], 3,
+                                           "foreign_switch", None),
     ("rewrite", "external data outside"): (["{unsafe}", "-o", "{out}"], 4, "unsafe", None),
     ("rewrite", "-o is the input"): (["{ok}", "-o", "{ok}"], 4, "ok", None),
     ("rewrite", "random op left"): (["{partial}", "-o", "{out}", "-q"], 5, "wrote", None),
@@ -500,9 +481,7 @@ def test_exit_code_table(command: str, case: str, exit_files: dict[str, Path],
     template, code, names, environment = EXIT_TABLE[command, case]
     if environment is not None:
         environment(monkeypatch)
-    argv = [command, *(arg.format(**{k.replace(" ", "_"): v for k, v in exit_files.items()})
-                       if arg.startswith("{") else arg for arg in
-                       (a.replace("{foreign switch}", "{foreign_switch}") for a in template))]
+    argv = [command, *(arg.format(**exit_files) for arg in template)]
     out = exit_files["out"]
     out.unlink(missing_ok=True)
     assert main(argv) == code

@@ -21,6 +21,7 @@ from passes_helpers import (
     full_check,
     op_types,
     parse,
+    random_mask,
     run,
     sample,
 )
@@ -126,18 +127,14 @@ def test_several_default_domain_imports_are_refused(other: int, tmp_path) -> Non
 def test_rewrite_below_opset_15_converts_model_local_functions() -> None:
     # onnx.version_converter drops model-local functions: the output called a function
     # that no longer existed (the checker passes it; onnxruntime cannot load it).
-    model = parse("""<ir_version: 8, opset_import: ["": 8, "local": 1]>
-        g (float[2,3,4,5] x) => (float[2,3,4,5] y) { y = local.block(x) }
+    model = parse(f"""<ir_version: 8, opset_import: ["": 8, "local": 1]>
+        g (float[2,3,4,5] x) => (float[2,3,4,5] y) {{ y = local.block(x) }}
         <domain: "local", opset_import: ["": 8]>
-        block (a) => (b) {
-            k = Constant<value = float {0.75}>()
-            s = Constant<value = float {1.3333334}>()
-            u = RandomUniform<shape = [2, 3, 1, 1]>()
-            keep = Less(u, k)
-            m = Cast<to = 1>(keep)
-            ms = Mul(m, s)
-            b = Mul(a, ms)
-        }""")
+        block (a) => (b) {{
+            k = Constant<value = float {{0.75}}>()
+            s = Constant<value = float {{1.3333334}}>()
+            {random_mask("a", "b")}
+        }}""")
     result = sd.rewrite(model)
     full_check(result.model)
     assert result.report.opset_converted_from == 8 and len(result.report.converted) == 1
@@ -150,17 +147,13 @@ def test_rewrite_below_opset_15_converts_model_local_functions() -> None:
 def test_rewrite_below_opset_10_keeps_a_consumed_float_mask_valid() -> None:
     # Dropout-7's mask has the data type; the converted Dropout-13's is bool, and the
     # converter leaves Mul(y, mask) reading a bool (invalid). The mask is cast back.
-    model = parse("""<ir_version: 8, opset_import: ["": 7]>
+    model = parse(f"""<ir_version: 8, opset_import: ["": 7]>
         g (float[2,3,4,5] x) => (float[2,3,4,5] y, float[2,3,4,5] z)
-          <float k = {0.5}, float s = {2}> {
+          <float k = {{0.5}}, float s = {{2}}> {{
             d, m = Dropout<ratio: float = 0.5>(x)
             y = Mul(d, m)
-            u = RandomUniform<shape = [2, 3, 4, 5]>()
-            keep = Less(u, k)
-            mf = Cast<to = 1>(keep)
-            ms = Mul(mf, s)
-            z = Mul(x, ms)
-        }""")
+            {random_mask("x", "z", "[2, 3, 4, 5]", tag="r_")}
+        }}""")
     result = sd.rewrite(model)
     full_check(result.model)
     assert result.report.opset_converted_from == 7
