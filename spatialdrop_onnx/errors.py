@@ -17,6 +17,9 @@ Every command uses the same codes (also listed by ``spatialdrop-onnx --help``):
 
 from __future__ import annotations
 
+import contextlib
+import os
+from collections.abc import Iterator
 from enum import IntEnum
 
 
@@ -71,3 +74,24 @@ def printable(text: object, limit: int = 200) -> str:
         ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
         for ch in str(text))
     return escaped if len(escaped) <= limit else escaped[: limit - 3] + "..."
+
+
+@contextlib.contextmanager
+def prefixed_with(path: str | os.PathLike, also: tuple[str | os.PathLike, ...] = ()
+                  ) -> Iterator[None]:
+    """Make every UserError raised inside start with the user's ``path``.
+
+    Code working on protos cannot know the file it came from; the function
+    handling a file wraps its work in this, so each one-line error names the
+    user's file. A message that already starts with ``path`` or with one of
+    ``also`` (e.g. the output path) is left as it is; the error keeps its class
+    (and so its exit code).
+    """
+    prefix = f"{printable(os.fspath(path))}: "
+    known = (prefix, *(f"{printable(os.fspath(p))}: " for p in also))
+    try:
+        yield
+    except UserError as err:
+        if str(err).startswith(known):
+            raise
+        raise type(err)(prefix + str(err)) from None

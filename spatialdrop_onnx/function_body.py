@@ -282,7 +282,9 @@ def _make_explicit(scope: Scope, facts: TypeFacts, fresh: NameMaker) -> None:
         if not is_spatial_dropout(node):
             position += 1
             continue
-        label = node.name or node.output[0]
+        label = node.name or (node.output[0] if node.output else spec.OP_TYPE)
+        if not node.input or not node.input[0]:
+            raise spec.SpatialDropoutError(f"node {label!r}: {spec.MISSING_DATA}")
         inputs = list(node.input) + [""] * (3 - len(node.input))
         constants = []
         defaults = [None, (spec.DEFAULT_RATIO, TensorProto.FLOAT),

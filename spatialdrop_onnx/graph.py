@@ -96,7 +96,8 @@ def check_opset_imports(model: onnx.ModelProto) -> None:
                          *((f, f"function {printable(f.name)}") for f in model.functions)]:
         defaults = [o for o in owner.opset_import if o.domain in DEFAULT_DOMAINS]
         if len(defaults) > 1:
-            versions = ", ".join(f"{o.domain or '(empty)'}:{o.version}" for o in defaults)
+            versions = ", ".join(f"{printable(o.domain) or '(empty)'}:{o.version}"
+                                 for o in defaults)
             raise UserError(f"{label} imports the default ONNX domain {len(defaults)} times "
                             f"({versions}); keep one import")
 
@@ -634,9 +635,11 @@ def check_training_switch_name(model: onnx.ModelProto) -> None:
         produced = {out for node in scope.nodes for out in node.output}
         if TRAINING_MODE in produced:
             raise UserError(f"the model already computes a value named {TRAINING_MODE!r} "
-                            f"({scope.path}); rename it before adding the dropout switch")
+                            f"({printable(scope.path)}); rename it before adding the dropout "
+                            "switch")
         if scope.parent is not None and TRAINING_MODE in scope.input_names:
-            raise UserError(f"a subgraph ({scope.path}) has its own input {TRAINING_MODE!r}; "
+            raise UserError(f"a subgraph ({printable(scope.path)}) has its own input "
+                            f"{TRAINING_MODE!r}; "
                             "rename it before adding the dropout switch")
 
 
@@ -645,9 +648,14 @@ def _default_tensor(value: bool) -> TensorProto:
 
 
 def set_training_default(model: onnx.ModelProto, value: bool) -> None:
-    """Give the main-graph ``training_mode`` input the initializer default ``value``."""
+    """Give the main-graph ``training_mode`` input the initializer default ``value``.
+
+    Only a boolean scalar input is the switch; a model's own ``training_mode`` of
+    another type or shape is left alone (a scalar default would make it invalid).
+    """
     graph = model.graph
-    if not any(i.name == TRAINING_MODE for i in graph.input):
+    flag = next((i for i in graph.input if i.name == TRAINING_MODE), None)
+    if flag is None or not _is_bool_scalar(flag):
         return
     for init in graph.initializer:
         if init.name == TRAINING_MODE:

@@ -109,3 +109,26 @@ def _wait(pid: int) -> tuple[int, int]:
             return os.waitpid(pid, 0)
         except InterruptedError:
             continue
+
+
+def _first_complaint(model: object) -> str:
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as err:  # noqa: BLE001 - any complaint is the answer
+        text = str(err).strip()
+        return text.splitlines()[0] if text else type(err).__name__
+    return ""
+
+
+def checker_complaint(model: object) -> str:
+    """The full onnx checker's first complaint about ``model`` (a ModelProto), "" if none.
+
+    Runs isolated: a checker that crashes on the model is a complaint too.
+    """
+    try:
+        return run_isolated(_first_complaint, model, what="checking the model")
+    except Exception as err:  # noqa: BLE001 - a crash of the checker is an answer too
+        text = str(err).strip()
+        return text.splitlines()[0] if text else type(err).__name__

@@ -18,7 +18,7 @@ import weakref
 
 import onnxruntime as ort
 
-from .errors import UserError
+from .errors import MissingDependency
 
 # CMake MODULE libraries: "lib<name>.so" on Linux and macOS, "<name>.dll" on Windows.
 _LIBRARY_NAMES = {"win32": "spatialdrop_ops.dll"}
@@ -30,8 +30,8 @@ _registered: weakref.WeakSet[ort.SessionOptions] = weakref.WeakSet()
 _lock = threading.Lock()
 
 
-class NativeLibraryMissing(UserError):
-    """The compiled kernel is not installed with the package."""
+class NativeLibraryMissing(MissingDependency):
+    """The compiled kernel is not installed with the package (exit code 6)."""
 
 
 def library_name() -> str:

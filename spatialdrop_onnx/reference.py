@@ -68,6 +68,8 @@ def spatial_dropout(
     With ``seed`` set the mask is a pure function of (seed, call_index, noise
     shape). Returns ``output`` or, with ``return_mask``, ``(output, mask)``.
     """
+    if data is None:
+        raise spec.SpatialDropoutError(spec.MISSING_DATA)
     data = np.asarray(data)
     _check_data(data)
     ratio = spec.check_ratio(ratio)
@@ -94,7 +96,10 @@ class SpatialDropout(OpRun):
         super().__init__(onnx_node, run_params)
         self._calls = 0
 
-    def _run(self, data, ratio=None, training_mode=None, shared_axes=None, seed=None):  # noqa: ANN001
+    def _run(self, data=None, ratio=None, training_mode=None,  # noqa: ANN001
+             shared_axes=None, seed=None):  # noqa: ANN001
+        if data is None:  # the node omits its data input ("" or no input at all)
+            raise spec.SpatialDropoutError(spec.MISSING_DATA)
         call_index, self._calls = self._calls, self._calls + 1
         output, mask = spatial_dropout(
             data,

@@ -21,6 +21,8 @@ are scaled by 1/(1-ratio). The mask output has the noise shape."""
 
 def _infer(ctx: InferenceContext) -> None:
     """Type and shape inference; raises InferenceError on invalid attributes or ratio."""
+    if ctx.get_num_inputs() < 1 or not ctx.has_input(0):
+        raise onnx.shape_inference.InferenceError(spec.MISSING_DATA)
     data_type = ctx.get_input_type(0)
     shared_axes_attr = ctx.get_attribute(spec.ATTR_SHARED_AXES)
     shared_axes = list(shared_axes_attr.ints) if shared_axes_attr is not None else None

@@ -38,8 +38,13 @@ DATA_TYPES = ("tensor(float16)", "tensor(float)", "tensor(double)", "tensor(bflo
 RATIO_TYPES = ("tensor(float16)", "tensor(float)", "tensor(double)")
 
 
+#: What every implementation says of a node without its data input (the native
+#: kernel builds the same words from OP_TYPE).
+MISSING_DATA = f"{OP_TYPE} needs its data input"
+
+
 class SpatialDropoutError(ValueError):
-    """Invalid ratio, rank or ``shared_axes`` for SpatialDropout."""
+    """Invalid ratio, rank or ``shared_axes`` for SpatialDropout, or no data input."""
 
 
 def default_shared_axes(rank: int) -> tuple[int, ...]:

@@ -45,6 +45,19 @@ def parse(text: str) -> onnx.ModelProto:
     return model
 
 
+def random_mask(data: str = "x", out: str = "y", noise: str = "[2, 3, 1, 1]",
+                uniform: str | None = None, tag: str = "") -> str:
+    """ONNX text of the generic random-mask site ``out`` = dropout(``data``): keep below
+    ``k``, scale by ``s`` (constants the caller defines). ``uniform`` replaces the
+    ``RandomUniform`` line; ``tag`` prefixes the site's own value names."""
+    u = f"{tag}u"
+    return f"""{uniform or f"{u} = RandomUniform<shape = {noise}>()"}
+            {tag}keep = Less({u}, k)
+            {tag}m = Cast<to = 1>({tag}keep)
+            {tag}ms = Mul({tag}m, s)
+            {out} = Mul({data}, {tag}ms)"""
+
+
 def full_check(model: onnx.ModelProto) -> None:
     onnx.checker.check_model(model, full_check=True)
 

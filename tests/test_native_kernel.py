@@ -245,6 +245,49 @@ def test_omitted_inputs_and_outputs(so, inputs, outputs, training):
         np.testing.assert_array_equal(results[1], expected_mask)
 
 
+def _without_data(inputs: list[str], output_type: int) -> onnx.ModelProto:
+    node = oh.make_node(sd.OP_TYPE, inputs, ["y"], domain=sd.DOMAIN, name="no_data")
+    graph = oh.make_graph([node], "g", [oh.make_tensor_value_info("r", TensorProto.FLOAT, [])],
+                          [oh.make_tensor_value_info("y", output_type, [2, 3])])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18),
+                                               oh.make_opsetid(sd.DOMAIN, sd.OPSET_VERSION)])
+
+
+@pytest.mark.parametrize("inputs", [["", "r"], []], ids=["empty name", "no inputs"])
+@pytest.mark.parametrize("output_type", [TensorProto.FLOAT, TensorProto.DOUBLE])
+def test_omitted_data_gets_the_kernels_own_message(so, inputs, output_type):
+    """Every path says "SpatialDropout needs its data input", never another dtype's
+    type mismatch (onnxruntime used to match the first registration: float16)."""
+    model = _without_data(inputs, output_type)
+    major, minor = (int(p) for p in ort.__version__.split(".")[:2])
+    with pytest.raises(Exception) as raised:
+        session = ort_session(model, so)  # >= 1.24: refused by the registrations' inference
+        session.run(None, {"r": np.array(0.5, np.float32)})  # 1.17: by the kernel, at run
+    message = str(raised.value)
+    assert sd.spec.MISSING_DATA in message and "does not match expected type" not in message
+    if (major, minor) >= (1, 24):
+        assert "Node (no_data) Op (SpatialDropout)" in message
+    # The schema, the reference and the function body say the same.
+    with pytest.raises(onnx.shape_inference.InferenceError, match=sd.spec.MISSING_DATA):
+        onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    with pytest.raises(sd.SpatialDropoutError, match=f"^{sd.spec.MISSING_DATA}$"):
+        ReferenceEvaluator(model, new_ops=[reference.SpatialDropout]).run(
+            None, {"r": np.array(0.5, np.float32)})
+    with pytest.raises(sd.SpatialDropoutError, match=f"node 'no_data': {sd.spec.MISSING_DATA}"):
+        sd.make_portable(model)
+    with pytest.raises(sd.SpatialDropoutError, match=sd.spec.MISSING_DATA):
+        reference.spatial_dropout(None)
+
+
+def test_a_registration_with_data_still_infers_types(so):
+    # The inference callback refuses only an omitted data input: a declared output of
+    # another type than the data's is still onnxruntime's type error.
+    model = dropout_model((2, 3, 4), "float32", None, seed=1)
+    model.graph.output[0].type.tensor_type.elem_type = TensorProto.DOUBLE
+    with pytest.raises(Exception, match="does not match expected type"):
+        ort_session(model, so)
+
+
 # --- Structure and statistics ---------------------------------------------------------
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
+import warnings
 
 import click
 
@@ -50,11 +52,30 @@ def _error(message: str) -> None:
     click.echo(f"{PROG}: error: {message}", err=True)
 
 
+#: Longest error line shown (model-supplied parts are already cut shorter).
+_MESSAGE_LIMIT = 2000
+#: Libraries that log their own warnings about malformed models (unescaped names).
+_QUIET_LOGGERS = ("onnx_ir", "onnxscript")
+
+
+def _quiet_libraries() -> None:
+    """Keep library log records off the terminal: each command says what is wrong in its
+    own one line. (A NullHandler stops Python's last-resort stderr handler; a logging
+    configuration of the caller still receives the records.)"""
+    for name in _QUIET_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; expected failures become one line on stderr and a documented exit code."""
     previous = signal.signal(signal.SIGTERM, _terminate)
+    _quiet_libraries()
     try:
-        app.main(args=argv, prog_name=PROG, standalone_mode=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # library warnings are not the user's output
+            app.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo(f"{PROG}: aborted", err=True)
         return 130
@@ -65,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             _error(printable(err.format_message(), limit=400))
         return ExitCode.USAGE
     except UserError as err:
-        _error(str(err))
+        # Messages escape what they quote from a model; escaping the whole line again
+        # guarantees one line whatever a message forgot.
+        _error(printable(str(err), limit=_MESSAGE_LIMIT))
         return err.exit_code
     except SpatialDropoutError as err:
         _error(printable(err))

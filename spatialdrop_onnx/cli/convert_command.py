@@ -13,8 +13,11 @@ import click
 from ..converters import keras_convert
 from ..converters.keras_stack import DEFAULT_OPSET, MAX_OPSET, MIN_OPSET
 from ..converters.native_output import captured_native_stderr
-from ..errors import printable
+from ..errors import prefixed_with, printable
 from .output import emit_json
+
+#: Longest summary line shown (a line quotes layer names and paths).
+_LINE_LIMIT = 2000
 
 
 class TerminalProgress:
@@ -72,18 +75,20 @@ def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: boo
     with captured_native_stderr(enabled=not verbose) as captured:
         progress = (TerminalProgress(captured.terminal) if show_progress
                     else keras_convert.no_progress)
-        report = keras_convert.convert_keras(model, output, opset=opset, strip=strip,
-                                             trust_model=trust_model, imports=imports,
-                                             progress=progress)
+        # Every error names the user's file (or already names the output).
+        with prefixed_with(model, also=(output,)):
+            report = keras_convert.convert_keras(model, output, opset=opset, strip=strip,
+                                                 trust_model=trust_model, imports=imports,
+                                                 progress=progress)
     if as_json:
         emit_json(report.to_dict())
     elif not quiet:
-        for line in report.summary_lines():
-            click.echo(line)
+        for line in report.summary_lines():  # layer names come from the model: escaped
+            click.echo(printable(line, limit=_LINE_LIMIT))
     if quiet or as_json:
         # A layer exported for inference only is never left unsaid.
         for warning in report.warnings:
-            click.echo(f"warning: {printable(warning, limit=400)}", err=True)
+            click.echo(f"warning: {printable(warning, limit=_LINE_LIMIT)}", err=True)
     partial = report.partial_error()
     if partial is not None:
         raise partial  # exit 5: written, but some randomness is not kept

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -23,9 +24,22 @@ from ..spec import SpatialDropoutError
 TRACEBACK_ENV = "SPATIALDROP_ONNX_TRACEBACK"
 
 
+def strict_json_value(data: Any) -> Any:  # noqa: ANN401 - any JSON-able value
+    """``data`` with every NaN or infinite float replaced by None (strict JSON has neither)."""
+    if isinstance(data, float):  # numpy float64 is a float too
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: strict_json_value(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict_json_value(value) for value in data]
+    if hasattr(data, "dtype") and hasattr(data, "item"):  # numpy scalars
+        return strict_json_value(data.item())
+    return data
+
+
 def emit_json(data: Any) -> None:  # noqa: ANN401 - any JSON-able value
-    """Print ``data`` as strict JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, allow_nan=False))
+    """Print ``data`` as strict JSON on stdout (no NaN, no Infinity: those become null)."""
+    click.echo(json.dumps(strict_json_value(data), indent=2, allow_nan=False))
 
 
 def site_line(site: Site) -> str:
@@ -78,19 +92,10 @@ def model_errors(src: str, action: str) -> Iterator[None]:
 
 def _checker_verdict(src: str) -> str:
     """The onnx checker's first complaint about the model at ``src`` ("" if none)."""
-    from ..isolation import run_isolated
+    from ..isolation import checker_complaint
     from ..modelio import load_model
 
-    def check(model: Any) -> str:  # noqa: ANN401 - a ModelProto
-        import onnx
-
-        try:
-            onnx.checker.check_model(model, full_check=True)
-        except Exception as err:  # noqa: BLE001 - any complaint is the answer
-            return _first_line(err)
-        return ""
-
     try:
-        return run_isolated(check, load_model(src).model, what="checking the model")
-    except Exception as err:  # noqa: BLE001 - a crash of the checker is an answer too
+        return checker_complaint(load_model(src).model)
+    except Exception as err:  # noqa: BLE001 - a model that does not even load again
         return _first_line(err)

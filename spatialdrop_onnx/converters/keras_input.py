@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RefusedError, UserError
+from .keras_archive import check_keras_archive
 from .keras_stack import KerasStack, first_line
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -50,6 +51,7 @@ def detect_format(path: Path) -> str:
         raise UserError(f"{path}: not a Keras .keras archive (not a zip file)") from None
     if "config.json" not in names:
         raise UserError(f"{path}: not a Keras .keras archive (no config.json inside)")
+    check_keras_archive(path)  # a zip bomb is refused before anything is extracted
     return "keras"
 
 

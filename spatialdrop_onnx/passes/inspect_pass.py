@@ -14,6 +14,7 @@ import os
 import onnx
 
 from .. import spec
+from ..errors import prefixed_with
 from ..graph import (
     Constants,
     Scope,
@@ -49,7 +50,8 @@ def inspect(model: ModelArg) -> list[Site]:
 def inspect_file(path: str | os.PathLike) -> list[Site]:
     """Load ``path`` safely (external data validated, never read; large tensors skipped)
     and inspect it."""
-    return inspect(path)
+    with prefixed_with(path):
+        return inspect(path)
 
 
 def _dropout_nodes(model: onnx.ModelProto) -> list[Site]:

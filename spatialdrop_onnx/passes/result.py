@@ -80,3 +80,4 @@ def load_argument(model: object) -> PassInput:
         return PassInput(loaded.model, loaded.folder, loaded, owned=True)
     raise TypeError(f"expected an onnx.ModelProto or a path to an ONNX file, "
                     f"not {type(model).__name__}")
+

@@ -29,11 +29,14 @@ import numpy as np
 import onnx
 
 from .. import spec
-from ..errors import UserError, printable
+from ..errors import UserError, prefixed_with, printable
 from ..function_body import MIN_OPSET, make_portable
 from ..graph import (
     TRAINING_MODE,
+    NameMaker,
+    Scope,
     TypeFacts,
+    all_names,
     check_opset_imports,
     check_training_switch_name,
     default_opset,
@@ -167,11 +170,14 @@ def _has_candidates(model: onnx.ModelProto) -> bool:
 
 def _convert_opset(model: onnx.ModelProto, opset: int,
                    source: SkeletonSource | None = None) -> onnx.ModelProto:
-    """``model`` converted to opset ``MIN_OPSET`` by onnx's version converter (isolated).
+    """``model`` at default-domain opset ``MIN_OPSET``, its model-local functions included.
 
-    The converter rebuilds every tensor and would drop a skeleton's placeholders:
-    main-graph initializers holding one are set aside (typed inputs meanwhile) and
-    put back after; other placeholders get their data in the child doing the work.
+    ``onnx.version_converter`` converts the main graph only and drops the
+    model's functions, so each function body is converted on its own (as the
+    graph of a throw-away model) and put back. The converter rebuilds every
+    tensor and would drop a skeleton's placeholders: main-graph initializers
+    holding one are set aside (typed inputs meanwhile) and put back after; other
+    placeholders get their data in the child doing the work.
     """
     aside, model = _set_aside_placeholders(model)
 
@@ -182,7 +188,19 @@ def _convert_opset(model: onnx.ModelProto, opset: int,
             from ..modelio import fill_placeholders
 
             fill_placeholders(skeleton, source)  # in the child: only what is left
-        return onnx.version_converter.convert_version(skeleton, MIN_OPSET).SerializeToString()
+        converted = onnx.version_converter.convert_version(skeleton, MIN_OPSET)
+        del converted.functions[:]
+        for function in skeleton.functions:
+            converted.functions.append(_convert_function(function, skeleton, MIN_OPSET))
+        fresh = NameMaker(all_names(converted))
+        if opset < 10:
+            main = [s for s in model_scopes(converted) if s.function is None]
+            _keep_mask_types(main, fresh)
+        for function, original in zip(converted.functions, skeleton.functions, strict=True):
+            if 0 < default_opset(original.opset_import) < 10:
+                _keep_mask_types([s for s in model_scopes(converted, include_ours=True)
+                                  if s.function is function], fresh)
+        return converted.SerializeToString()
 
     try:
         data = run_isolated(convert, model, what="converting the opset")
@@ -259,6 +277,55 @@ def _put_back(model: onnx.ModelProto, aside: _SetAside) -> None:
         ordered.extend(rest)
     del graph.initializer[:]
     graph.initializer.extend(ordered)
+
+
+def _keep_mask_types(scopes: list[Scope], fresh: NameMaker) -> None:
+    """Give converted Dropout masks their old type back (in one graph tree or function).
+
+    Below opset 10 a Dropout's ``mask`` has the data's type; the version converter
+    makes it a bool without touching its readers, which then no longer type-check
+    (``Mul(y, mask)``). A used mask is renamed and cast back with ``CastLike``.
+    """
+    used = {name for scope in scopes for node in scope.nodes for name in node.input}
+    used.update(name for scope in scopes for name in scope.output_names)
+    for scope in reversed(scopes):  # children first: rewriting a node list copies its nodes
+        nodes: list[onnx.NodeProto] = []
+        for node in scope.nodes:
+            nodes.append(node)
+            if not is_onnx_dropout(node) or len(node.output) < 2 or node.output[1] not in used:
+                continue
+            mask = node.output[1]
+            node.output[1] = fresh(f"{mask}/bool")
+            nodes.append(onnx.helper.make_node("CastLike", [node.output[1], node.output[0]],
+                                               [mask], name=fresh(f"{mask}/as_data_type")))
+        if len(nodes) != len(scope.nodes):
+            del scope.nodes[:]
+            scope.nodes.extend(nodes)
+
+
+def _convert_function(function: onnx.FunctionProto, model: onnx.ModelProto,
+                      target: int) -> onnx.FunctionProto:
+    """``function`` with its body converted to default-domain opset ``target``."""
+    import onnx.version_converter
+
+    result = onnx.FunctionProto()
+    result.CopyFrom(function)
+    if default_opset(function.opset_import) in (0, target):
+        return result
+    untyped = onnx.TypeProto()
+    graph = onnx.helper.make_graph(
+        list(function.node), function.name or "function",
+        [onnx.helper.make_value_info(name, untyped) for name in function.input],
+        [onnx.helper.make_value_info(name, untyped) for name in function.output])
+    body = onnx.helper.make_model(graph, opset_imports=list(function.opset_import))
+    body.ir_version = model.ir_version
+    body.functions.extend(f for f in model.functions if f is not function)
+    converted = onnx.version_converter.convert_version(body, target)
+    del result.node[:]
+    result.node.extend(converted.graph.node)
+    del result.opset_import[:]
+    result.opset_import.extend(converted.opset_import)
+    return result
 
 
 def apply_rules(model: onnx.ModelProto, *, elementwise: str = "dropout",
@@ -354,6 +421,7 @@ def rewrite_file(src: str | os.PathLike, dst: str | os.PathLike, *,
 
     loaded = load_model(src, skeleton=True)  # large tensors are copied when saving
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
-    result = rewrite(loaded, training_default=training_default, elementwise=elementwise)
+    with prefixed_with(src):
+        result = rewrite(loaded, training_default=training_default, elementwise=elementwise)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report

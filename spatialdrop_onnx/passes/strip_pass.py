@@ -31,7 +31,7 @@ from onnx import NodeProto, TensorProto
 from onnx import helper as oh
 
 from .. import spec
-from ..errors import UserError, printable
+from ..errors import UserError, prefixed_with, printable
 from ..function_body import runtime_noise_shape
 from ..graph import (
     RANDOM_OPS,
@@ -82,7 +82,7 @@ def strip(model: ModelArg) -> PassResult[StripReport]:
     check_opset_imports(proto)
     result = onnx.ModelProto()
     result.CopyFrom(proto)
-    folded, op_types = _fold(result)
+    folded, op_types = _fold(result, proto)
     random_subgraphs = 0
     unconvertible: tuple[Site, ...] = ()
     if not RANDOM_OPS.isdisjoint(op_types):
@@ -94,7 +94,7 @@ def strip(model: ModelArg) -> PassResult[StripReport]:
         unconvertible = outcome.unconvertible
         if outcome.model is not None:
             result = outcome.model
-            folded += _fold(result)[0]
+            folded += _fold(result, proto)[0]
     return PassResult(given.complete(result),
                       StripReport(folded, random_subgraphs, unconvertible))
 
@@ -106,7 +106,8 @@ def strip_file(src: str | os.PathLike, dst: str | os.PathLike, *,
 
     loaded = load_model(src, skeleton=True)  # large tensors are copied when saving
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
-    result = strip(loaded)
+    with prefixed_with(src):
+        result = strip(loaded)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report
 
@@ -121,6 +122,8 @@ class _Lazy:
         self.model = model
         self._types: TypeFacts | None = None
         self._names: NameMaker | None = None
+        #: Masks built: they may make shapes known that the input hid from the checker.
+        self.masks_built = 0
 
     @property
     def types(self) -> TypeFacts:
@@ -275,6 +278,7 @@ class _Folder:
         label = node.name or mask
         opset = scope.opset
         fresh = self.lazy.names
+        self.lazy.masks_built += 1
         shape = fresh(f"{label}/data_shape")
         nodes = [oh.make_node("Shape", [data], [shape], name=fresh(f"{label}/mask_shape"))]
         if kind == "spatial":
@@ -294,10 +298,17 @@ class _Folder:
                                       name=fresh(f"{label}/all_kept"), value=one))
         elif opset == 8:
             scalar = fresh(f"{label}/one")
-            nodes.append(oh.make_node("Constant", [], [scalar], name=scalar,
-                                      value=oh.make_tensor(scalar, elem, [], [1])))
+            nodes.extend(_constant(scalar, elem, [], [1], opset, fresh))
             nodes.append(oh.make_node("Expand", [scalar], [mask], name=fresh(f"{label}/all_kept")))
             nodes[-1].input.append(noise)
+        elif kind == "onnx" and self.lazy.types.rank_of(scope, data) is None:
+            # Opset 7, rank unknown: Dropout's mask is data-shaped, and x < x is false
+            # for every x (NaN included), so Not(Less(x, x)) is all true in any rank.
+            less, kept = fresh(f"{label}/never_less"), fresh(f"{label}/all_true")
+            nodes[:] = [oh.make_node("Less", [data, data], [less], name=less),
+                        oh.make_node("Not", [less], [kept], name=kept),
+                        oh.make_node("Cast", [kept], [mask], name=fresh(f"{label}/all_kept"),
+                                     to=elem)]
         else:
             rank = self.lazy.types.rank_of(scope, data)
             if rank is None:
@@ -305,8 +316,7 @@ class _Folder:
                     f"node {printable(label)!r}: its mask output is used but the data rank is "
                     f"unknown (opset {opset} has no ConstantOfShape/Expand)")
             ones = fresh(f"{label}/ones")
-            nodes.append(oh.make_node("Constant", [], [ones], name=ones,
-                                      value=oh.make_tensor(ones, elem, [1] * rank, [1])))
+            nodes.extend(_constant(ones, elem, [1] * rank, [1], opset, fresh))
             nodes.append(oh.make_node("Tile", [ones, noise], [mask],
                                       name=fresh(f"{label}/all_kept")))
         return nodes
@@ -328,14 +338,18 @@ class _Folder:
                 raise UserError(f"node {printable(label)!r}: its mask output is used, the data "
                                 f"rank is unknown and opset {scope.opset} < 13 cannot compute it")
             return noise, runtime_noise_shape(data, noise, axes, fresh)
-        shared = set(spec.resolve_shared_axes(rank, axes))
+        try:
+            shared = set(spec.resolve_shared_axes(rank, axes))
+        except spec.SpatialDropoutError as err:
+            raise UserError(f"node {printable(label)!r}: {err}") from None
         keep_name, ones_name, kept = (fresh(f"{label}/not_shared"), fresh(f"{label}/shared"),
                                       fresh(f"{label}/kept_dims"))
+        opset = scope.opset
         nodes = [
-            oh.make_node("Constant", [], [keep_name], name=keep_name, value=oh.make_tensor(
-                keep_name, TensorProto.INT64, [rank], [int(i not in shared) for i in range(rank)])),
-            oh.make_node("Constant", [], [ones_name], name=ones_name, value=oh.make_tensor(
-                ones_name, TensorProto.INT64, [rank], [int(i in shared) for i in range(rank)])),
+            *_constant(keep_name, TensorProto.INT64, [rank],
+                       [int(i not in shared) for i in range(rank)], opset, fresh),
+            *_constant(ones_name, TensorProto.INT64, [rank],
+                       [int(i in shared) for i in range(rank)], opset, fresh),
             oh.make_node("Mul", [shape, keep_name], [kept], name=kept),
             oh.make_node("Add", [kept, ones_name], [noise], name=fresh(f"{label}/noise")),
         ]
@@ -433,6 +447,22 @@ class _Folder:
 
 
 _DROPOUT_OPS = frozenset({"Dropout", spec.OP_TYPE})
+#: What ``Constant`` can hold below opset 9.
+_CONSTANT_1_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE})
+
+
+def _constant(name: str, dtype: int, dims: list[int], values: list, opset: int,
+              fresh: NameMaker) -> list[NodeProto]:
+    """Nodes making the constant ``name``: a ``Constant``, or below opset 9 (where
+    ``Constant`` holds float types only) a float ``Constant`` cast to ``dtype``."""
+    if opset >= 9 or dtype in _CONSTANT_1_TYPES:
+        return [oh.make_node("Constant", [], [name], name=name,
+                             value=oh.make_tensor(name, dtype, dims, values))]
+    as_float = fresh(f"{name}/float")
+    return [oh.make_node("Constant", [], [as_float], name=as_float,
+                         value=oh.make_tensor(as_float, TensorProto.FLOAT, dims,
+                                              [float(v) for v in values])),
+            oh.make_node("Cast", [as_float], [name], name=name, to=dtype)]
 
 
 def _dropout_kind(node: NodeProto) -> str | None:
@@ -443,8 +473,13 @@ def _dropout_kind(node: NodeProto) -> str | None:
     return None
 
 
-def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
-    """Fold in place; return the count and every op type seen (one pass over the nodes)."""
+def _fold(model: onnx.ModelProto, source: onnx.ModelProto | None = None
+          ) -> tuple[int, set[str]]:
+    """Fold in place; return the count and every op type seen (one pass over the nodes).
+
+    With ``source`` (the model before any fold), a fold that built an all-true mask is
+    checked: see :func:`_check_masks`.
+    """
     lazy = _Lazy(model)
     folded = 0
     op_types: set[str] = set()
@@ -456,4 +491,23 @@ def _fold(model: onnx.ModelProto) -> tuple[int, set[str]]:
         drop_unused_training_switch(model)
     if any(o.domain == spec.DOMAIN for o in model.opset_import):
         drop_our_unused_functions(model)
+    if lazy.masks_built and source is not None:
+        _check_masks(model, source)
     return folded, op_types
+
+
+def _check_masks(result: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Refuse a result the full checker rejects although the input passed it.
+
+    A used mask becomes nodes whose shape onnx can infer where the dropout's mask
+    (Dropout-7..11) had none, so a declared shape that contradicts what the model
+    computes, hidden from the checker before, becomes visible (found by the
+    mutation fuzz: ``float[2,3,-1,5] z = Add(mask, x)``). Only folds that built a
+    mask pay for the check.
+    """
+    from ..isolation import checker_complaint
+
+    problem = checker_complaint(result)
+    if problem and not checker_complaint(source):
+        raise UserError(f"the model declares shapes or types that contradict what it computes, "
+                        f"which folding its dropout masks makes visible: {printable(problem)}")

@@ -23,6 +23,11 @@ from ...sites import Kind, Site
 from ._common import RewriteContext
 
 
+def _omittable(ratio: orp.Var) -> orp.Var:
+    """The ``ratio`` variable, also matching an omitted ratio (``Dropout(x, "", true)``)."""
+    return orp.Var(ratio.name, can_match_none=True)
+
+
 class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
     """``Dropout(x, ratio, <constant>)`` → ``Dropout(x, ratio, training_mode)``."""
 
@@ -47,7 +52,7 @@ class OnnxDropoutTrainingSwitch(orp.RewriteRuleClassBase):
                                 remove_nodes=True)]
 
     def pattern(self, op, x, ratio, flag):  # noqa: ANN001
-        return op.Dropout(x, ratio, flag, _outputs=2 if self.with_mask else 1)
+        return op.Dropout(x, _omittable(ratio), flag, _outputs=2 if self.with_mask else 1)
 
     def check(self, context: orp.MatchContext, x: ir.Value, ratio: ir.Value | None,  # noqa: ANN001
               flag: ir.Value | None, **_: object) -> orp.MatchResult:
@@ -98,7 +103,7 @@ class SpatialDropoutTrainingSwitch(OnnxDropoutTrainingSwitch):
         self.name = "spatial_dropout_training_switch" + ("_mask" if with_mask else "")
 
     def pattern(self, op, x, ratio, flag):  # noqa: ANN001
-        return op.SpatialDropout(x, ratio, flag, _domain=spec.DOMAIN,
+        return op.SpatialDropout(x, _omittable(ratio), flag, _domain=spec.DOMAIN,
                                  _outputs=2 if self.with_mask else 1)
 
     domains = (spec.DOMAIN,)
