@@ -42,6 +42,7 @@ from .. import spec
 from ..errors import RefusedError, UsageError, UserError
 from ..graph import iter_nodes
 from ..modelio import check_output_path, save_model
+from ..sessions import ORT_DROPOUT_NOTE
 from ..sites import Site
 from . import keras_trace as kt
 
@@ -50,12 +51,6 @@ TRAINING_INPUT = "training_mode"
 #: Largest accepted |ONNX - Keras| on the self-check batch, relative to max(1, |Keras|).
 VERIFY_TOLERANCE = 1e-4
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-#: onnxruntime's EliminateDropout deletes ONNX Dropout nodes fed by another node
-#: (whatever their training_mode) unless the session disables it.
-ORT_DROPOUT_NOTE = ("the model has ONNX Dropout nodes: onnxruntime deletes them during graph "
-                    "optimisation even with training_mode true; for training-mode sessions use "
-                    "spatialdrop_onnx.inference_session(), or pass "
-                    "disabled_optimizers=['EliminateDropout'] to InferenceSession")
 
 ProgressStep = Callable[[str], AbstractContextManager]
 
