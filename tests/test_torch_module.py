@@ -35,7 +35,7 @@ def zoo() -> Any:  # noqa: ANN401 - the tests' module of zoo-style torch modules
     return torch_zoo
 
 
-@dataclass
+@dataclass(repr=False)  # a failing test's traceback shows its arguments: keep that short
 class ZooExport:
     module: Any
     result: Any
@@ -236,7 +236,7 @@ HEAD_OUTPUTS = [
 HEAD_TWINS = [(6, 13), (12, 14)]
 
 
-@dataclass
+@dataclass(repr=False)  # thousands of arrays: keep a failing test's traceback short
 class HeadRuns:
     inputs: list[np.ndarray]
     onnx_off: list[np.ndarray]
