@@ -433,6 +433,8 @@ def test_bad_arguments_are_refused_before_exporting(zoo, tmp_path) -> None:
         export(module, {"x": data})
     with pytest.raises(TypeError, match="training_default"):
         export(module, (data,), training_default="yes")
+    with pytest.raises(TypeError, match="train_modules"):
+        export(module, (data,), train_modules="DropPath")
     with pytest.raises(ValueError, match="at least 15"):
         export(module, (data,), opset=13)
     with pytest.raises(UserError):

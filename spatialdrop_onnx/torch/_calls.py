@@ -181,10 +181,10 @@ class DropoutMode(TorchFunctionMode):
         if spec is None:
             return func(*args, **kwargs)
         values = spec.bind(args, kwargs)
-        p = float(values["p"])
-        if p == 0.0:
-            return func(*args, **kwargs)
         key = spec.training_param
+        if "p" not in values or key not in values or float(values["p"]) == 0.0:
+            return func(*args, **kwargs)  # torch reports a bad call; p = 0 is the identity
+        p = float(values["p"])
         path, type_name = self.tracker.current
         call = DropoutCall(path, type_name, spec.name, p)
         if spec.family is Family.ALPHA:

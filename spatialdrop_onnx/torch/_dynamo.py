@@ -83,9 +83,12 @@ def translation_table() -> dict[Any, Callable[..., Any]]:
         return outputs[0]
 
     def native_dropout(input: Any, p: float, train: bool | None = True) -> Any:  # noqa: ANN401, A002
-        """ONNX ``Dropout``, as torch's own translation writes it (output, mask)."""
+        """ONNX ``Dropout`` in training mode, as torch's translation writes it (output, mask)."""
+        if train is False:  # never traced in practice: aten.dropout in eval is no native_dropout
+            return ops.Identity(input), ops.ConstantOfShape(ops.Shape(input),
+                                                            value=ir.tensor([True]))
         ratio = ops.Constant(value_float=float(p))
-        flag = ops.Constant(value=ir.tensor(True if train is None else bool(train)))
+        flag = ops.Constant(value=ir.tensor(True))
         return ops.Dropout(input, ratio, flag, seed=next(tags))
 
     return {channel_dropout_op(): channel_dropout,

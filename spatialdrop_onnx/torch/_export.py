@@ -121,7 +121,8 @@ def export(module: torch.nn.Module, args: Sequence[Any] | torch.Tensor,
     buffers and torch's random state are left as they were. Not thread-safe
     (it installs hooks and torch function modes).
     """
-    args = _check_arguments(module, args, dynamo, dynamic_batch, training_default, opset)
+    args = _check_arguments(module, args, dynamo, dynamic_batch, training_default, opset,
+                            train_modules)
     if path is not None:
         from ..modelio import check_output_path
 
@@ -174,7 +175,8 @@ def export(module: torch.nn.Module, args: Sequence[Any] | torch.Tensor,
 
 
 def _check_arguments(module: object, args: object, dynamo: object, dynamic_batch: object,
-                     training_default: object, opset: object) -> tuple[Any, ...]:
+                     training_default: object, opset: object, train_modules: Collection[str]
+                     ) -> tuple[Any, ...]:
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"module must be a torch.nn.Module, not {type(module).__name__}")
     if isinstance(args, torch.Tensor):
@@ -187,6 +189,8 @@ def _check_arguments(module: object, args: object, dynamo: object, dynamic_batch
             raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
         raise TypeError(f"opset must be an int or None, not {type(opset).__name__}")
+    if isinstance(train_modules, str) or not all(isinstance(n, str) for n in train_modules):
+        raise TypeError("train_modules must be a collection of class names (str)")
     if opset is not None and opset < MIN_OPSET:
         raise ValueError(f"opset must be at least {MIN_OPSET} (SpatialDropout's function body "
                          f"needs it), not {opset}")

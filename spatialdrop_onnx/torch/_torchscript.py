@@ -12,6 +12,7 @@ input bookkeeping), so ``rewrite`` rewires every dropout to one
 
 from __future__ import annotations
 
+import inspect
 import io
 import warnings
 from collections.abc import Sequence
@@ -106,6 +107,8 @@ def export_torchscript(module: torch.nn.Module, args: Sequence[Any], *, dynamic_
         warnings.filterwarnings("ignore", message=".*constant folding", category=UserWarning)
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export",
                                 category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message="The feature will be removed",
+                                category=DeprecationWarning)  # torch's own logging setup
         torch.onnx.export(module, tuple(args), buffer, dynamo=False, opset_version=opset,
                           training=torch.onnx.TrainingMode.PRESERVE, input_names=names,
                           dynamic_axes=dynamic_axes,
@@ -117,8 +120,6 @@ def _input_names(module: torch.nn.Module, args: Sequence[Any]) -> list[str] | No
     """``forward``'s parameter names when every argument is a tensor (as dynamo names them)."""
     if not all(isinstance(a, torch.Tensor) for a in args):
         return None
-    import inspect
-
     try:
         parameters = list(inspect.signature(module.forward).parameters.values())
     except (TypeError, ValueError):
