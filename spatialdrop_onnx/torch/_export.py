@@ -127,8 +127,9 @@ def export(module: torch.nn.Module, args: Sequence[Any] | torch.Tensor,
         from ..modelio import check_output_path
 
         check_output_path(path)  # before the slow work
+    classes = frozenset(train_modules)
     train = frozenset(name for name, sub in module.named_modules()
-                      if type(sub).__name__ in frozenset(train_modules))
+                      if type(sub).__name__ in classes)
     exporter = export_dynamo if dynamo else export_torchscript
     with state_kept(module):
         found = audit(module, args, Policy(force=True), train=train)
