@@ -3,7 +3,8 @@
 Layers, each depending only on those above it:
 ``spec`` (the op, declared once) → ``schema`` / ``reference`` / ``function_body``
 → ``native`` (the ORT kernel in ``ops/``) → ``graph`` / ``sites`` (the shared
-protobuf vocabulary) → ``passes`` → ``converters`` → ``cli``.
+protobuf vocabulary) → ``passes`` → ``converters`` (Keras) and ``torch`` (PyTorch,
+imported only on demand: ``from spatialdrop_onnx.torch import export``) → ``cli``.
 """
 
 from . import reference

@@ -19,6 +19,11 @@ from .native import session_options
 
 #: onnxruntime optimisers that break training-mode dropout.
 DROPOUT_BREAKING_OPTIMIZERS = ("EliminateDropout",)
+#: What a converter says about a model with ONNX Dropout nodes.
+ORT_DROPOUT_NOTE = ("the model has ONNX Dropout nodes: onnxruntime deletes them during graph "
+                    "optimisation even with training_mode true; for training-mode sessions use "
+                    "spatialdrop_onnx.inference_session(), or pass "
+                    "disabled_optimizers=['EliminateDropout'] to InferenceSession")
 
 
 def inference_session(

@@ -44,6 +44,7 @@ import onnx
 from ..errors import RefusedError, UserError, printable
 from ..graph import TRAINING_MODE, iter_nodes
 from ..modelio import check_output_path, save_model
+from ..sessions import ORT_DROPOUT_NOTE
 from ..sites import Site
 from .keras_attribution import layer_of_name, layer_of_node, owner, sites_by_layer
 from .keras_export import RawExport, export_traced, unconverted_nodes
@@ -63,12 +64,6 @@ from .keras_verify import VerificationMismatch, check_structure, verify_against_
 
 #: Name of the boolean graph input the rewrite adds.
 TRAINING_INPUT = TRAINING_MODE
-#: onnxruntime's EliminateDropout deletes ONNX Dropout nodes fed by another node
-#: (whatever their training_mode) unless the session disables it.
-ORT_DROPOUT_NOTE = ("the model has ONNX Dropout nodes: onnxruntime deletes them during graph "
-                    "optimisation even with training_mode true; for training-mode sessions use "
-                    "spatialdrop_onnx.inference_session(), or pass "
-                    "disabled_optimizers=['EliminateDropout'] to InferenceSession")
 
 ProgressStep = Callable[[str], AbstractContextManager]
 

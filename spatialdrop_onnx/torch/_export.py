@@ -1,0 +1,264 @@
+"""``export``: a torch module to ONNX with its dropout kept, converted and switchable."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import os
+import warnings
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+import torch
+
+from ..errors import printable
+from ..function_body import MIN_OPSET
+from ..graph import is_onnx_dropout, iter_nodes
+from ..passes import PassResult, inspect, rewrite
+from ..sessions import ORT_DROPOUT_NOTE
+from ..sites import Kind, Site
+from ._calls import DropoutCall, Policy
+from ._dynamo import export_dynamo
+from ._torchscript import export_torchscript
+from ._tracing import Missed, audit, state_kept
+
+#: Class names of modules whose randomness sits behind their own ``training`` flag
+#: and converts to SpatialDropout (timm's ``DropPath``, torchvision's ``StochasticDepth``):
+#: they are kept in train mode for the export.
+STOCHASTIC_DEPTH_MODULES = frozenset({"DropPath", "StochasticDepth"})
+
+ALPHA_REASON = ("alpha dropout keeps the mean and variance of SELU activations and has no "
+                "SpatialDropout equivalent; exported in its eval form (identity)")
+MISSED_REASON = ("random in module.train() but not reachable by the export (dropout under "
+                 "`if self.training:`, attention or RNN dropout, a custom drop function, or a "
+                 "stochastic-depth class not in train_modules); exported in its eval form")
+
+
+@dataclass(frozen=True)
+class LeftOut:
+    """Dropout the export writes in its eval form (the identity), and why."""
+
+    #: Qualified name of the module (``""`` is the root).
+    module: str
+    module_type: str
+    #: The call (``F.alpha_dropout``), the module class, or the random ATen ops missed.
+    what: str
+    reason: str
+    p: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"module": self.module, "module_type": self.module_type, "what": self.what,
+                "reason": self.reason, "p": self.p}
+
+
+@dataclass(frozen=True)
+class TorchExportReport:
+    """What :func:`export` did.
+
+    ``sites``: every dropout site of the exported model (``Site`` as
+    :func:`spatialdrop_onnx.inspect` gives them), with ``rule`` the rewrite rule
+    that converted it (None: the exporter wrote it) and ``extra["module"]`` the
+    owning module's qualified name when the exporter recorded it. ``forced``:
+    the functional dropout calls gated off by a module's flag that were run in
+    training mode. ``left_out``: dropout exported in its eval form, with the
+    reason. ``notes``: how to run the model, and checks that could not run.
+    """
+
+    exporter: str
+    sites: tuple[Site, ...] = ()
+    forced: tuple[DropoutCall, ...] = ()
+    left_out: tuple[LeftOut, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def unconvertible(self) -> tuple[Site, ...]:
+        """Random ops of the model's own that no rule converts (random in eval too)."""
+        return tuple(s for s in self.sites if s.kind is Kind.UNCONVERTIBLE)
+
+    @property
+    def complete(self) -> bool:
+        """True when every dropout of the module is in the model, switchable."""
+        return not self.left_out and not self.unconvertible
+
+    def to_dict(self) -> dict[str, Any]:
+        """Strict-JSON value."""
+        return {"exporter": self.exporter,
+                "sites": [s.to_dict() for s in self.sites],
+                "forced": [c.to_dict() for c in self.forced],
+                "left_out": [x.to_dict() for x in self.left_out],
+                "notes": list(self.notes)}
+
+
+def export(module: torch.nn.Module, args: Sequence[Any] | torch.Tensor,
+           path: str | os.PathLike | None = None, *, dynamo: bool = True,
+           dynamic_batch: bool = True, training_default: bool = False, opset: int | None = None,
+           train_modules: Collection[str] = STOCHASTIC_DEPTH_MODULES,
+           ) -> PassResult[TorchExportReport]:
+    """Export ``module`` to ONNX with its dropout kept, converted and switchable.
+
+    Every module is exported in eval mode (BatchNorm in inference form) except
+    the modules whose class name is in ``train_modules`` (stochastic depth).
+    Functional dropout gated on a module's flag (``F.dropout``,
+    ``F.dropout1d/2d/3d``, ``torch.dropout``, ``torch.feature_dropout``, their
+    in-place forms, and ``nn.Dropout*`` modules, which call them) is run in
+    training mode while tracing and recorded in ``report.forced``. Channel
+    dropout becomes ``SpatialDropout``, element-wise dropout ONNX ``Dropout``,
+    stochastic depth ``SpatialDropout`` sharing every axis but the batch (or
+    every axis, torchvision's "batch" mode); all read one boolean input
+    ``training_mode`` whose default is ``training_default``.
+
+    Dropout that cannot be converted is exported in its eval form and listed in
+    ``report.left_out`` with the reason (with a warning): alpha dropout, a
+    stochastic-depth module whose mask no rule recognises, and randomness the
+    export cannot reach (found by running the module once in ``train()``).
+
+    ``args`` are example inputs. ``dynamic_batch`` makes axis 0 of every tensor
+    input one dynamic dimension (use a batch of at least 2). ``dynamo=False``
+    uses the TorchScript exporter (with :func:`register_symbolics`). With
+    ``path`` the model is also saved there atomically. The module's flags,
+    buffers and torch's random state are left as they were. Not thread-safe
+    (it installs hooks and torch function modes).
+    """
+    args = _check_arguments(module, args, dynamo, dynamic_batch, training_default, opset,
+                            train_modules)
+    if path is not None:
+        from ..modelio import check_output_path
+
+        check_output_path(path)  # before the slow work
+    classes = frozenset(train_modules)
+    train = frozenset(name for name, sub in module.named_modules()
+                      if type(sub).__name__ in classes)
+    exporter = export_dynamo if dynamo else export_torchscript
+    with state_kept(module):
+        found = audit(module, args, Policy(force=True), train=train)
+        forced_paths = {call.module for call in found.forced}
+        types = {name: type(sub).__name__ for name, sub in module.named_modules()}
+        skip: set[str] = set()
+        fallbacks: list[LeftOut] = []
+        while True:
+            raw = exporter(module, args, dynamic_batch=dynamic_batch, opset=opset, train=train,
+                           skip=frozenset(skip))
+            result = rewrite(raw, training_default=training_default)
+            owners = _owners(raw)
+            ours = {}
+            for site in result.report.unconvertible:
+                owner = owners.get(site.name)
+                if owner is not None and owner not in skip and (
+                        owner in train or owner in forced_paths):
+                    ours.setdefault(owner, site.reason or "no rule matches")
+            if not ours:
+                break
+            # The rewrite cannot convert these modules' training-mode randomness:
+            # export them in eval form instead and say so, rather than ship a
+            # model that is random with training_mode false.
+            skip.update(ours)
+            fallbacks += _fallbacks(ours, train, found.forced, types)
+    rules = {site.name: site.rule for site in result.report.converted}
+    sites = tuple(dataclasses.replace(site, rule=rules.get(site.name),
+                                      extra={**site.extra, "module": owners.get(site.name)})
+                  for site in inspect(result.model))
+    report = TorchExportReport(
+        exporter="dynamo" if dynamo else "torchscript",
+        sites=sites,
+        forced=tuple(call for call in found.forced if call.module not in skip),
+        left_out=(tuple(LeftOut(c.module, c.module_type, c.function, ALPHA_REASON, c.p)
+                        for c in found.refused)
+                  + tuple(fallbacks) + tuple(_missed(m) for m in found.missed)),
+        notes=_notes(result.model, found.problem))
+    _warn(report)
+    if path is not None:
+        from ..modelio import save_model
+
+        save_model(result.model, path)
+    return PassResult(result.model, report)
+
+
+def _check_arguments(module: object, args: object, dynamo: object, dynamic_batch: object,
+                     training_default: object, opset: object, train_modules: Collection[str]
+                     ) -> tuple[Any, ...]:
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"module must be a torch.nn.Module, not {type(module).__name__}")
+    if isinstance(args, torch.Tensor):
+        args = (args,)
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"args must be a tuple of example inputs, not {type(args).__name__}")
+    for name, value in (("dynamo", dynamo), ("dynamic_batch", dynamic_batch),
+                        ("training_default", training_default)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool, not {type(value).__name__}")
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int)):
+        raise TypeError(f"opset must be an int or None, not {type(opset).__name__}")
+    if isinstance(train_modules, str) or not all(isinstance(n, str) for n in train_modules):
+        raise TypeError("train_modules must be a collection of class names (str)")
+    if opset is not None and opset < MIN_OPSET:
+        raise ValueError(f"opset must be at least {MIN_OPSET} (SpatialDropout's function body "
+                         f"needs it), not {opset}")
+    return tuple(args)
+
+
+def _owners(model: onnx.ModelProto) -> dict[str, str]:
+    """Node name → qualified name of the module the exporter recorded it in.
+
+    The dynamo exporter writes ``pkg.torch.onnx.name_scopes``: the qualified name
+    of each enclosing module, outermost first, then the FX node (``['', 'blocks',
+    'blocks.0', 'blocks.0.drop', 'mul_3']``); the TorchScript exporter names nodes
+    ``/blocks.0/drop/Mul``.
+    """
+    owners = {}
+    for _, node in iter_nodes(model):
+        scopes = next((p.value for p in node.metadata_props
+                       if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if scopes is not None:
+            try:
+                parts = ast.literal_eval(scopes)
+            except (ValueError, SyntaxError):
+                continue
+            if isinstance(parts, list) and len(parts) >= 2 and isinstance(parts[-2], str):
+                owners[node.name] = parts[-2]
+        elif node.name.startswith("/"):
+            owners[node.name] = ".".join(node.name[1:].split("/")[:-1])
+    return owners
+
+
+def _fallbacks(owners: dict[str, str], train: frozenset[str],
+               forced: Sequence[DropoutCall], types: dict[str, str]) -> list[LeftOut]:
+    found = []
+    for owner, why in owners.items():
+        reason = (f"its training-mode random ops could not be converted ({why}); "
+                  "exported in its eval form")
+        if owner in train:
+            found.append(LeftOut(owner, types.get(owner, ""), types.get(owner, ""), reason))
+        found += [LeftOut(c.module, c.module_type, c.function, reason, c.p)
+                  for c in forced if c.module == owner]
+    return found
+
+
+def _missed(missed: Missed) -> LeftOut:
+    counts: dict[str, int] = {}
+    for op in missed.ops:
+        counts[op] = counts.get(op, 0) + 1
+    what = ", ".join(f"{op} x{n}" if n > 1 else op for op, n in sorted(counts.items()))
+    return LeftOut(missed.module, missed.module_type, what, MISSED_REASON)
+
+
+def _notes(model: onnx.ModelProto, audit_problem: str | None) -> tuple[str, ...]:
+    notes = []
+    if audit_problem is not None:
+        notes.append("randomness the export cannot reach was not looked for: running the "
+                     f"module in train() failed ({printable(audit_problem)})")
+    if any(is_onnx_dropout(node) for _, node in iter_nodes(model)):
+        notes.append(ORT_DROPOUT_NOTE)
+    return tuple(notes)
+
+
+def _warn(report: TorchExportReport) -> None:
+    lines = [f"{printable(x.module or '<root>')} ({x.what}): {x.reason}" for x in report.left_out]
+    lines += [f"{printable(s.extra.get('module') or s.name)}: random op {s.op_type} left as it "
+              f"is ({s.reason}); the model is random in eval too" for s in report.unconvertible]
+    if lines:
+        warnings.warn("spatialdrop_onnx.torch.export: not every dropout is switchable "
+                      "(report.left_out, report.unconvertible):\n  " + "\n  ".join(lines),
+                      UserWarning, stacklevel=3)
+
