@@ -197,12 +197,21 @@ def _scale_nodes(via_double: bool) -> list[NodeProto]:
             oh.make_node("CastLike", ["dropped_d", "data"], ["train_output"])]
 
 
-def _train_branch(seed: int | None, via_double: bool) -> GraphProto:
-    """Draw the noise-shape mask and scale the kept values."""
-    random_attrs = {"dtype": _DOUBLE} | ({} if seed is None else {"seed": float(seed)})
+def _train_branch(seed: int | None, via_double: bool, uniform: int = _DOUBLE) -> GraphProto:
+    """Draw the noise-shape mask and scale the kept values.
+
+    ``uniform`` is the element type of the draws (double, or float for bodies meant to be
+    inlined: OpenVINO converts ``RandomUniformLike`` to float only); they are compared with
+    the ratio in double either way.
+    """
+    random_attrs = {"dtype": uniform} | ({} if seed is None else {"seed": float(seed)})
+    draw = ([oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform"], **random_attrs)]
+            if uniform == _DOUBLE else
+            [oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform_t"], **random_attrs),
+             oh.make_node("Cast", ["uniform_t"], ["uniform"], to=_DOUBLE)])
     nodes = [
         oh.make_node("ConstantOfShape", ["noise"], ["noise_zeros"]),
-        oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform"], **random_attrs),
+        *draw,
         oh.make_node("GreaterOrEqual", ["uniform", "ratio_d"], ["keep"]),
         oh.make_node("Sub", ["one_d", "ratio_d"], ["keep_prob"]),
         oh.make_node("Div", ["one_d", "keep_prob"], ["scale_exact"]),
@@ -242,15 +251,19 @@ def overload_name(seed: int | None, via_double: bool) -> str:
     return "_".join(parts)
 
 
-def build_function(opset: int, seed: int | None = None, via_double: bool = True) -> FunctionProto:
-    """The SpatialDropout function body for a model importing default-domain ``opset``."""
+def build_function(opset: int, seed: int | None = None, via_double: bool = True, *,
+                   uniform: int = _DOUBLE) -> FunctionProto:
+    """The SpatialDropout function body for a model importing default-domain ``opset``.
+
+    ``uniform``: element type of the random draws (see ``_train_branch``).
+    """
     if opset < MIN_OPSET:
         raise ValueError(
             f"SpatialDropout function bodies need default-domain opset >= {MIN_OPSET}, "
             f"the model imports {opset} (convert it with onnx.version_converter first)"
         )
     select = oh.make_node("If", ["active"], ["output", "mask"],
-                          then_branch=_train_branch(seed, via_double),
+                          then_branch=_train_branch(seed, via_double, uniform),
                           else_branch=_infer_branch())
     function = oh.make_function(
         spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS),
@@ -319,15 +332,38 @@ def make_portable(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto
     Idempotent. Raises ValueError if the default-domain opset is below
     ``MIN_OPSET`` or a node's ``shared_axes`` is invalid for its data's rank.
     """
+    return _with_bodies(_copy_of(model, "make_portable"), for_inlining=False)
+
+
+def bodies_for_inlining(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose SpatialDropout nodes call bodies meant to be inlined.
+
+    It differs from :func:`make_portable` where inlining lifts a runtime's limits:
+    nodes inside model-local functions call their seeded and direct variants
+    (an inliner resolves overloads statically), an absent ``shared_axes`` is
+    written as the default's sentinel (``onnx.inliner`` drops an attribute
+    reference the node does not set instead of taking the function's default),
+    and the draws are float (OpenVINO converts ``RandomUniformLike`` to float only).
+    The result is meant for ``onnx.inliner``, not to be run as it is.
+    """
+    return _with_bodies(_copy_of(model, "bodies_for_inlining"), for_inlining=True)
+
+
+def _copy_of(model: onnx.ModelProto | str | os.PathLike, caller: str) -> onnx.ModelProto:
     if isinstance(model, (str, os.PathLike)):
         from .modelio import load_model
 
         model = load_model(model).model
     elif not isinstance(model, onnx.ModelProto):
-        raise TypeError(f"make_portable takes an onnx.ModelProto or a path, "
+        raise TypeError(f"{caller} takes an onnx.ModelProto or a path, "
                         f"not {type(model).__name__}")
     result = onnx.ModelProto()
     result.CopyFrom(model)
+    return result
+
+
+def _with_bodies(result: onnx.ModelProto, for_inlining: bool) -> onnx.ModelProto:
+    """Attach the function bodies to ``result`` (changed in place) and return it."""
     scopes = model_scopes(result)
     if not any(is_spatial_dropout(n) for s in scopes for n in s.nodes):
         return result
@@ -337,27 +373,34 @@ def make_portable(model: onnx.ModelProto | str | os.PathLike) -> onnx.ModelProto
     for scope in scopes:
         _make_explicit(scope, facts, fresh)
         # onnxruntime cannot resolve an overload from inside a function: nodes there use the
-        # generic body, whose random stream is unseeded.
-        in_function = scope.function is not None
+        # generic body, whose random stream is unseeded. An inliner can.
+        generic_only = scope.function is not None and not for_inlining
         for node in scope.nodes:
             if is_spatial_dropout(node):
+                if for_inlining and get_attr(node, spec.ATTR_SHARED_AXES) is None:
+                    node.attribute.append(oh.make_attribute(
+                        spec.ATTR_SHARED_AXES, [DEFAULT_AXES_SENTINEL],
+                        attr_type=AttributeProto.INTS))
                 seed_attr = get_attr(node, spec.ATTR_SEED)
-                seed = None if seed_attr is None or in_function else int(seed_attr.i)
+                seed = None if seed_attr is None or generic_only else int(seed_attr.i)
                 elem_type = facts.elem_type_of(scope, node.input[0])
-                via_double = in_function or elem_type not in _DIRECT_TYPES
+                via_double = generic_only or elem_type not in _DIRECT_TYPES
                 variants.add((seed, via_double))
                 node.overload = overload_name(seed, via_double)
 
     opset = default_opset(result.opset_import)
     kept = [f for f in result.functions if f.domain != spec.DOMAIN or f.name != spec.OP_TYPE]
     del result.functions[:]
-    result.functions.extend(kept)
-    # The generic function always exists and comes last: it is what ReferenceEvaluator (which
-    # ignores overloads, last one wins) and calls from inside functions resolve to.
+    # The generic function always exists and comes last of ours: it is what ReferenceEvaluator
+    # (which ignores overloads, last one wins) and calls from inside functions resolve to.
+    # Ours come before the user's functions: ReferenceEvaluator loads a function's callees
+    # before it only.
     variants.discard((None, True))
     ordered = sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1]))
+    uniform = TensorProto.FLOAT if for_inlining else _DOUBLE
     for seed, via_double in [*ordered, (None, True)]:
-        result.functions.append(build_function(opset, seed, via_double))
+        result.functions.append(build_function(opset, seed, via_double, uniform=uniform))
+    result.functions.extend(kept)
     import_our_domain(result.opset_import)
     for function in result.functions:
         if any(is_spatial_dropout(n) for n in function.node):
