@@ -2,13 +2,14 @@
 
 Layers, each depending only on those above it:
 ``spec`` (the op, declared once) → ``schema`` / ``reference`` / ``function_body``
-→ ``native`` (the ORT kernel in ``ops/``) → ``graph`` / ``sites`` (the shared
-protobuf vocabulary) → ``passes`` → ``converters`` → ``cli``.
+/ ``inline`` → ``native`` (the ORT kernel in ``ops/``) → ``graph`` / ``sites``
+(the shared protobuf vocabulary) → ``passes`` (rewrite, strip, inspect) → ``converters`` → ``cli``.
 """
 
 from . import reference
 from ._version import __version__
 from .function_body import make_portable
+from .inline import InlineReport, inline
 from .native import get_library_path, session_options
 from .passes import PassResult, RewriteReport, StripReport, inspect, rewrite, strip
 from .schema import register_schema
@@ -18,6 +19,7 @@ from .spec import DOMAIN, OP_TYPE, OPSET_VERSION, SpatialDropoutError
 
 __all__ = [
     "DOMAIN",
+    "InlineReport",
     "OPSET_VERSION",
     "OP_TYPE",
     "Kind",
@@ -29,6 +31,7 @@ __all__ = [
     "__version__",
     "get_library_path",
     "inference_session",
+    "inline",
     "inspect",
     "make_portable",
     "reference",
