@@ -3,7 +3,8 @@
 Layers, each depending only on those above it:
 ``spec`` (the op, declared once) → ``schema`` / ``reference`` / ``function_body``
 / ``inline`` → ``native`` (the ORT kernel in ``ops/``) → ``graph`` / ``sites``
-(the shared protobuf vocabulary) → ``passes`` (rewrite, strip, inspect) → ``converters`` → ``cli``.
+(the shared protobuf vocabulary) → ``passes`` (rewrite, strip, inspect,
+``monte_carlo``) → ``converters`` → ``cli``.
 """
 
 from . import reference
@@ -12,6 +13,7 @@ from .function_body import make_portable
 from .inline import InlineReport, inline
 from .native import get_library_path, session_options
 from .passes import PassResult, RewriteReport, StripReport, inspect, rewrite, strip
+from .passes.monte_carlo import MonteCarloReport, monte_carlo
 from .schema import register_schema
 from .sessions import inference_session
 from .sites import Kind, Site
@@ -20,6 +22,7 @@ from .spec import DOMAIN, OP_TYPE, OPSET_VERSION, SpatialDropoutError
 __all__ = [
     "DOMAIN",
     "InlineReport",
+    "MonteCarloReport",
     "OPSET_VERSION",
     "OP_TYPE",
     "Kind",
@@ -34,6 +37,7 @@ __all__ = [
     "inline",
     "inspect",
     "make_portable",
+    "monte_carlo",
     "reference",
     "register_schema",
     "rewrite",

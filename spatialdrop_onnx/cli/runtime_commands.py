@@ -1,4 +1,4 @@
-"""``spatialdrop-onnx inline``: models for runtimes without our op or model-local functions.
+"""``spatialdrop-onnx inline | mc``: models for other runtimes; Monte-Carlo dropout as one model.
 
 Both load with :func:`spatialdrop_onnx.modelio.load_model` and write with
 :func:`~spatialdrop_onnx.modelio.save_model` (model and data as one unit,
@@ -40,3 +40,37 @@ def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: 
                      if report.functions_inlined else "")
         click.echo(f"{printable(output)}: inlined {report.inlined} dropout node(s){lowered}"
                    f"{functions}", err=True)
+
+
+@click.command("mc")
+@click.argument("src", metavar="IN.onnx")
+@_OUTPUT
+@click.option("--samples", "-n", type=click.IntRange(min=2, max=1_000_000), required=True,
+              help="Stochastic passes the statistics are taken over.")
+@click.option("--strategy", type=click.Choice(["auto", "batch", "loop"]), default="auto",
+              show_default=True,
+              help="batch: fold the samples into the batch (one run; only for models whose "
+                   "rows are independent, checked); loop: a Loop with running statistics "
+                   "(constant memory, any model); auto: batch when valid.")
+@click.option("--keep-samples", is_flag=True,
+              help="Also output every sample, as Y_samples stacked on a new axis 0.")
+@_IN_PLACE
+@_JSON
+@_QUIET
+def mc(src: str, output: str, samples: int, strategy: str, keep_samples: bool, in_place: bool,
+       as_json: bool, quiet: bool) -> None:
+    """Monte-Carlo dropout as one model: for each float output Y, Y_mean and Y_std (population
+    standard deviation) over N passes with dropout on, computed inside the graph. The inputs
+    are the model's minus training_mode."""
+    from ..passes.monte_carlo import monte_carlo_file
+
+    with model_errors(src, "build the Monte-Carlo model of"):
+        report = monte_carlo_file(src, output, samples=samples, strategy=strategy,
+                                  keep_samples=keep_samples, in_place=in_place)
+    if as_json:
+        emit_json(report.to_dict())
+    elif not quiet:
+        names = ", ".join(printable(n) for o in report.outputs
+                          for n in (o.mean, o.std, o.samples) if n)
+        click.echo(f"{printable(output)}: {report.samples} samples, strategy {report.strategy} "
+                   f"({printable(report.reason, limit=300)}); outputs {names}", err=True)
