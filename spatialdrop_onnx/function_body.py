@@ -197,21 +197,36 @@ def _scale_nodes(via_double: bool) -> list[NodeProto]:
             oh.make_node("CastLike", ["dropped_d", "data"], ["train_output"])]
 
 
-def _train_branch(seed: int | None, via_double: bool, uniform: int = _DOUBLE) -> GraphProto:
-    """Draw the noise-shape mask and scale the kept values.
+def _draw_nodes(seed: int | None, uniform: int = _DOUBLE) -> list[NodeProto]:
+    """``uniform`` (double, noise-shaped when ``active``, empty otherwise), drawn at the top
+    level of the body, not inside the If.
 
+    onnxruntime seeds an unseeded random op with a process-wide seed plus the node's index in
+    its graph: inside the If's branch every node's draw sits at the same index of its own
+    branch graph, so every SpatialDropout of a model drew the same numbers (equal noise sizes:
+    the same mask). At the top level, the draws of a graph's nodes get distinct indices once
+    onnxruntime inlines the function. The draw is empty when inactive: inference draws nothing.
     ``uniform`` is the element type of the draws (double, or float for bodies meant to be
     inlined: OpenVINO converts ``RandomUniformLike`` to float only); they are compared with
     the ratio in double either way.
     """
     random_attrs = {"dtype": uniform} | ({} if seed is None else {"seed": float(seed)})
-    draw = ([oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform"], **random_attrs)]
-            if uniform == _DOUBLE else
-            [oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform_t"], **random_attrs),
-             oh.make_node("Cast", ["uniform_t"], ["uniform"], to=_DOUBLE)])
     nodes = [
-        oh.make_node("ConstantOfShape", ["noise"], ["noise_zeros"]),
-        *draw,
+        oh.make_node("Cast", ["active"], ["active_i"], to=_INT64),
+        oh.make_node("Mul", ["noise", "active_i"], ["draw_shape"]),
+        oh.make_node("ConstantOfShape", ["draw_shape"], ["noise_zeros"]),
+    ]
+    if uniform == _DOUBLE:
+        return [*nodes,
+                oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform"], **random_attrs)]
+    return [*nodes,
+            oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform_t"], **random_attrs),
+            oh.make_node("Cast", ["uniform_t"], ["uniform"], to=_DOUBLE)]
+
+
+def _train_branch(via_double: bool) -> GraphProto:
+    """Keep where the draw is at least the ratio, and scale the kept values."""
+    nodes = [
         oh.make_node("GreaterOrEqual", ["uniform", "ratio_d"], ["keep"]),
         oh.make_node("Sub", ["one_d", "ratio_d"], ["keep_prob"]),
         oh.make_node("Div", ["one_d", "keep_prob"], ["scale_exact"]),
@@ -255,7 +270,7 @@ def build_function(opset: int, seed: int | None = None, via_double: bool = True,
                    uniform: int = _DOUBLE) -> FunctionProto:
     """The SpatialDropout function body for a model importing default-domain ``opset``.
 
-    ``uniform``: element type of the random draws (see ``_train_branch``).
+    ``uniform``: element type of the random draws (see ``_draw_nodes``).
     """
     if opset < MIN_OPSET:
         raise ValueError(
@@ -263,11 +278,12 @@ def build_function(opset: int, seed: int | None = None, via_double: bool = True,
             f"the model imports {opset} (convert it with onnx.version_converter first)"
         )
     select = oh.make_node("If", ["active"], ["output", "mask"],
-                          then_branch=_train_branch(seed, via_double, uniform),
+                          then_branch=_train_branch(via_double),
                           else_branch=_infer_branch())
     function = oh.make_function(
         spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS),
-        [*_ratio_nodes(), *_noise_shape_nodes(_axes_from_attribute()), select],
+        [*_ratio_nodes(), *_noise_shape_nodes(_axes_from_attribute()),
+         *_draw_nodes(seed, uniform), select],
         [oh.make_opsetid("", opset)],
         overload=overload_name(seed, via_double),
         doc_string="SpatialDropout from standard ops (spatialdrop_onnx.function_body).",

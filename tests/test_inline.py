@@ -178,9 +178,8 @@ def test_nested_sites_inlined_in_place(inlined):
     Loop body its site; onnxruntime runs both with channel structure."""
     model = inlined["nested"].model
     (block,) = model.functions
-    seeds = [a.f for node in block.node if node.op_type == "If" for branch in node.attribute
-             for inner in branch.g.node if inner.op_type == "RandomUniformLike"
-             for a in inner.attribute if a.name == "seed"]
+    seeds = [a.f for node in block.node if node.op_type == "RandomUniformLike"
+             for a in node.attribute if a.name == "seed"]
     assert seeds == [5.0]
     x = sample_data((32, 16, 4, 4), np.dtype(np.float32))
     for kind in ("onnxruntime", "openvino"):
@@ -249,3 +248,18 @@ def test_unknown_rank_takes_the_default_axes():
     keep = assert_structurally_valid(x, run({"x": x, "training_mode": np.array(True)})[0],
                                      RATIO, None)
     assert_drop_fraction(keep, RATIO)
+
+
+def test_inlined_sites_draw_independent_masks(inlined):
+    """Two sites of one inlined model, same noise size, in plain onnxruntime: independent
+    draws (onnxruntime seeds unseeded random ops by node index within a graph)."""
+    model = sd.inline(parse(CHANNEL.replace(
+        "y, mask = org.spatialdrop.SpatialDropout(x, r, training_mode)",
+        "y = org.spatialdrop.SpatialDropout(x, r, training_mode)\n"
+        "        mask = org.spatialdrop.SpatialDropout(x, r, training_mode)").replace(
+        "bool[N,16,1,1] mask", "float[N,16,4,4] mask"))).model
+    x = sample_data((16, 16, 4, 4), np.dtype(np.float32))
+    a, b = _run_inlined("onnxruntime", model)({"x": x, "training_mode": np.array(True)})
+    agree = float(np.mean((a == 0) == (b == 0)))
+    expected = RATIO**2 + (1 - RATIO) ** 2  # both dropped or both kept
+    assert abs(agree - expected) < 4 * np.sqrt(expected * (1 - expected) / 256), agree
