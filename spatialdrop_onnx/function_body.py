@@ -20,6 +20,7 @@ model. Design choices forced by the runtimes (see docs/function-body.md):
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import onnx
 from onnx import AttributeProto, FunctionProto, GraphProto, NodeProto, TensorProto
@@ -197,7 +198,7 @@ def _scale_nodes(via_double: bool) -> list[NodeProto]:
             oh.make_node("CastLike", ["dropped_d", "data"], ["train_output"])]
 
 
-def _draw_nodes(seed: int | None, uniform: int = _DOUBLE) -> list[NodeProto]:
+def _draw_nodes(seed: int | None, uniform: int = _DOUBLE, offset: int = 0) -> list[NodeProto]:
     """``uniform`` (double, noise-shaped when ``active``, empty otherwise), drawn at the top
     level of the body, not inside the If.
 
@@ -208,20 +209,28 @@ def _draw_nodes(seed: int | None, uniform: int = _DOUBLE) -> list[NodeProto]:
     onnxruntime inlines the function. The draw is empty when inactive: inference draws nothing.
     ``uniform`` is the element type of the draws (double, or float for bodies meant to be
     inlined: OpenVINO converts ``RandomUniformLike`` to float only); they are compared with
-    the ratio in double either way.
+    the ratio in double either way. A non-zero ``offset`` draws from [offset, offset+1) and
+    subtracts it (exact in float for a small offset): the same numbers' distribution from a
+    node that differs from its twin, which OpenVINO would otherwise merge with it (it merges
+    identical subgraphs, random ones included: two sites on one tensor drew one mask).
     """
     random_attrs = {"dtype": uniform} | ({} if seed is None else {"seed": float(seed)})
+    if offset:
+        random_attrs |= {"low": float(offset), "high": float(offset + 1)}
     nodes = [
         oh.make_node("Cast", ["active"], ["active_i"], to=_INT64),
         oh.make_node("Mul", ["noise", "active_i"], ["draw_shape"]),
         oh.make_node("ConstantOfShape", ["draw_shape"], ["noise_zeros"]),
     ]
-    if uniform == _DOUBLE:
-        return [*nodes,
-                oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform"], **random_attrs)]
-    return [*nodes,
-            oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform_t"], **random_attrs),
-            oh.make_node("Cast", ["uniform_t"], ["uniform"], to=_DOUBLE)]
+    drawn = "uniform" if uniform == _DOUBLE and not offset else "uniform_t"
+    nodes.append(oh.make_node("RandomUniformLike", ["noise_zeros"], [drawn], **random_attrs))
+    if offset:
+        nodes += [_const("draw_offset", float(offset), uniform),
+                  oh.make_node("Sub", [drawn, "draw_offset"], ["uniform_o"])]
+        drawn = "uniform_o"
+    if drawn != "uniform":
+        nodes.append(oh.make_node("Cast", [drawn], ["uniform"], to=_DOUBLE))
+    return nodes
 
 
 def _train_branch(via_double: bool) -> GraphProto:
@@ -251,7 +260,7 @@ def _infer_branch() -> GraphProto:
     ])
 
 
-def overload_name(seed: int | None, via_double: bool) -> str:
+def overload_name(seed: int | None, via_double: bool, offset: int = 0) -> str:
     """Function overload for a node's variant.
 
     The overload-free function ('') is the one that works for every node: unseeded, exact for
@@ -263,14 +272,16 @@ def overload_name(seed: int | None, via_double: bool) -> str:
         parts.append(f"seed_{seed}" if seed >= 0 else f"seed_m{-seed}")
     if not via_double:
         parts.append("direct")
+    if offset:
+        parts.append(f"draw{offset}")
     return "_".join(parts)
 
 
 def build_function(opset: int, seed: int | None = None, via_double: bool = True, *,
-                   uniform: int = _DOUBLE) -> FunctionProto:
+                   uniform: int = _DOUBLE, offset: int = 0) -> FunctionProto:
     """The SpatialDropout function body for a model importing default-domain ``opset``.
 
-    ``uniform``: element type of the random draws (see ``_draw_nodes``).
+    ``uniform``, ``offset``: element type and form of the random draws (see ``_draw_nodes``).
     """
     if opset < MIN_OPSET:
         raise ValueError(
@@ -283,9 +294,9 @@ def build_function(opset: int, seed: int | None = None, via_double: bool = True,
     function = oh.make_function(
         spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS),
         [*_ratio_nodes(), *_noise_shape_nodes(_axes_from_attribute()),
-         *_draw_nodes(seed, uniform), select],
+         *_draw_nodes(seed, uniform, offset), select],
         [oh.make_opsetid("", opset)],
-        overload=overload_name(seed, via_double),
+        overload=overload_name(seed, via_double, offset),
         doc_string="SpatialDropout from standard ops (spatialdrop_onnx.function_body).",
     )
     function.attribute_proto.append(oh.make_attribute(
@@ -359,7 +370,9 @@ def bodies_for_inlining(model: onnx.ModelProto) -> onnx.ModelProto:
     (an inliner resolves overloads statically), an absent ``shared_axes`` is
     written as the default's sentinel (``onnx.inliner`` drops an attribute
     reference the node does not set instead of taking the function's default),
-    and the draws are float (OpenVINO converts ``RandomUniformLike`` to float only).
+    the draws are float (OpenVINO converts ``RandomUniformLike`` to float only), and
+    unseeded nodes of one graph with the same inputs and axes draw through distinct
+    nodes (OpenVINO merges identical subgraphs, random ones too).
     The result is meant for ``onnx.inliner``, not to be run as it is.
     """
     return _with_bodies(_copy_of(model, "bodies_for_inlining"), for_inlining=True)
@@ -385,12 +398,13 @@ def _with_bodies(result: onnx.ModelProto, for_inlining: bool) -> onnx.ModelProto
         return result
     facts = type_facts(result)
     fresh = NameMaker(all_names(result))
-    variants: set[tuple[int | None, bool]] = set()  # (seed, via_double)
+    variants: set[tuple[int | None, bool, int]] = set()  # (seed, via_double, offset)
     for scope in scopes:
         _make_explicit(scope, facts, fresh)
         # onnxruntime cannot resolve an overload from inside a function: nodes there use the
         # generic body, whose random stream is unseeded. An inliner can.
         generic_only = scope.function is not None and not for_inlining
+        twins: Counter[tuple] = Counter()  # unseeded nodes of this scope with the same inputs
         for node in scope.nodes:
             if is_spatial_dropout(node):
                 if for_inlining and get_attr(node, spec.ATTR_SHARED_AXES) is None:
@@ -401,8 +415,13 @@ def _with_bodies(result: onnx.ModelProto, for_inlining: bool) -> onnx.ModelProto
                 seed = None if seed_attr is None or generic_only else int(seed_attr.i)
                 elem_type = facts.elem_type_of(scope, node.input[0])
                 via_double = generic_only or elem_type not in _DIRECT_TYPES
-                variants.add((seed, via_double))
-                node.overload = overload_name(seed, via_double)
+                offset = 0
+                if for_inlining and seed is None:
+                    axes = get_attr(node, spec.ATTR_SHARED_AXES)
+                    key = (*node.input, tuple(axes.ints) if axes is not None else None)
+                    offset, twins[key] = twins[key], twins[key] + 1
+                variants.add((seed, via_double, offset))
+                node.overload = overload_name(seed, via_double, offset)
 
     opset = default_opset(result.opset_import)
     kept = [f for f in result.functions if f.domain != spec.DOMAIN or f.name != spec.OP_TYPE]
@@ -411,11 +430,12 @@ def _with_bodies(result: onnx.ModelProto, for_inlining: bool) -> onnx.ModelProto
     # (which ignores overloads, last one wins) and calls from inside functions resolve to.
     # Ours come before the user's functions: ReferenceEvaluator loads a function's callees
     # before it only.
-    variants.discard((None, True))
-    ordered = sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1]))
+    variants.discard((None, True, 0))
+    ordered = sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1], v[2]))
     uniform = TensorProto.FLOAT if for_inlining else _DOUBLE
-    for seed, via_double in [*ordered, (None, True)]:
-        result.functions.append(build_function(opset, seed, via_double, uniform=uniform))
+    for seed, via_double, offset in [*ordered, (None, True, 0)]:
+        result.functions.append(build_function(opset, seed, via_double, uniform=uniform,
+                                               offset=offset))
     result.functions.extend(kept)
     import_our_domain(result.opset_import)
     for function in result.functions:

@@ -250,16 +250,20 @@ def test_unknown_rank_takes_the_default_axes():
     assert_drop_fraction(keep, RATIO)
 
 
-def test_inlined_sites_draw_independent_masks(inlined):
-    """Two sites of one inlined model, same noise size, in plain onnxruntime: independent
-    draws (onnxruntime seeds unseeded random ops by node index within a graph)."""
+@pytest.mark.parametrize("kind", RUNTIMES)
+def test_twin_sites_draw_independent_masks(kind):
+    """Two unseeded sites on one tensor: independent draws. onnxruntime seeds unseeded random
+    ops by node index within a graph; OpenVINO merges identical subgraphs, random ones too."""
     model = sd.inline(parse(CHANNEL.replace(
         "y, mask = org.spatialdrop.SpatialDropout(x, r, training_mode)",
         "y = org.spatialdrop.SpatialDropout(x, r, training_mode)\n"
         "        mask = org.spatialdrop.SpatialDropout(x, r, training_mode)").replace(
         "bool[N,16,1,1] mask", "float[N,16,4,4] mask"))).model
+    run = _run_inlined(kind, model)
     x = sample_data((16, 16, 4, 4), np.dtype(np.float32))
-    a, b = _run_inlined("onnxruntime", model)({"x": x, "training_mode": np.array(True)})
-    agree = float(np.mean((a == 0) == (b == 0)))
+    agree = []
+    for _ in range(3):
+        a, b = run({"x": x, "training_mode": np.array(True)})
+        agree.append(float(np.mean((a == 0) == (b == 0))))
     expected = RATIO**2 + (1 - RATIO) ** 2  # both dropped or both kept
-    assert abs(agree - expected) < 4 * np.sqrt(expected * (1 - expected) / 256), agree
+    assert abs(np.mean(agree) - expected) < 4 * np.sqrt(expected * (1 - expected) / 768), agree
