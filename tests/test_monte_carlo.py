@@ -218,7 +218,7 @@ def test_batch_folding_refused_where_it_would_be_wrong(case):
 def test_folding_a_shared_axis_0_would_share_the_samples():
     """What the refusal prevents: folded, DropPath-batch samples are all the same draw."""
     source = parse(REFUSED["shared_axis_0"][0])
-    folded = build_batch(prepare(source), N, False, ("x",))
+    folded = build_batch(prepare(source), N, False, {"x": 4, "y": 4})
     x = sample_data((4, 64, 3, 3), np.dtype(np.float32))
     _, std = sd.inference_session(sd.make_portable(folded)).run(None, {"x": x})
     assert (std == 0).all()
@@ -303,3 +303,48 @@ def test_cli_mc(sources, tmp_path: Path, capsys: pytest.CaptureFixture):
     assert main(["mc", str(src), "-o", str(src), "-n", "5"]) == 4
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 4 and all(line.startswith("spatialdrop-onnx: error:") for line in lines)
+
+
+# --- The deterministic prefix runs once -------------------------------------------------
+
+#: x -> Conv (identity weights) -> SpatialDropout -> Reshape to [B, -1], the target shape
+#: computed from the prefix (so the fold must recompute it at N*B).
+PREFIX = f"""{HEADER}
+    g (float[B,8,4,4] x, {SWITCH}) => (float[B,128] y)
+      <float r = {{0.5}}, bool training_mode = {{0}}, int64[1] zero = {{0}}, int64[1] one = {{1}},
+       int64[1] rest = {{-1}}> {{
+        c = Conv(x, w)
+        s = Shape(c)
+        b = Slice(s, zero, one)
+        flat = Concat<axis = 0>(b, rest)
+        d = org.spatialdrop.SpatialDropout(c, r, training_mode)
+        y = Reshape(d, flat)
+    }}"""
+#: The same with the target shape made inside an If: a node with a body cannot be
+#: recomputed on the folded side, so the whole model is folded.
+PREFIX_IF = PREFIX.replace("flat = Concat<axis = 0>(b, rest)", """flat = If(training_mode) <
+            then_branch = t () => (int64[2] ft) {{ ft = Concat<axis = 0>(b, rest) }},
+            else_branch = e () => (int64[2] fe) {{ fe = Concat<axis = 0>(b, rest) }}>""")
+
+
+def _prefix_model(text: str) -> onnx.ModelProto:
+    model = onnx.parser.parse_model(text.replace("{{", "{").replace("}}", "}"))
+    eye = np.eye(8, dtype=np.float32).reshape(8, 8, 1, 1)
+    model.graph.initializer.append(onnx.numpy_helper.from_array(eye, "w"))
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("text", [PREFIX, PREFIX_IF], ids=["shape_arithmetic", "if_in_prefix"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_prefix_runs_once(strategy, text):
+    model, report = sd.monte_carlo(_prefix_model(text), samples=N, strategy=strategy)
+    assert report.strategy == strategy
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    if strategy == "loop" or text is PREFIX:
+        assert len(convs) == 1 and convs[0].input[0] == "x", "the prefix runs at batch B, once"
+    x = sample_data((4, 8, 4, 4), np.dtype(np.float32))
+    mean, std = sd.inference_session(model).run(None, {"x": x})
+    assert mean.shape == std.shape == (4, 128)
+    k = _keeps(x, mean.reshape(x.shape), std.reshape(x.shape), N)
+    _assert_binomial(k, N, sigmas=4.5)

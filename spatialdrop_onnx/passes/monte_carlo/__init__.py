@@ -121,7 +121,7 @@ def monte_carlo(model: ModelArg, *, samples: int, strategy: str = "auto",
         dropped_outputs=tuple(prepared.dropped), random_sites=prepared.random_sites,
         dropout_converted=prepared.dropout_converted, had_switch=prepared.had_switch)
     if built == "batch":
-        result = build_batch(prepared, samples, keep_samples, check.batched_inputs)
+        result = build_batch(prepared, samples, keep_samples, check.batched)
     else:
         result = build_loop(prepared, samples, keep_samples)
     if our_domain_used(result):

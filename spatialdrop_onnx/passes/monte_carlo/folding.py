@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import onnx
 
@@ -61,11 +62,13 @@ _LIKE_OPS = frozenset({"RandomUniformLike", "RandomNormalLike", "Bernoulli", "Mu
 
 @dataclass(frozen=True)
 class FoldCheck:
-    """The verdict: ``foldable``, the reason in one sentence, and the inputs to repeat."""
+    """The verdict: ``foldable``, the reason in one sentence, the batched inputs and (when
+    foldable) every main-graph value whose axis 0 is the batch, with its rank."""
 
     foldable: bool
     reason: str
     batched_inputs: tuple[str, ...] = ()
+    batched: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -257,5 +260,13 @@ def check_folding(prepared: PreparedSource) -> FoldCheck:
             return FoldCheck(False, f"{draw.label}: axis 0 of its data is not provably the "
                                     f"batch (inferred: {printable(seen)})")
     names = ", ".join(printable(n) for n in inputs.batched_inputs)
+    main = scopes[0]
+    values = [*(i.name for i in model.graph.input), *(o for n in main.nodes for o in n.output)]
+    batched = {}
+    for name in values:
+        found = facts.type_of(main, name) if name else None
+        if found is not None and found.dims and found.dims[0] == BATCH_SYMBOL:
+            batched[name] = len(found.dims)
     return FoldCheck(True, f"every input ({names}) and output has the batch at axis 0 and "
-                           f"each of the {len(draws)} draws is per row", inputs.batched_inputs)
+                           f"each of the {len(draws)} draws is per row", inputs.batched_inputs,
+                     batched)

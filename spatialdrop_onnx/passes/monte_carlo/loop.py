@@ -1,8 +1,10 @@
 """The loop strategy: the model as the body of a ``Loop`` that runs N times.
 
-The body is the source graph's nodes (they read the inputs, initializers and the
-constant switch from the outer scope) followed by Welford's update in double for
-each sampled output ``y``, with ``k`` the 1-based iteration::
+The body is the stochastic part of the source graph (:mod:`.stochastic`); the
+deterministic prefix runs once before the loop, and the body reads its values,
+the inputs, the initializers and the constant switch from the outer scope. Then
+Welford's update in double for each sampled output ``y``, with ``k`` the
+1-based iteration::
 
     delta = y - mean;  mean += delta / k;  m2 += delta * (y - mean)
 
@@ -24,9 +26,9 @@ from __future__ import annotations
 import onnx
 from onnx import helper as oh
 
-from ...graph import TRAINING_MODE
 from .source import PreparedSource, SampledOutput
 from .stats import BOOL, DOUBLE, INT64, cast_to, constant, output_infos
+from .stochastic import partition
 
 
 def _state_info(name: str, rank: int | None) -> onnx.ValueInfoProto:
@@ -44,10 +46,13 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> on
     """The Monte-Carlo model as a Loop (``prepared.model`` is changed and returned)."""
     model, fresh = prepared.model, prepared.fresh
     graph = model.graph
-    # The switch's Constant stays outside: one definition, read by every iteration.
-    outer = [n for n in graph.node if n.op_type == "Constant" and prepared.had_switch
-             and list(n.output) == [TRAINING_MODE]]
-    inner = [n for n in graph.node if not any(n is o for o in outer)]
+    # The deterministic prefix (the switch's Constant included) runs once, outside: the
+    # body reads its values from the outer scope.
+    split = partition(model)
+    nodes = list(graph.node)
+    outer = [nodes[i] for i in split.deterministic]
+    inner = [nodes[i] for i in split.stochastic]
+    inner_values = {o for n in inner for o in n.output}
 
     n_samples, n_node = constant(fresh, "mc/samples", INT64, [samples], [])
     n_double, d_node = constant(fresh, "mc/samples_double", DOUBLE, [float(samples)], [])
@@ -108,11 +113,13 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> on
             loop_scans.append(output.samples)
     body_outputs += scan_outputs
     body = oh.make_graph(body_nodes, "monte_carlo_sample", body_inputs, body_outputs,
-                         value_info=list(graph.value_info))
+                         value_info=[i for i in graph.value_info if i.name in inner_values])
+    outer_info = [i for i in graph.value_info if i.name not in inner_values]
     loop_name = fresh("mc/loop")
     loop = oh.make_node("Loop", loop_inputs, [*loop_states, *loop_scans], name=loop_name,
                         body=body)
     del graph.value_info[:]
+    graph.value_info.extend(outer_info)
     del graph.node[:]
     graph.node.extend([*head, loop, *finals])
     del graph.output[:]
