@@ -348,3 +348,17 @@ def test_prefix_runs_once(strategy, text):
     assert mean.shape == std.shape == (4, 128)
     k = _keeps(x, mean.reshape(x.shape), std.reshape(x.shape), N)
     _assert_binomial(k, N, sigmas=4.5)
+
+
+def test_bench_mc_command_json(capsys: pytest.CaptureFixture):
+    """``spatialdrop-onnx bench --mc`` runs every row (tiny sizes: a smoke test, not a timing)."""
+    assert main(["bench", "--mc", "--samples", "2", "--images", "2", "--repeat", "1",
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [c["name"] for c in result["cases"]] == ["cnn", "cnn_late"]
+    for case in result["cases"]:
+        rows = {r["name"]: r for r in case["rows"]}
+        assert set(rows) == {"python_loop", "mc_batch", "mc_loop"}
+        assert all(r["error"] is None and r["median_ms"] > 0 and r["peak_mb"] is not None
+                   for r in rows.values())
+        assert rows["python_loop"]["speedup"] == 1.0
