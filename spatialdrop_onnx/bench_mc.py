@@ -9,8 +9,11 @@ the same options (native kernel, ``EliminateDropout`` off, default threads):
 * ``mc_batch`` - one call of ``monte_carlo(model, samples=N, strategy="batch")``;
 * ``mc_loop`` - one call of ``monte_carlo(model, samples=N, strategy="loop")``.
 
-Time is the median of ``repeat`` timed units (one unit = the N samples) after
-warm-up runs, the rows taking turns in rounds (as ``bench``). Peak memory is
+Time is the minimum and the median of ``repeat`` timed units (one unit = the N
+samples) after warm-up runs. The rows take turns, one unit each per round, so the
+units of a round run back to back under the same machine load; the speed-up of a
+row is the median over rounds of (python_loop's unit / the row's unit), which a
+busy machine disturbs far less than the times themselves. Peak memory is
 measured first, each row in a forked child that has not run anything yet: the
 child's high-water resident set (``VmHWM``) after building the session and
 running one unit, minus its resident set when it started.
@@ -56,7 +59,7 @@ class McRow:
     label: str
     median_ms: float | None = None
     min_ms: float | None = None
-    speedup: float | None = None  # python_loop time / this time
+    speedup: float | None = None  # median over rounds of python_loop's time / this row's
     peak_mb: float | None = None
     error: str | None = None
 
@@ -235,7 +238,7 @@ def _mc_models(model: onnx.ModelProto, samples: int) -> tuple[dict[str, bytes], 
 
 def run_case(name: str, description: str, model: onnx.ModelProto,
              feeds: dict[str, np.ndarray], samples: int, repeat: int, warmup: int = 2,
-             rounds: int = 3, progress: Callable[[str], None] | None = None) -> McCase:
+             progress: Callable[[str], None] | None = None) -> McCase:
     """Measure the three rows of one case (memory first, in children; then time, here)."""
     batch = int(next(iter(feeds.values())).shape[0])
     case = McCase(name, description, batch)
@@ -256,15 +259,17 @@ def run_case(name: str, description: str, model: onnx.ModelProto,
                for row in case.rows if not row.error}
     if progress:
         progress(f"{name}: {len(runners)} rows, {repeat} timed units each")
-    times = measure_in_rounds(runners, repeat, warmup, rounds)
+    # One unit per row per round: the rows of a round run back to back, under the same load.
+    times = measure_in_rounds(runners, repeat, warmup, repeat)
     for row_name, seconds in times.items():
         row = case.row(row_name)
         row.median_ms = statistics.median(seconds) * 1e3
         row.min_ms = min(seconds) * 1e3
-    baseline = case.row("python_loop").median_ms
+    baseline = times.get("python_loop")
     for row in case.rows:
-        if baseline and row.median_ms:
-            row.speedup = baseline / row.median_ms
+        if baseline and row.name in times:
+            row.speedup = statistics.median(
+                b / t for b, t in zip(baseline, times[row.name], strict=True))
     return case
 
 
@@ -291,8 +296,8 @@ def run_mc_bench(samples: int = 32, repeat: int = 7, cnn_batch: int = 128,
 def format_table(result: McBenchResult) -> str:
     """Human-readable table of ``result``."""
     lines = [f"Monte-Carlo dropout, N={result.samples} samples: one call of the MC model vs "
-             f"N session.run calls (onnxruntime {result.onnxruntime}, {result.cpu_count} cores, "
-             f"median of {result.repeat})"]
+             f"N session.run calls (onnxruntime {result.onnxruntime}, {result.cpu_count} cores; "
+             f"min and median of {result.repeat}; speed-up: median of per-round ratios)"]
     width = max(len(label) for _, label in ROWS)
     for case in result.cases:
         lines.append(f"  {case.name}: {case.description}")
@@ -302,6 +307,6 @@ def format_table(result: McBenchResult) -> str:
                 continue
             speed = "" if row.speedup is None else f"{row.speedup:6.2f}x"
             peak = "" if row.peak_mb is None else f"peak +{row.peak_mb:7.1f} MB"
-            lines.append(f"    {row.label:<{width}}  {row.median_ms:9.1f} ms "
-                         f"(min {row.min_ms:8.1f})  {speed}  {peak}")
+            lines.append(f"    {row.label:<{width}}  min {row.min_ms:8.1f} ms  median "
+                         f"{row.median_ms:8.1f} ms  {speed}  {peak}")
     return "\n".join(lines)

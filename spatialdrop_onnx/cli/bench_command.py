@@ -19,6 +19,10 @@ def _parse_ints(text: str, what: str) -> list[int]:
         raise click.BadParameter(f"{what} must be comma-separated integers, got {text!r}") from None
 
 
+#: Timed units per row of --mc unless --repeat is given (a unit is N samples).
+MC_REPEAT = 7
+
+
 @click.command("bench")
 @click.option("--shape", default="32,256,512", show_default=True,
               help="Data shape, comma-separated.")
@@ -30,7 +34,7 @@ def _parse_ints(text: str, what: str) -> list[int]:
 @click.option("--ratio", type=float, default=0.5, show_default=True, help="Drop probability.")
 @click.option("--repeat", type=click.IntRange(min=1), default=30, show_default=True,
               help=f"Timed runs per row (the Python-op row runs at most "
-                   f"{benchmark.EXTENSIONS_MAX_REPEAT}).")
+                   f"{benchmark.EXTENSIONS_MAX_REPEAT}; --mc: {MC_REPEAT} unless given).")
 @click.option("--warmup", type=click.IntRange(min=0), default=3, show_default=True,
               help="Untimed runs before each row.")
 @click.option("--no-extensions", is_flag=True, help="Skip the slow onnxruntime-extensions row.")
@@ -60,7 +64,9 @@ def bench(shape: str, dtype: str, shared_axes: str, ratio: float, repeat: int,
     progress = None if as_json or quiet or not sys.stderr.isatty() else (
         lambda label: click.echo(f"measuring: {label}", err=True))
     if mc:
-        _bench_mc(samples, seed_model, sequences, images, min(repeat, 7), as_json, progress)
+        explicit = click.get_current_context().get_parameter_source("repeat")
+        mc_repeat = repeat if explicit == click.core.ParameterSource.COMMANDLINE else MC_REPEAT
+        _bench_mc(samples, seed_model, sequences, images, mc_repeat, as_json, progress)
         return
     dims = _parse_ints(shape, "--shape")
     axes_text = shared_axes.strip().lower()
