@@ -217,9 +217,12 @@ def test_cli_inline(models, tmp_path: Path, capsys: pytest.CaptureFixture):
     assert report["inlined"] == 2 and report["dropout_lowered"] == 1
     assert all(n.domain != sd.DOMAIN for n in onnx.load(out).graph.node)
     assert main(["inline", str(src), "-o", str(src)]) == 4  # the input is never overwritten
+    assert main(["inline", str(src), "-o", str(out)]) == 0
+    assert "training_mode is now a required input (its default was false)" in \
+        capsys.readouterr().err
     assert main(["inline", str(out), "-o", str(out), "--in-place", "-q"]) == 0
     captured = capsys.readouterr()
-    assert "inline" in captured.err and captured.out == ""
+    assert captured.err == "" and captured.out == ""
 
 
 def test_cli_inline_bad_axes_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture):

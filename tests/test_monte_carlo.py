@@ -181,6 +181,28 @@ def test_elementwise_dropout_is_sampled_in_plain_onnxruntime(strategy, built):
     _assert_binomial(k.ravel(), N)  # 2000 independent elements
 
 
+def test_plain_onnxruntime_deletes_training_dropout_in_a_loop_body():
+    """Why the MC model turns Dropout into SpatialDropout: EliminateDropout also removes an
+    interior Dropout of a Loop body whatever its training_mode (if this changes, so can the
+    docs)."""
+    text = f"""{HEADER}
+        g (float[1000] x) => (float[3,1000] s)
+          <int64 n = {{3}}, bool go = {{1}}, float r = {{0.5}}, bool t = {{1}}> {{
+            s = Loop(n, go) <body = b (int64 i, bool c) => (bool c_out, float[1000] u) {{
+                a = Relu(x)
+                d = Dropout(a, r, t)
+                u = Relu(d)
+                c_out = Identity(c)
+            }}>
+        }}"""
+    model = parse(text)
+    x = np.ones(1000, np.float32)
+    kept = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert (kept.run(None, {"x": x})[0] == 1).all()
+    trained = sd.inference_session(model).run(None, {"x": x})[0]
+    assert abs(float((trained == 0).mean()) - 0.5) < 4 * math.sqrt(0.25 / 3000)
+
+
 # --- Batch folding: when it is refused, and why it must be ------------------------------
 
 REFUSED = {

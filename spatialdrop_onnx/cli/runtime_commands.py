@@ -38,8 +38,11 @@ def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: 
                    if report.dropout_lowered else "")
         functions = (f"; {report.functions_inlined} local function(s) inlined"
                      if report.functions_inlined else "")
+        switch = ("" if report.switch_default is None else
+                  f"; training_mode is now a required input (its default was "
+                  f"{str(report.switch_default).lower()})")
         click.echo(f"{printable(output)}: inlined {report.inlined} dropout node(s){lowered}"
-                   f"{functions}", err=True)
+                   f"{functions}{switch}", err=True)
 
 
 @click.command("mc")
