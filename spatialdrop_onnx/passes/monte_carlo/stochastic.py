@@ -9,7 +9,6 @@ strategies compute them once (the loop outside its body, the fold at batch B).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import onnx
@@ -113,8 +112,3 @@ def partition(model: onnx.ModelProto) -> Partition:
     chosen = set(stochastic)
     rest = tuple(i for i in range(len(main.nodes)) if i not in chosen)
     return Partition(tuple(stochastic), rest, reads)
-
-
-def produced(nodes: Iterable[onnx.NodeProto]) -> set[str]:
-    """Every output name of ``nodes``."""
-    return {o for n in nodes for o in n.output if o}
