@@ -4,11 +4,17 @@
 2. inference (``training_mode`` false) in onnxruntime — through the portable
    function body and, when built, the native kernel — must equal Keras
    ``model.predict`` (max abs diff <= 1e-5) with identical predicted tokens;
-3. Monte-Carlo dropout: ``training_mode`` true, several stochastic passes per
-   sequence; the spread of the samples (per-token variance) is the model's
-   uncertainty, the reason to keep dropout in an ONNX model.
+3. Monte-Carlo dropout as one model: ``spatialdrop-onnx mc <dir>/seed_model.onnx
+   -o <dir>/seed_model_mc.onnx --samples N --json`` builds a model whose outputs
+   are the mean and standard deviation of N stochastic passes (dropout on),
+   computed inside the graph; one ``session.run`` gives the per-token
+   uncertainty (the deviation of the predicted class's probability), the reason
+   to keep dropout in an ONNX model. It must be higher on wrongly predicted
+   tokens than on right ones.
 
-Exits non-zero if the conversion or the equality check fails.
+Exits non-zero if the conversion or the equality check fails, or if the
+Monte-Carlo model cannot be built, gives a malformed output, does not sample
+(every deviation 0) or does not separate wrong from right tokens.
 
 Run: ``.venv/bin/python models/main_job.py [--out-dir DIR] [--samples N]``
 """
@@ -54,13 +60,6 @@ def convert_with_cli(out: Path) -> dict:
     return report
 
 
-#: onnxruntime deletes ONNX Dropout nodes (a plain Keras Dropout becomes one) while
-#: optimising the graph, even with training_mode true: Monte-Carlo sessions switch
-#: that off (docs/keras.md). The seed model needs it only if the rewrite chooses
-#: ONNX Dropout for the GRU masks; it costs nothing otherwise.
-KEEP_DROPOUT = ["EliminateDropout"]
-
-
 def quiet(options):  # noqa: ANN001, ANN201 - onnxruntime.SessionOptions in and out
     """Only errors from onnxruntime's logger (it warns about the training_mode default)."""
     options.log_severity_level = 3
@@ -102,34 +101,60 @@ def check_equality(keras_model, runs: dict, tokens: np.ndarray) -> bool:  # noqa
     return ok
 
 
-def monte_carlo(session, tokens: np.ndarray, targets: np.ndarray, samples: int) -> None:  # noqa: ANN001
-    """Several training-mode passes; per-token mean and variance of the predicted class."""
+def build_mc_with_cli(onnx_path: Path, mc_path: Path, samples: int) -> dict:
+    """``spatialdrop-onnx mc``, run as a user would; return its JSON report."""
+    command = [sys.executable, "-m", "spatialdrop_onnx", "mc", str(onnx_path), "-o", str(mc_path),
+               "--samples", str(samples), "--json"]
+    print(f"$ spatialdrop-onnx mc {onnx_path} -o {mc_path} --samples {samples} --json")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr)
+        raise SystemExit(f"main job: building the Monte-Carlo model failed "
+                         f"(exit code {result.returncode})")
+    report = json.loads(result.stdout)
+    print(f"  strategy {report['strategy']}: {report['reason']}")
+    return report
+
+
+def monte_carlo(mc_path: Path, tokens: np.ndarray, targets: np.ndarray, samples: int) -> bool:
+    """One call of the Monte-Carlo model; per-token mean and deviation of the predicted class.
+
+    True when the output is well formed, the samples differ, and the deviation is higher on
+    wrong tokens than on right ones.
+    """
+    import spatialdrop_onnx
+
+    session = spatialdrop_onnx.inference_session(mc_path)  # native kernel, bodies as fallback
     start = time.perf_counter()
-    draws = np.stack([session.run(None, {"tokens": tokens, "training_mode": np.array(True)})[0]
-                      for _ in range(samples)])            # [S, N, T, V]
+    mean, std = session.run(None, {"tokens": tokens})      # [N, T, V] each
     elapsed = time.perf_counter() - start
-    deterministic = session.run(None, {"tokens": tokens, "training_mode": np.array(False)})[0]
-    mean = draws.mean(axis=0)                              # predictive distribution
-    predicted = mean.argmax(-1)                            # [N, T]
-    chosen = np.take_along_axis(draws, predicted[None, ..., None], axis=-1)[..., 0]
-    variance = chosen.var(axis=0)                          # per-token variance, [N, T]
-    distinct = len({d.tobytes() for d in draws})
-    print(f"  {samples} stochastic passes over {len(tokens)} sequences in {elapsed:.2f} s; "
-          f"{distinct}/{samples} distinct outputs (masks change run to run)")
+    expected = (len(tokens), tokens.shape[1], mean.shape[-1])
+    if mean.shape != expected or std.shape != expected or not (
+            np.isfinite(mean).all() and np.isfinite(std).all()):
+        print(f"  malformed output: mean {mean.shape}, std {std.shape} (expected {expected})")
+        return False
+    predicted = mean.argmax(-1)                            # the MC prediction, [N, T]
+    deviation = np.take_along_axis(std, predicted[..., None], axis=-1)[..., 0]
+    print(f"  {samples} stochastic passes over {len(tokens)} sequences in one call: "
+          f"{elapsed:.2f} s; {np.mean(std > 0):.0%} of the outputs vary across samples")
     print("  first sequences (token: MC prediction, mean prob +- std over samples):")
     for row in range(3):
-        cells = [f"{p}:{mean[row, t, p]:.2f}+-{np.sqrt(variance[row, t]):.2f}"
+        cells = [f"{p}:{mean[row, t, p]:.2f}+-{deviation[row, t]:.2f}"
                  for t, p in enumerate(predicted[row])]
         print(f"    input {tokens[row].tolist()}  target {targets[row].tolist()}")
         print(f"      {'  '.join(cells)}")
     correct = predicted == targets
-    print(f"  token accuracy: deterministic {np.mean(deterministic.argmax(-1) == targets):.3f}, "
-          f"MC mean {correct.mean():.3f}")
-    if (~correct).any():
-        print(f"  mean per-token variance: correct tokens {variance[correct].mean():.4f}, "
-              f"wrong tokens {variance[~correct].mean():.4f} "
-              f"({variance[~correct].mean() / variance[correct].mean():.1f}x: "
-              "the model knows when it is unsure)")
+    print(f"  token accuracy of the MC mean: {correct.mean():.3f}")
+    if not (std > 0).any():
+        print("  every deviation is 0: the model did not sample")
+        return False
+    if correct.all() or not correct.any():
+        print("  no wrong (or no right) token to compare")
+        return False
+    right, wrong = float(deviation[correct].mean()), float(deviation[~correct].mean())
+    print(f"  mean per-token std: correct tokens {right:.4f}, wrong tokens {wrong:.4f} "
+          f"({wrong / right:.1f}x: the model knows when it is unsure)")
+    return wrong > right
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Convert, verify and sample the seed model.")
     parser.add_argument("--out-dir", type=Path, default=None,
                         help="Keep the converted model here (default: a temporary folder).")
-    parser.add_argument("--samples", type=int, default=30, help="Monte-Carlo passes.")
+    parser.add_argument("--samples", type=int, default=30, help="Monte-Carlo passes (>= 2).")
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(HERE))
@@ -157,15 +182,15 @@ def main(argv: list[str] | None = None) -> int:
         print("2. inference: onnxruntime (training_mode=false) vs Keras predict")
         runs = sessions(onnx_path)
         ok = check_equality(keras_model, runs, tokens)
-        print("3. Monte-Carlo dropout in onnxruntime (training_mode=true)")
-        import onnxruntime as ort
-
-        sampler = ort.InferenceSession(str(onnx_path), quiet(ort.SessionOptions()),
-                                       providers=["CPUExecutionProvider"],
-                                       disabled_optimizers=KEEP_DROPOUT)
-        monte_carlo(sampler, tokens, targets, args.samples)
+        print("3. Monte-Carlo dropout as one model (mean and std of the samples in-graph)")
+        mc_path = out_dir / "seed_model_mc.onnx"
+        build_mc_with_cli(onnx_path, mc_path, args.samples)
+        uncertain = monte_carlo(mc_path, tokens, targets, args.samples)
     if not ok:
         print("main job: FAILED — ONNX inference differs from Keras")
+        return 1
+    if not uncertain:
+        print("main job: FAILED — the Monte-Carlo model does not show the uncertainty")
         return 1
     print("main job: OK")
     return 0

@@ -2,16 +2,19 @@
 
 Layers, each depending only on those above it:
 ``spec`` (the op, declared once) → ``schema`` / ``reference`` / ``function_body``
-→ ``native`` (the ORT kernel in ``ops/``) → ``graph`` / ``sites`` (the shared
-protobuf vocabulary) → ``passes`` → ``converters`` (Keras) and ``torch`` (PyTorch,
-imported only on demand: ``from spatialdrop_onnx.torch import export``) → ``cli``.
+/ ``inline`` → ``native`` (the ORT kernel in ``ops/``) → ``graph`` / ``sites``
+(the shared protobuf vocabulary) → ``passes`` (rewrite, strip, inspect,
+``monte_carlo``) → ``converters`` (Keras) and ``torch`` (PyTorch, imported only on
+demand: ``from spatialdrop_onnx.torch import export``) → ``cli``.
 """
 
 from . import reference
 from ._version import __version__
 from .function_body import make_portable
+from .inline import InlineReport, inline
 from .native import get_library_path, session_options
 from .passes import PassResult, RewriteReport, StripReport, inspect, rewrite, strip
+from .passes.monte_carlo import MonteCarloReport, monte_carlo
 from .schema import register_schema
 from .sessions import inference_session
 from .sites import Kind, Site
@@ -19,6 +22,8 @@ from .spec import DOMAIN, OP_TYPE, OPSET_VERSION, SpatialDropoutError
 
 __all__ = [
     "DOMAIN",
+    "InlineReport",
+    "MonteCarloReport",
     "OPSET_VERSION",
     "OP_TYPE",
     "Kind",
@@ -30,8 +35,10 @@ __all__ = [
     "__version__",
     "get_library_path",
     "inference_session",
+    "inline",
     "inspect",
     "make_portable",
+    "monte_carlo",
     "reference",
     "register_schema",
     "rewrite",

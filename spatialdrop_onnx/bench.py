@@ -262,7 +262,7 @@ def _timed_runner(model: onnx.ModelProto, so: ort.SessionOptions | None,
     return run
 
 
-def _measure_in_rounds(runners: dict[str, Callable[[], None]], repeat: int, warmup: int,
+def measure_in_rounds(runners: dict[str, Callable[[], None]], repeat: int, warmup: int,
                        rounds: int) -> dict[str, list[float]]:
     """Seconds per run of each runner. The rows take turns in ``rounds`` rounds, each
     row running a block of consecutive runs per round: consecutive runs keep a row's
@@ -338,12 +338,12 @@ def run_bench(
     slow = {n: runners.pop(n) for n in ("extensions_pyop",) if n in runners}
     if progress:
         progress(f"{len(runners)} rows, {repeat} runs each in {rounds} rounds")
-    times = _measure_in_rounds(runners, repeat, warmup, rounds)
+    times = measure_in_rounds(runners, repeat, warmup, rounds)
     for name, run in slow.items():
         if progress:
             progress(result.row(name).label)
         runs = min(repeat, EXTENSIONS_MAX_REPEAT)
-        times |= _measure_in_rounds({name: run}, runs, min(warmup, 1), 1)
+        times |= measure_in_rounds({name: run}, runs, min(warmup, 1), 1)
     for name, seconds in times.items():
         row = result.row(name)
         row.median_ms, row.runs = statistics.median(seconds) * 1e3, len(seconds)

@@ -20,6 +20,7 @@ model. Design choices forced by the runtimes (see docs/function-body.md):
 from __future__ import annotations
 
 import os
+from collections import Counter
 
 import onnx
 from onnx import AttributeProto, FunctionProto, GraphProto, NodeProto, TensorProto
@@ -197,12 +198,44 @@ def _scale_nodes(via_double: bool) -> list[NodeProto]:
             oh.make_node("CastLike", ["dropped_d", "data"], ["train_output"])]
 
 
-def _train_branch(seed: int | None, via_double: bool) -> GraphProto:
-    """Draw the noise-shape mask and scale the kept values."""
-    random_attrs = {"dtype": _DOUBLE} | ({} if seed is None else {"seed": float(seed)})
+def _draw_nodes(seed: int | None, uniform: int = _DOUBLE, offset: int = 0) -> list[NodeProto]:
+    """``uniform`` (double, noise-shaped when ``active``, empty otherwise), drawn at the top
+    level of the body, not inside the If.
+
+    onnxruntime seeds an unseeded random op with a process-wide seed plus the node's index in
+    its graph: inside the If's branch every node's draw sits at the same index of its own
+    branch graph, so every SpatialDropout of a model drew the same numbers (equal noise sizes:
+    the same mask). At the top level, the draws of a graph's nodes get distinct indices once
+    onnxruntime inlines the function. The draw is empty when inactive: inference draws nothing.
+    ``uniform`` is the element type of the draws (double, or float for bodies meant to be
+    inlined: OpenVINO converts ``RandomUniformLike`` to float only); they are compared with
+    the ratio in double either way. A non-zero ``offset`` draws from [offset, offset+1) and
+    subtracts it (exact in float for a small offset): the same numbers' distribution from a
+    node that differs from its twin, which OpenVINO would otherwise merge with it (it merges
+    identical subgraphs, random ones included: two sites on one tensor drew one mask).
+    """
+    random_attrs = {"dtype": uniform} | ({} if seed is None else {"seed": float(seed)})
+    if offset:
+        random_attrs |= {"low": float(offset), "high": float(offset + 1)}
     nodes = [
-        oh.make_node("ConstantOfShape", ["noise"], ["noise_zeros"]),
-        oh.make_node("RandomUniformLike", ["noise_zeros"], ["uniform"], **random_attrs),
+        oh.make_node("Cast", ["active"], ["active_i"], to=_INT64),
+        oh.make_node("Mul", ["noise", "active_i"], ["draw_shape"]),
+        oh.make_node("ConstantOfShape", ["draw_shape"], ["noise_zeros"]),
+    ]
+    drawn = "uniform" if uniform == _DOUBLE and not offset else "uniform_t"
+    nodes.append(oh.make_node("RandomUniformLike", ["noise_zeros"], [drawn], **random_attrs))
+    if offset:
+        nodes += [_const("draw_offset", float(offset), uniform),
+                  oh.make_node("Sub", [drawn, "draw_offset"], ["uniform_o"])]
+        drawn = "uniform_o"
+    if drawn != "uniform":
+        nodes.append(oh.make_node("Cast", [drawn], ["uniform"], to=_DOUBLE))
+    return nodes
+
+
+def _train_branch(via_double: bool) -> GraphProto:
+    """Keep where the draw is at least the ratio, and scale the kept values."""
+    nodes = [
         oh.make_node("GreaterOrEqual", ["uniform", "ratio_d"], ["keep"]),
         oh.make_node("Sub", ["one_d", "ratio_d"], ["keep_prob"]),
         oh.make_node("Div", ["one_d", "keep_prob"], ["scale_exact"]),
@@ -227,7 +260,7 @@ def _infer_branch() -> GraphProto:
     ])
 
 
-def overload_name(seed: int | None, via_double: bool) -> str:
+def overload_name(seed: int | None, via_double: bool, offset: int = 0) -> str:
     """Function overload for a node's variant.
 
     The overload-free function ('') is the one that works for every node: unseeded, exact for
@@ -239,24 +272,31 @@ def overload_name(seed: int | None, via_double: bool) -> str:
         parts.append(f"seed_{seed}" if seed >= 0 else f"seed_m{-seed}")
     if not via_double:
         parts.append("direct")
+    if offset:
+        parts.append(f"draw{offset}")
     return "_".join(parts)
 
 
-def build_function(opset: int, seed: int | None = None, via_double: bool = True) -> FunctionProto:
-    """The SpatialDropout function body for a model importing default-domain ``opset``."""
+def build_function(opset: int, seed: int | None = None, via_double: bool = True, *,
+                   uniform: int = _DOUBLE, offset: int = 0) -> FunctionProto:
+    """The SpatialDropout function body for a model importing default-domain ``opset``.
+
+    ``uniform``, ``offset``: element type and form of the random draws (see ``_draw_nodes``).
+    """
     if opset < MIN_OPSET:
         raise ValueError(
             f"SpatialDropout function bodies need default-domain opset >= {MIN_OPSET}, "
             f"the model imports {opset} (convert it with onnx.version_converter first)"
         )
     select = oh.make_node("If", ["active"], ["output", "mask"],
-                          then_branch=_train_branch(seed, via_double),
+                          then_branch=_train_branch(via_double),
                           else_branch=_infer_branch())
     function = oh.make_function(
         spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS),
-        [*_ratio_nodes(), *_noise_shape_nodes(_axes_from_attribute()), select],
+        [*_ratio_nodes(), *_noise_shape_nodes(_axes_from_attribute()),
+         *_draw_nodes(seed, uniform, offset), select],
         [oh.make_opsetid("", opset)],
-        overload=overload_name(seed, via_double),
+        overload=overload_name(seed, via_double, offset),
         doc_string="SpatialDropout from standard ops (spatialdrop_onnx.function_body).",
     )
     function.attribute_proto.append(oh.make_attribute(
@@ -325,45 +365,85 @@ def make_portable(model: onnx.ModelProto | str | os.PathLike, *,
     Idempotent. Raises ValueError if the default-domain opset is below
     ``MIN_OPSET`` or a node's ``shared_axes`` is invalid for its data's rank.
     """
+    return _with_bodies(_copy_of(model, "make_portable"), for_inlining=False, types=types)
+
+
+def bodies_for_inlining(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of ``model`` whose SpatialDropout nodes call bodies meant to be inlined.
+
+    It differs from :func:`make_portable` where inlining lifts a runtime's limits:
+    nodes inside model-local functions call their seeded and direct variants
+    (an inliner resolves overloads statically), an absent ``shared_axes`` is
+    written as the default's sentinel (``onnx.inliner`` drops an attribute
+    reference the node does not set instead of taking the function's default),
+    the draws are float (OpenVINO converts ``RandomUniformLike`` to float only), and
+    unseeded nodes of one graph with the same inputs and axes draw through distinct
+    nodes (OpenVINO merges identical subgraphs, random ones too).
+    The result is meant for ``onnx.inliner``, not to be run as it is.
+    """
+    return _with_bodies(_copy_of(model, "bodies_for_inlining"), for_inlining=True)
+
+
+def _copy_of(model: onnx.ModelProto | str | os.PathLike, caller: str) -> onnx.ModelProto:
     if isinstance(model, (str, os.PathLike)):
         from .modelio import load_model
 
         model = load_model(model).model
     elif not isinstance(model, onnx.ModelProto):
-        raise TypeError(f"make_portable takes an onnx.ModelProto or a path, "
+        raise TypeError(f"{caller} takes an onnx.ModelProto or a path, "
                         f"not {type(model).__name__}")
     result = onnx.ModelProto()
     result.CopyFrom(model)
+    return result
+
+
+def _with_bodies(result: onnx.ModelProto, for_inlining: bool,
+                 types: TypeFacts | None = None) -> onnx.ModelProto:
+    """Attach the function bodies to ``result`` (changed in place) and return it."""
     scopes = model_scopes(result)
     if not any(is_spatial_dropout(n) for s in scopes for n in s.nodes):
         return result
     facts = type_facts(result) if types is None else types
     fresh = NameMaker(all_names(result))
-    variants: set[tuple[int | None, bool]] = set()  # (seed, via_double)
+    variants: set[tuple[int | None, bool, int]] = set()  # (seed, via_double, offset)
     for scope in scopes:
         _make_explicit(scope, facts, fresh)
         # onnxruntime cannot resolve an overload from inside a function: nodes there use the
-        # generic body, whose random stream is unseeded.
-        in_function = scope.function is not None
+        # generic body, whose random stream is unseeded. An inliner can.
+        generic_only = scope.function is not None and not for_inlining
+        twins: Counter[tuple] = Counter()  # unseeded nodes of this scope with the same inputs
         for node in scope.nodes:
             if is_spatial_dropout(node):
+                if for_inlining and get_attr(node, spec.ATTR_SHARED_AXES) is None:
+                    node.attribute.append(oh.make_attribute(
+                        spec.ATTR_SHARED_AXES, [DEFAULT_AXES_SENTINEL],
+                        attr_type=AttributeProto.INTS))
                 seed_attr = get_attr(node, spec.ATTR_SEED)
-                seed = None if seed_attr is None or in_function else int(seed_attr.i)
+                seed = None if seed_attr is None or generic_only else int(seed_attr.i)
                 elem_type = facts.elem_type_of(scope, node.input[0])
-                via_double = in_function or elem_type not in _DIRECT_TYPES
-                variants.add((seed, via_double))
-                node.overload = overload_name(seed, via_double)
+                via_double = generic_only or elem_type not in _DIRECT_TYPES
+                offset = 0
+                if for_inlining and seed is None:
+                    axes = get_attr(node, spec.ATTR_SHARED_AXES)
+                    key = (*node.input, tuple(axes.ints) if axes is not None else None)
+                    offset, twins[key] = twins[key], twins[key] + 1
+                variants.add((seed, via_double, offset))
+                node.overload = overload_name(seed, via_double, offset)
 
     opset = default_opset(result.opset_import)
     kept = [f for f in result.functions if f.domain != spec.DOMAIN or f.name != spec.OP_TYPE]
     del result.functions[:]
+    # The generic function always exists and comes last of ours: it is what ReferenceEvaluator
+    # (which ignores overloads, last one wins) and calls from inside functions resolve to.
+    # Ours come before the user's functions: ReferenceEvaluator loads a function's callees
+    # before it only.
+    variants.discard((None, True, 0))
+    ordered = sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1], v[2]))
+    uniform = TensorProto.FLOAT if for_inlining else _DOUBLE
+    for seed, via_double, offset in [*ordered, (None, True, 0)]:
+        result.functions.append(build_function(opset, seed, via_double, uniform=uniform,
+                                               offset=offset))
     result.functions.extend(kept)
-    # The generic function always exists and comes last: it is what ReferenceEvaluator (which
-    # ignores overloads, last one wins) and calls from inside functions resolve to.
-    variants.discard((None, True))
-    ordered = sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1]))
-    for seed, via_double in [*ordered, (None, True)]:
-        result.functions.append(build_function(opset, seed, via_double))
     import_our_domain(result.opset_import)
     for function in result.functions:
         if any(is_spatial_dropout(n) for n in function.node):

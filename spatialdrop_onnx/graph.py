@@ -239,6 +239,31 @@ def all_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
+def rename_values(graph: GraphProto, mapping: dict[str, str]) -> None:
+    """Rename values of ``graph`` and of every subgraph in it, in place.
+
+    Value names are unique across a graph and its subgraphs (ONNX's SSA rule),
+    so one mapping serves the whole tree: node inputs and outputs, graph inputs,
+    outputs, initializers and value_info. Model-local functions have names of
+    their own and are not touched.
+    """
+    if not mapping:
+        return
+    for info in [*graph.input, *graph.output, *graph.value_info]:
+        info.name = mapping.get(info.name, info.name)
+    for tensor in [*graph.initializer]:
+        tensor.name = mapping.get(tensor.name, tensor.name)
+    for sparse in graph.sparse_initializer:
+        sparse.values.name = mapping.get(sparse.values.name, sparse.values.name)
+    for node in graph.node:
+        for names in (node.input, node.output):
+            for i, name in enumerate(names):
+                if name in mapping:
+                    names[i] = mapping[name]
+        for _, sub in subgraphs(node):
+            rename_values(sub, mapping)
+
+
 # --- Constants -----------------------------------------------------------------------
 
 
@@ -463,7 +488,7 @@ def type_facts(model: onnx.ModelProto) -> TypeFacts:
 _BIG_TENSOR_BYTES = 1024
 
 
-def _skeleton_in_place(model: onnx.ModelProto) -> None:
+def skeleton_in_place(model: onnx.ModelProto) -> None:
     """Drop large, external and placeholder initializer data (kept as typed inputs):
     inference needs their types, not their values. Only ever called on a throw-away copy."""
     graph = model.graph
@@ -531,7 +556,7 @@ def _call_site_types(scopes: list[Scope], per_scope: list[dict[str, ValueType]],
 
 def _infer_facts(model: onnx.ModelProto) -> list[dict[str, ValueType]]:
     """Per-scope types (model_scopes order): declared, completed by shape inference."""
-    _skeleton_in_place(model)
+    skeleton_in_place(model)
     scopes = model_scopes(model)
     per_scope = [_declared_types(s) for s in scopes]
     try:

@@ -14,6 +14,7 @@ cost is a few milliseconds plus moving the (small) result through the pipe.
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -30,6 +31,8 @@ _DISABLE_ENV = "SPATIALDROP_ONNX_NO_ISOLATION"
 
 
 _in_child = False
+#: What a child must not free before it exits (see run_isolated).
+_kept_in_child: list[object] = []
 
 
 def in_forked_child() -> bool:
@@ -53,6 +56,11 @@ def run_isolated(fn: Callable[..., _R], *args: object, what: str) -> _R:
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: compute, report, leave without running any cleanup
+        # The child has one thread; objects it inherited may own others' locks (an
+        # onnxruntime session's thread pool): a finalizer run here can wait forever on a
+        # condition variable whose waiter stayed in the parent. No cyclic collection,
+        # and nothing the computation raised is freed before _exit.
+        gc.disable()
         os.close(read_fd)
         global _in_child
         _in_child = True
@@ -62,6 +70,7 @@ def run_isolated(fn: Callable[..., _R], *args: object, what: str) -> _R:
             try:
                 payload = pickle.dumps(("ok", fn(*args)), protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
+                _kept_in_child.append(err)  # its traceback's frames are never freed
                 try:
                     payload = pickle.dumps(("error", err), protocol=pickle.HIGHEST_PROTOCOL)
                 except Exception:  # noqa: BLE001 - an unpicklable exception: send its text

@@ -208,6 +208,34 @@ def test_seed_strip_is_bit_identical_to_inference(seed: dict[str, Any]) -> None:
     np.testing.assert_array_equal(got.view(np.uint32), inference.view(np.uint32))
 
 
+@pytest.mark.parametrize("strategy", ["batch", "loop"])
+def test_seed_monte_carlo_model(seed: dict[str, Any], strategy: str) -> None:
+    """The main job's step 3: the seed model's MC model (auto picks batch folding) agrees with
+    N separate runs of the converted model and is less sure of the tokens it gets wrong."""
+    samples = 32
+    asked = "auto" if strategy == "batch" else "loop"
+    model, report = sd.monte_carlo(seed["path"], samples=samples, strategy=asked)
+    # One random site per dropout node of the converted model (a SpatialDropout1D, and a
+    # mask per GRU gate for the input and the recurrent dropout: distinct draws per gate).
+    converted = onnx.load(seed["path"])
+    dropout_nodes = sum(n.op_type in (sd.OP_TYPE, "Dropout") for n in all_nodes(converted))
+    assert report.strategy == strategy and report.random_sites == dropout_nodes == 7
+    tokens = np.random.default_rng(2024).integers(0, 10, size=(256, 6)).astype(np.int32)
+    mean, std = sd.inference_session(model).run(None, {"tokens": tokens})
+    source = session(str(seed["path"]))
+    runs = np.stack([run(source, {"tokens": tokens}, True)["probs"] for _ in range(samples)])
+    ref_mean, ref_std = runs.mean(0), runs.std(0)
+    varying = (std > 1e-3) & (ref_std > 1e-3)
+    z = (mean - ref_mean)[varying] / np.sqrt((std**2 + ref_std**2)[varying] / samples)
+    assert abs(float(np.mean(np.abs(z))) - math.sqrt(2 / math.pi)) < 0.15  # |N(0,1)|: 0.80
+    assert 0.85 < float(np.median(std[varying] / ref_std[varying])) < 1.15
+    predicted = mean.argmax(-1)
+    correct = predicted == tokens[:, ::-1]  # the seed model reverses its input
+    deviation = np.take_along_axis(std, predicted[..., None], axis=-1)[..., 0]
+    assert 0.9 < correct.mean() < 1
+    assert deviation[~correct].mean() > 1.2 * deviation[correct].mean()
+
+
 # --- Every dropout layer type and data format ---------------------------------------
 
 

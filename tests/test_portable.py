@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 from dropout_checks import (
     DTYPES,
@@ -220,3 +221,19 @@ def test_opset_below_minimum_refused():
 def test_invalid_axes_refused_when_rank_known():
     with pytest.raises(ValueError, match="out of range"):
         sd.make_portable(dropout_model((2, 3, 4), "float32", shared_axes=[5]))
+
+
+def test_sites_draw_independent_masks_in_onnxruntime():
+    """onnxruntime seeds an unseeded random op with a process seed plus its node index in its
+    graph; a draw inside each node's If branch sat at the same index of every branch, so all
+    sites of a model drew the same numbers (equal noise sizes: equal masks)."""
+    text = """<ir_version: 10, opset_import: ["": 18, "org.spatialdrop": 1]>
+        g (float[64,16] x, bool t) => (float[64,16] a, float[64,16] b) <float r = {0.5}> {
+            a = org.spatialdrop.SpatialDropout<shared_axes = [1]>(x, r, t)
+            b = org.spatialdrop.SpatialDropout<shared_axes = [1]>(x, r, t)
+        }"""
+    session = ort_session(sd.make_portable(onnx.parser.parse_model(text)))
+    x = sample_data((64, 16), np.dtype(np.float32))
+    a, b = session.run(None, {"x": x, "t": np.array(True)})
+    agree = float(np.mean((a[:, 0] == 0) == (b[:, 0] == 0)))
+    assert abs(agree - 0.5) < 4 * np.sqrt(0.25 / 64), agree  # independent: half agree

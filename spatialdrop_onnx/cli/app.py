@@ -15,6 +15,7 @@ from ..spec import SpatialDropoutError
 from .bench_command import bench
 from .convert_command import convert
 from .graph_commands import inspect, rewrite, strip
+from .runtime_commands import inline, mc
 
 PROG = "spatialdrop-onnx"
 EXIT_CODES = """\b
@@ -32,10 +33,10 @@ Exit codes (every command):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
 @click.version_option(__version__, "-V", "--version", prog_name=PROG)
 def app() -> None:
-    """Channel-wise dropout for ONNX: convert, rewrite, strip, inspect, bench."""
+    """Channel-wise dropout for ONNX: convert, rewrite, strip, inspect, inline, mc, bench."""
 
 
-for _command in (convert, rewrite, strip, inspect, bench):
+for _command in (convert, rewrite, strip, inspect, inline, mc, bench):
     app.add_command(_command)
 
 

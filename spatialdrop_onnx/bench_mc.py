@@ -1,0 +1,312 @@
+"""Benchmark of Monte-Carlo dropout: one call of the MC model vs N ``session.run`` calls.
+
+For each case (a model with dropout, the feeds of one batch), three rows, all in
+onnxruntime sessions made by :func:`~spatialdrop_onnx.inference_session` with
+the same options (native kernel, ``EliminateDropout`` off, default threads):
+
+* ``python_loop`` - N ``session.run`` calls of the source model with
+  ``training_mode`` true, from Python (what users write today);
+* ``mc_batch`` - one call of ``monte_carlo(model, samples=N, strategy="batch")``;
+* ``mc_loop`` - one call of ``monte_carlo(model, samples=N, strategy="loop")``.
+
+Time is the minimum and the median of ``repeat`` timed units (one unit = the N
+samples) after warm-up runs. The rows take turns, one unit each per round, so the
+units of a round run back to back under the same machine load; the speed-up of a
+row is the median over rounds of (python_loop's unit / the row's unit), which a
+busy machine disturbs far less than the times themselves. Peak memory is
+measured first, each row in a forked child that has not run anything yet: the
+child's high-water resident set (``VmHWM``) after building the session and
+running one unit, minus its resident set when it started.
+
+Cases: a small CNN with SpatialDropout2D built here (:func:`cnn_model`), and any
+model passed in (``bench --mc --seed-model``: the converted seed model over 512
+token sequences; ``scripts/bench_mc.py`` converts it and runs both).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto
+from onnx import helper as oh
+
+from . import spec
+from .bench import measure_in_rounds
+from .graph import TRAINING_MODE
+from .passes.monte_carlo import monte_carlo
+from .sessions import inference_session
+
+ROWS = (
+    ("python_loop", "N session.run calls from Python"),
+    ("mc_batch", "MC model, batch folding, one call"),
+    ("mc_loop", "MC model, Loop, one call"),
+)
+
+
+@dataclass
+class McRow:
+    """One measured configuration of one case."""
+
+    name: str
+    label: str
+    median_ms: float | None = None
+    min_ms: float | None = None
+    speedup: float | None = None  # median over rounds of python_loop's time / this row's
+    peak_mb: float | None = None
+    error: str | None = None
+
+
+@dataclass
+class McCase:
+    """One model and its rows."""
+
+    name: str
+    description: str
+    batch: int
+    rows: list[McRow] = field(default_factory=list)
+
+    def row(self, name: str) -> McRow:
+        """The row called ``name``."""
+        return next(r for r in self.rows if r.name == name)
+
+
+@dataclass
+class McBenchResult:
+    """Every case of one run, with the setup they were measured on."""
+
+    samples: int
+    repeat: int
+    onnxruntime: str
+    cpu_count: int
+    cases: list[McCase] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+# --- Cases ------------------------------------------------------------------------
+
+
+def cnn_model(channels: int = 16, size: int = 16, ratio: float = 0.25,
+              late: bool = False) -> onnx.ModelProto:
+    """A small image classifier with channel dropout (SpatialDropout2D on NCHW).
+
+    x[B,3,size,size] -> Conv3x3(channels) -> Relu -> Conv3x3(2*channels, stride 2) -> Relu
+    -> global average pool -> Gemm(10) -> Softmax, with fixed random weights and the
+    ``training_mode`` switch (default false). The SpatialDropout(ratio, default axes) sits
+    after the first conv, or with ``late`` after the second (a dropout before the head, as
+    MC-dropout models often have it: the convolutions before it are the same in every sample).
+    """
+    rng = np.random.default_rng(0)
+
+    def weight(name: str, *shape: int) -> onnx.TensorProto:
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+        values = rng.normal(0, 1 / np.sqrt(fan_in), shape).astype(np.float32)
+        return onnx.numpy_helper.from_array(values, name)
+
+    wide = 2 * channels
+    initializers = [
+        weight("w1", channels, 3, 3, 3), weight("w2", wide, channels, 3, 3),
+        weight("w3", 10, wide), onnx.numpy_helper.from_array(np.zeros(10, np.float32), "b3"),
+        oh.make_tensor("ratio", TensorProto.FLOAT, [], [ratio]),
+        oh.make_tensor(TRAINING_MODE, TensorProto.BOOL, [], [False]),
+    ]
+    conv1 = oh.make_node("Conv", ["x", "w1"], ["c1"], pads=[1, 1, 1, 1])
+    conv2 = oh.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1], strides=[2, 2])
+    if late:
+        nodes = [conv1, oh.make_node("Relu", ["c1"], ["r1"]), conv2,
+                 _dropout("c2", "d2"), oh.make_node("Relu", ["d2"], ["r2"])]
+    else:
+        nodes = [conv1, _dropout("c1", "d1"), oh.make_node("Relu", ["d1"], ["r1"]), conv2,
+                 oh.make_node("Relu", ["c2"], ["r2"])]
+    nodes += [
+        oh.make_node("GlobalAveragePool", ["r2"], ["pooled"]),
+        oh.make_node("Flatten", ["pooled"], ["flat"]),
+        oh.make_node("Gemm", ["flat", "w3", "b3"], ["logits"], transB=1),
+        oh.make_node("Softmax", ["logits"], ["probs"]),
+    ]
+    graph = oh.make_graph(
+        nodes, "cnn_spatial_dropout",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3, size, size]),
+         oh.make_tensor_value_info(TRAINING_MODE, TensorProto.BOOL, [])],
+        [oh.make_tensor_value_info("probs", TensorProto.FLOAT, ["batch", 10])],
+        initializers)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17),
+                                               oh.make_opsetid(spec.DOMAIN, spec.OPSET_VERSION)])
+
+
+def _dropout(data: str, output: str) -> onnx.NodeProto:
+    return oh.make_node(spec.OP_TYPE, [data, "ratio", TRAINING_MODE], [output],
+                        domain=spec.DOMAIN)
+
+
+def cnn_feeds(batch: int, size: int = 16) -> dict[str, np.ndarray]:
+    """One batch of images for :func:`cnn_model`."""
+    return {"x": np.random.default_rng(1).random((batch, 3, size, size), dtype=np.float32)}
+
+
+def token_feeds(model: onnx.ModelProto, batch: int, vocabulary: int = 10) -> dict[str, np.ndarray]:
+    """Token ids in [0, vocabulary) for every integer input (the seed model: 10 tokens)."""
+    rng = np.random.default_rng(2024)
+    feeds = {}
+    for info in model.graph.input:
+        if info.name == TRAINING_MODE:
+            continue
+        dims = [batch] + [d.dim_value for d in info.type.tensor_type.shape.dim[1:]]
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(info.type.tensor_type.elem_type)
+        if np.issubdtype(dtype, np.integer):
+            feeds[info.name] = rng.integers(0, vocabulary, size=dims).astype(dtype)
+        else:
+            feeds[info.name] = rng.random(dims).astype(dtype)
+    return feeds
+
+
+# --- Measuring --------------------------------------------------------------------------
+
+
+def _unit(name: str, source: bytes, mc: dict[str, bytes], feeds: dict[str, np.ndarray],
+          samples: int) -> Callable[[], None]:
+    """A function computing the N samples once, the way row ``name`` does."""
+    if name == "python_loop":
+        session = inference_session(onnx.ModelProto.FromString(source))
+        train = dict(feeds, **{TRAINING_MODE: np.array(True)})
+
+        def run_loop() -> None:
+            for _ in range(samples):
+                session.run(None, train)
+
+        return run_loop
+    session = inference_session(onnx.ModelProto.FromString(mc[name]))
+    return lambda: session.run(None, feeds)
+
+
+def _rss_kb(field_name: str) -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith(field_name + ":"):
+                return int(line.split()[1])
+    raise OSError(f"no {field_name} in /proc/self/status")
+
+
+def _peak_mb(build: Callable[[], Callable[[], None]]) -> float | None:
+    """Extra high-water resident memory of building and running one unit, in a fresh child."""
+    if not hasattr(os, "fork") or not os.path.exists("/proc/self/status"):
+        return None
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: measure, report, leave
+        os.close(read_fd)
+        value: object = None
+        try:
+            start = _rss_kb("VmRSS")
+            build()()
+            value = (_rss_kb("VmHWM") - start) / 1024
+        except BaseException as err:  # noqa: BLE001 - reported as text
+            value = f"{type(err).__name__}: {err}"
+        with os.fdopen(write_fd, "wb") as pipe:
+            pipe.write(pickle.dumps(value))
+        os._exit(0)
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as pipe:
+        payload = pipe.read()
+    os.waitpid(pid, 0)
+    value = pickle.loads(payload) if payload else "the child died"  # noqa: S301 - our child
+    if isinstance(value, str):
+        raise RuntimeError(value)
+    return float(value)
+
+
+def _mc_models(model: onnx.ModelProto, samples: int) -> tuple[dict[str, bytes], dict[str, str]]:
+    models, errors = {}, {}
+    for name, strategy in (("mc_batch", "batch"), ("mc_loop", "loop")):
+        try:
+            built = monte_carlo(model, samples=samples, strategy=strategy).model
+            models[name] = built.SerializeToString()
+        except Exception as err:  # noqa: BLE001 - a strategy the model refuses is reported
+            errors[name] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    return models, errors
+
+
+def run_case(name: str, description: str, model: onnx.ModelProto,
+             feeds: dict[str, np.ndarray], samples: int, repeat: int, warmup: int = 2,
+             progress: Callable[[str], None] | None = None) -> McCase:
+    """Measure the three rows of one case (memory first, in children; then time, here)."""
+    batch = int(next(iter(feeds.values())).shape[0])
+    case = McCase(name, description, batch)
+    source = model.SerializeToString()
+    mc, errors = _mc_models(model, samples)
+    for row_name, label in ROWS:
+        row = McRow(row_name, label, error=errors.get(row_name))
+        case.rows.append(row)
+        if row.error:
+            continue
+        if progress:
+            progress(f"{name}: peak memory of {label}")
+        try:
+            row.peak_mb = _peak_mb(lambda n=row_name: _unit(n, source, mc, feeds, samples))
+        except Exception as err:  # noqa: BLE001 - reported in the row
+            row.error = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    runners = {row.name: _unit(row.name, source, mc, feeds, samples)
+               for row in case.rows if not row.error}
+    if progress:
+        progress(f"{name}: {len(runners)} rows, {repeat} timed units each")
+    # One unit per row per round: the rows of a round run back to back, under the same load.
+    times = measure_in_rounds(runners, repeat, warmup, repeat)
+    for row_name, seconds in times.items():
+        row = case.row(row_name)
+        row.median_ms = statistics.median(seconds) * 1e3
+        row.min_ms = min(seconds) * 1e3
+    baseline = times.get("python_loop")
+    for row in case.rows:
+        if baseline and row.name in times:
+            row.speedup = statistics.median(
+                b / t for b, t in zip(baseline, times[row.name], strict=True))
+    return case
+
+
+def run_mc_bench(samples: int = 32, repeat: int = 7, cnn_batch: int = 128,
+                 extra: list[tuple[str, str, onnx.ModelProto, dict[str, np.ndarray]]] = (),
+                 progress: Callable[[str], None] | None = None) -> McBenchResult:
+    """The CNN case and every ``extra`` (name, description, model, feeds) case."""
+    result = McBenchResult(samples, repeat, ort.__version__, os.cpu_count() or 0)
+    images = f"{cnn_batch} images 3x16x16"
+    cases = [*extra,
+             ("cnn", f"CNN, SpatialDropout2D after conv 1 of 2, {images}", cnn_model(),
+              cnn_feeds(cnn_batch)),
+             ("cnn_late", f"CNN, SpatialDropout2D after conv 2 of 2, {images}",
+              cnn_model(late=True), cnn_feeds(cnn_batch))]
+    start = time.perf_counter()
+    for name, description, model, feeds in cases:
+        result.cases.append(run_case(name, description, model, feeds, samples, repeat,
+                                     progress=progress))
+    if progress:
+        progress(f"done in {time.perf_counter() - start:.0f} s")
+    return result
+
+
+def format_table(result: McBenchResult) -> str:
+    """Human-readable table of ``result``."""
+    lines = [f"Monte-Carlo dropout, N={result.samples} samples: one call of the MC model vs "
+             f"N session.run calls (onnxruntime {result.onnxruntime}, {result.cpu_count} cores; "
+             f"min and median of {result.repeat}; speed-up: median of per-round ratios)"]
+    width = max(len(label) for _, label in ROWS)
+    for case in result.cases:
+        lines.append(f"  {case.name}: {case.description}")
+        for row in case.rows:
+            if row.median_ms is None:
+                lines.append(f"    {row.label:<{width}}  n/a ({row.error})")
+                continue
+            speed = "" if row.speedup is None else f"{row.speedup:6.2f}x"
+            peak = "" if row.peak_mb is None else f"peak +{row.peak_mb:7.1f} MB"
+            lines.append(f"    {row.label:<{width}}  min {row.min_ms:8.1f} ms  median "
+                         f"{row.median_ms:8.1f} ms  {speed}  {peak}")
+    return "\n".join(lines)

@@ -1,0 +1,79 @@
+"""``spatialdrop-onnx inline | mc``: models for other runtimes; Monte-Carlo dropout as one model.
+
+Both load with :func:`spatialdrop_onnx.modelio.load_model` and write with
+:func:`~spatialdrop_onnx.modelio.save_model` (model and data as one unit,
+atomically), like the graph passes.
+"""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import printable
+from .graph_commands import _IN_PLACE, _JSON, _OUTPUT, _QUIET
+from .output import emit_json, model_errors
+
+
+@click.command("inline")
+@click.argument("src", metavar="IN.onnx")
+@_OUTPUT
+@click.option("--all-functions", is_flag=True,
+              help="Inline the model's own local functions too (OpenVINO runs none).")
+@_IN_PLACE
+@_JSON
+@_QUIET
+def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: bool,
+           quiet: bool) -> None:
+    """Replace every SpatialDropout by standard ONNX ops (no custom domain, no function of
+    ours), keeping channel-wise dropout and the training_mode switch: for runtimes such as
+    OpenVINO. ONNX Dropout nodes that can train are lowered the same way."""
+    from ..inline import inline_file
+
+    with model_errors(src, "inline"):
+        report = inline_file(src, output, all_functions=all_functions, in_place=in_place)
+    if as_json:
+        emit_json(report.to_dict())
+    elif not quiet:
+        lowered = (f" ({report.dropout_lowered} of them ONNX Dropout)"
+                   if report.dropout_lowered else "")
+        functions = (f"; {report.functions_inlined} local function(s) inlined"
+                     if report.functions_inlined else "")
+        switch = ("" if report.switch_default is None else
+                  f"; training_mode is now a required input (its default was "
+                  f"{str(report.switch_default).lower()})")
+        click.echo(f"{printable(output)}: inlined {report.inlined} dropout node(s){lowered}"
+                   f"{functions}{switch}", err=True)
+
+
+@click.command("mc")
+@click.argument("src", metavar="IN.onnx")
+@_OUTPUT
+@click.option("--samples", "-n", type=click.IntRange(min=2, max=1_000_000), required=True,
+              help="Stochastic passes the statistics are taken over.")
+@click.option("--strategy", type=click.Choice(["auto", "batch", "loop"]), default="auto",
+              show_default=True,
+              help="batch: fold the samples into the batch (one run; only for models whose "
+                   "rows are independent, checked); loop: a Loop with running statistics "
+                   "(constant memory, any model); auto: batch when valid.")
+@click.option("--keep-samples", is_flag=True,
+              help="Also output every sample, as Y_samples stacked on a new axis 0.")
+@_IN_PLACE
+@_JSON
+@_QUIET
+def mc(src: str, output: str, samples: int, strategy: str, keep_samples: bool, in_place: bool,
+       as_json: bool, quiet: bool) -> None:
+    """Monte-Carlo dropout as one model: for each float output Y, Y_mean and Y_std (population
+    standard deviation) over N passes with dropout on, computed inside the graph. The inputs
+    are the model's minus training_mode."""
+    from ..passes.monte_carlo import monte_carlo_file
+
+    with model_errors(src, "build the Monte-Carlo model of"):
+        report = monte_carlo_file(src, output, samples=samples, strategy=strategy,
+                                  keep_samples=keep_samples, in_place=in_place)
+    if as_json:
+        emit_json(report.to_dict())
+    elif not quiet:
+        names = ", ".join(printable(n) for o in report.outputs
+                          for n in (o.mean, o.std, o.samples) if n)
+        click.echo(f"{printable(output)}: {report.samples} samples, strategy {report.strategy} "
+                   f"({printable(report.reason, limit=300)}); outputs {names}", err=True)

@@ -1,0 +1,207 @@
+"""Inline: every SpatialDropout replaced by standard ONNX ops, for runtimes without functions.
+
+OpenVINO (and other runtimes that accept neither a custom domain nor model-local
+functions) cannot run ``SpatialDropout``, even with its function body attached.
+``inline(model)`` writes the model with each node replaced by the body itself:
+
+1. Dropout nodes that train are brought along: an ONNX ``Dropout`` whose
+   ``training_mode`` input is not a constant false becomes
+   ``SpatialDropout(shared_axes=[])`` first (the same computation: one decision
+   per element, kept values scaled by 1/(1-ratio)), because OpenVINO refuses a
+   training ``Dropout`` and onnxruntime deletes an interior one whatever its
+   ``training_mode``.
+2. :func:`~spatialdrop_onnx.function_body.bodies_for_inlining` gives every node
+   its body variant (seed and arithmetic path, also inside model-local functions),
+   and ``onnx.inliner.inline_selected_functions`` splices exactly those bodies in
+   (in the main graph, in If/Loop/Scan bodies and in the user's own functions,
+   which stay functions); it runs in a forked child (``isolation``).
+3. Our opset import goes; the model's IR version is kept.
+4. The ``training_mode`` input loses its initializer default and must be fed:
+   OpenVINO takes an input that has an initializer for a constant, which would
+   freeze the switch at its default (false: dropout could never be turned on).
+
+With ``all_functions`` the user's own model-local functions are inlined too
+(``onnx.inliner.inline_local_functions``): OpenVINO takes a call of one for an
+unknown operator.
+
+The result computes what the model computes: channel-wise decisions, the
+``training_mode`` switch (still a graph input with its default), the optional
+``mask`` output. Its random numbers come from the runtime's ``RandomUniformLike``
+(as the function body's do); a seeded node stays seeded.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+
+import onnx
+from onnx import helper as oh
+
+from . import spec
+from .errors import UserError, printable
+from .function_body import MIN_OPSET, bodies_for_inlining
+from .graph import (
+    TRAINING_MODE,
+    Constants,
+    check_opset_imports,
+    default_opset,
+    drop_our_unused_functions,
+    get_attr,
+    input_at,
+    is_onnx_dropout,
+    is_spatial_dropout,
+    model_scopes,
+    scalar_of,
+)
+from .isolation import run_isolated
+from .passes.result import ModelArg, PassResult, load_argument
+
+
+@dataclass(frozen=True)
+class InlineReport:
+    """What inline replaced: SpatialDropout nodes (ONNX Dropout that trains counted apart)."""
+
+    #: SpatialDropout nodes replaced by standard ops (the converted Dropout nodes included).
+    inlined: int = 0
+    #: ONNX Dropout nodes with a training_mode input, lowered with them.
+    dropout_lowered: int = 0
+    #: Of the replaced nodes: how many carry a seed, sit in a subgraph, sit in a function.
+    seeded: int = 0
+    in_subgraphs: int = 0
+    in_functions: int = 0
+    #: The user's model-local functions inlined (``all_functions``) and removed.
+    functions_inlined: int = 0
+    #: The initializer default the ``training_mode`` input had (now removed), if any.
+    switch_default: bool | None = None
+
+    @property
+    def modified(self) -> bool:
+        return self.inlined > 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _trains(node: onnx.NodeProto, constants: Constants, scope: object) -> bool:
+    """An ONNX Dropout that can train: it reads a training_mode that is not a constant false."""
+    flag = input_at(node, 2)
+    return bool(flag) and constants.scalar(scope, flag) not in (False, 0)
+
+
+def dropout_to_spatial(model: onnx.ModelProto) -> int:
+    """Turn every training-capable ONNX Dropout into SpatialDropout(shared_axes=[]), in place."""
+    constants = Constants(model)
+    converted = 0
+    for scope in model_scopes(model):
+        for node in scope.nodes:
+            if not is_onnx_dropout(node) or not _trains(node, constants, scope):
+                continue
+            seed = get_attr(node, "seed")
+            del node.attribute[:]
+            node.attribute.append(oh.make_attribute(spec.ATTR_SHARED_AXES, [],
+                                                    attr_type=onnx.AttributeProto.INTS))
+            if seed is not None:
+                node.attribute.append(oh.make_attribute(spec.ATTR_SEED, int(seed.i)))
+            node.op_type, node.domain = spec.OP_TYPE, spec.DOMAIN
+            converted += 1
+            owner = scope.function if scope.function is not None else model
+            if not any(o.domain == spec.DOMAIN for o in owner.opset_import):
+                owner.opset_import.append(oh.make_opsetid(spec.DOMAIN, spec.OPSET_VERSION))
+    return converted
+
+
+def _inline(model: onnx.ModelProto, all_functions: bool) -> bytes:
+    import onnx.inliner
+
+    if all_functions:
+        return onnx.inliner.inline_local_functions(model).SerializeToString()
+    inlined = onnx.inliner.inline_selected_functions(model, [(spec.DOMAIN, spec.OP_TYPE)])
+    return inlined.SerializeToString()
+
+
+def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[InlineReport]:
+    """Replace every SpatialDropout of ``model`` (a ModelProto or a path) by standard ops.
+
+    Returns a new model with no node, function or opset import of our domain
+    left; see the module docstring. ``all_functions`` inlines the user's
+    model-local functions as well. A model with nothing to inline is returned
+    unchanged. Raises UserError when the
+    default-domain opset is below ``MIN_OPSET`` (convert it first, e.g. with
+    ``spatialdrop-onnx rewrite``) or a node is invalid for its data's rank.
+    """
+    given = load_argument(model)
+    # Inlining and sampling rebuild tensors: they work on a complete model, not a skeleton.
+    proto = given.complete(given.model)
+    check_opset_imports(proto)
+    result = onnx.ModelProto()
+    result.CopyFrom(proto)
+    lowered = dropout_to_spatial(result)
+    sites = [(scope, node) for scope in model_scopes(result) for node in scope.nodes
+             if is_spatial_dropout(node)]
+    users = sum(1 for f in result.functions if f.domain != spec.DOMAIN) if all_functions else 0
+    if not sites and not users:
+        drop_our_unused_functions(result)
+        return PassResult(result, InlineReport(switch_default=_require_switch(result)))
+    report = InlineReport(functions_inlined=users,
+        inlined=len(sites), dropout_lowered=lowered,
+        seeded=sum(1 for _, n in sites if get_attr(n, spec.ATTR_SEED) is not None),
+        in_subgraphs=sum(1 for s, _ in sites if s.parent is not None),
+        in_functions=sum(1 for s, _ in sites if s.function is not None))
+    opset = default_opset(result.opset_import)
+    if sites and opset < MIN_OPSET:
+        raise UserError(f"the model imports default-domain opset {opset}; inlining SpatialDropout "
+                        f"needs >= {MIN_OPSET} (spatialdrop-onnx rewrite converts it)")
+    try:
+        prepared = bodies_for_inlining(result)
+    except (ValueError, spec.SpatialDropoutError) as err:
+        raise UserError(f"cannot inline SpatialDropout: {printable(err)}") from None
+    inlined = onnx.ModelProto.FromString(
+        run_isolated(_inline, prepared, all_functions, what="inlining SpatialDropout"))
+    drop_our_unused_functions(inlined)
+    if all_functions:
+        _drop_unused_imports(inlined, {f.domain for f in result.functions})
+    left = [s.path for s in model_scopes(inlined, include_ours=True) for n in s.nodes
+            if n.domain == spec.DOMAIN]
+    if left or any(f.domain == spec.DOMAIN for f in inlined.functions):
+        raise UserError(f"inlining left SpatialDropout nodes in {printable(', '.join(left))}")
+    # Overloads were needed only until the bodies were spliced in.
+    inlined.ir_version = proto.ir_version
+    default = _require_switch(inlined)
+    if default is not None:
+        report = replace(report, switch_default=default)
+    return PassResult(inlined, report)
+
+
+def _drop_unused_imports(model: onnx.ModelProto, domains: set[str]) -> None:
+    """Remove imports of these (function) domains that no node uses any more."""
+    used = {n.domain for s in model_scopes(model, include_ours=True) for n in s.nodes}
+    for owner in [model, *model.functions]:
+        kept = [o for o in owner.opset_import if o.domain in used or o.domain not in domains]
+        if len(kept) != len(owner.opset_import):
+            del owner.opset_import[:]
+            owner.opset_import.extend(kept)
+
+
+def _require_switch(model: onnx.ModelProto) -> bool | None:
+    """Remove the initializer default of the ``training_mode`` input; return what it was."""
+    graph = model.graph
+    if not any(i.name == TRAINING_MODE for i in graph.input):
+        return None
+    default = next((i for i in graph.initializer if i.name == TRAINING_MODE), None)
+    if default is None:
+        return None
+    graph.initializer.remove(default)
+    return bool(scalar_of(default))
+
+
+def inline_file(src: str | os.PathLike, dst: str | os.PathLike, *, all_functions: bool = False,
+                in_place: bool = False) -> InlineReport:
+    """Load ``src`` safely, inline its SpatialDropout nodes and save atomically to ``dst``."""
+    from .modelio import check_output_path, load_model, save_model
+
+    loaded = load_model(src)
+    check_output_path(dst, loaded, in_place)  # refuse before the slow work
+    result = inline(loaded, all_functions=all_functions)
+    save_model(result.model, dst, source=loaded, in_place=in_place)
+    return result.report

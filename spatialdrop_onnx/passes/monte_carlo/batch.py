@@ -1,0 +1,200 @@
+"""Batch folding: the stochastic part of the model run once on N copies of the batch.
+
+The deterministic prefix (:mod:`.stochastic`) runs once at batch B. Every
+batched value [B, ...] it hands to the stochastic part is repeated N times
+along axis 0, ``Tile(v, [N, 1, ...])`` = [N*B, ...] (sample s of row b at row
+s*B + b); values that carry the batch otherwise (a ``Shape`` of a batched
+tensor, the arithmetic on it) are recomputed on the stochastic side from the
+repeated tensors; constants are shared. Each sampled output [N*B, ...] is
+reshaped to [N, B, ...] and reduced over axis 0 in double: the mean, then the
+population deviation from it (two passes: no cancellation).
+
+With dropout late in a model (a classifier head), most of the work is the
+prefix, done once instead of N times. Valid only for models
+:func:`~.folding.check_folding` accepts; it names the batched values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import onnx
+from onnx import helper as oh
+
+from ...graph import NameMaker, rename_values, subgraphs
+from .source import PreparedSource
+from .stats import DOUBLE, INT64, cast_to, constant, output_infos
+from .stochastic import partition
+
+
+class _Unshareable(Exception):
+    """A value the stochastic side needs cannot be recomputed there (a node with a body)."""
+
+
+def _stochastic_side(nodes: list[onnx.NodeProto], stochastic: set[int],
+                     reads: tuple[frozenset[str], ...], inputs: set[str],
+                     batched: Mapping[str, int], needed: list[str], fresh: NameMaker
+                     ) -> tuple[dict[str, str], dict[int, dict[str, str]]]:
+    """What the stochastic side reads in place of prefix values.
+
+    Returns ``tiles`` (prefix value -> its repeated name) and ``copies`` (prefix node index
+    -> the renaming of its outputs, for a node recomputed on the stochastic side). Raises
+    _Unshareable when a value would need a copy of a node with a body.
+    """
+    producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
+    depends = set(inputs)  # values that depend on the graph's inputs
+    for i, node in enumerate(nodes):
+        if reads[i] & depends:
+            depends.update(o for o in node.output if o)
+    tiles: dict[str, str] = {}
+    copies: dict[int, dict[str, str]] = {}
+    pending = [name for i in sorted(stochastic) for name in reads[i]] + list(needed)
+    while pending:
+        name = pending.pop()
+        source = producer.get(name)
+        if source is not None and (source in stochastic or source in copies):
+            continue
+        if name in tiles or name not in depends:
+            continue  # repeated already, or a constant: shared
+        if name in batched:
+            tiles[name] = fresh(f"{name}/mc_tiled")
+        elif source is None:
+            continue  # an unbatched input (a scalar): shared by every sample
+        else:
+            node = nodes[source]
+            if any(True for _ in subgraphs(node)):
+                raise _Unshareable(node.name or node.op_type)
+            copies[source] = {o: fresh(f"{o}/mc_folded") for o in node.output if o}
+            pending.extend(reads[source])
+    return tiles, copies
+
+
+def _renamed(node: onnx.NodeProto, mapping: dict[str, str],
+             outputs: dict[str, str] | None = None) -> onnx.NodeProto:
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for i, name in enumerate(copy.input):
+        copy.input[i] = mapping.get(name, name)
+    if outputs:
+        for i, name in enumerate(copy.output):
+            copy.output[i] = outputs.get(name, name)
+        if copy.name:
+            copy.name = outputs[node.output[0]] if node.output and node.output[0] else copy.name
+    for _, sub in subgraphs(copy):
+        rename_values(sub, mapping)
+    return copy
+
+
+def build_batch(prepared: PreparedSource, samples: int, keep_samples: bool,
+                batched: Mapping[str, int], share_prefix: bool = True) -> onnx.ModelProto:
+    """The folded Monte-Carlo model (``prepared.model`` is changed and returned).
+
+    ``batched``: main-graph values whose axis 0 is the batch, with their ranks (the folding
+    check's proof).
+    Without ``share_prefix`` every node runs at N*B (the inputs are repeated).
+    """
+    model, fresh = prepared.model, prepared.fresh
+    graph = model.graph
+    nodes = list(graph.node)
+    inputs = {i.name for i in prepared.inputs}
+    split = partition(model)
+    stochastic = set(split.stochastic) if share_prefix else set(range(len(nodes)))
+    needed = [o.value for o in prepared.outputs]
+    try:
+        tiles, copies = _stochastic_side(nodes, stochastic, split.reads, inputs, batched,
+                                         needed, fresh)
+    except _Unshareable:
+        stochastic = set(range(len(nodes)))
+        tiles, copies = _stochastic_side(nodes, stochastic, split.reads, inputs, batched,
+                                         needed, fresh)
+    mapping = dict(tiles)
+    for outputs in copies.values():
+        mapping.update(outputs)
+    prefix = [nodes[i] for i in range(len(nodes)) if i not in stochastic]
+    head = []
+    for name, tiled in tiles.items():
+        head += _tile(name, tiled, samples, batched.get(name), fresh)
+    folded = []
+    for i, node in enumerate(nodes):
+        if i in copies:
+            folded.append(_renamed(node, mapping, copies[i]))
+        if i in stochastic:
+            folded.append(_renamed(node, mapping))
+    # Declared shapes of the stochastic side say B where it has N*B: keep the prefix's only.
+    kept_info = {o for node in prefix for o in node.output}
+    infos = [info for info in graph.value_info if info.name in kept_info]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+    del graph.input[:]
+    graph.input.extend(prepared.inputs)
+    tail = _statistics(prepared, samples, keep_samples, mapping, fresh)
+    del graph.node[:]
+    graph.node.extend([*prefix, *head, *folded, *tail])
+    del graph.output[:]
+    for output in prepared.outputs:
+        graph.output.extend(output_infos(output, samples, keep_samples))
+    return model
+
+
+def _tile(name: str, tiled: str, samples: int, rank: int | None,
+          fresh: NameMaker) -> list[onnx.NodeProto]:
+    """``tiled`` = ``name`` repeated ``samples`` times along axis 0 (any rank >= 1)."""
+    if rank is not None:
+        reps, node = constant(fresh, f"{name}/mc_repeats", INT64, [samples] + [1] * (rank - 1))
+        return [node, oh.make_node("Tile", [name, reps], [tiled], name=tiled)]
+    # Rank unknown here: [N] followed by ones for the other axes, at run time.
+    shape, rank_v, rest, ones, reps = (fresh(f"{name}/mc_{k}") for k in
+                                       ("shape", "rank", "rest", "ones", "repeats"))
+    n, n_node = constant(fresh, f"{name}/mc_n", INT64, [samples])
+    one, o_node = constant(fresh, f"{name}/mc_one", INT64, [1])
+    return [n_node, o_node,
+            oh.make_node("Shape", [name], [shape], name=shape),
+            oh.make_node("Shape", [shape], [rank_v], name=rank_v),
+            oh.make_node("Sub", [rank_v, one], [rest], name=rest),
+            oh.make_node("ConstantOfShape", [rest], [ones], name=ones,
+                         value=oh.make_tensor("one", INT64, [1], [1])),
+            oh.make_node("Concat", [n, ones], [reps], name=reps, axis=0),
+            oh.make_node("Tile", [name, reps], [tiled], name=tiled)]
+
+
+def _statistics(prepared: PreparedSource, samples: int, keep_samples: bool,
+                mapping: dict[str, str], fresh: NameMaker) -> list[onnx.NodeProto]:
+    """Reshape each folded output to [N, B, ...] and reduce it over the samples."""
+    n_samples, n_node = constant(fresh, "mc/samples", INT64, [samples])
+    minus_one, m_node = constant(fresh, "mc/minus_one", INT64, [-1])
+    one, o_node = constant(fresh, "mc/one", INT64, [1])
+    axis0, a_node = constant(fresh, "mc/axis0", INT64, [0])
+    big, b_node = constant(fresh, "mc/to_end", INT64, [2**62])
+    n_double, d_node = constant(fresh, "mc/samples_double", DOUBLE, [float(samples)], [])
+    tail = [n_node, m_node, o_node, a_node, b_node, d_node]
+    for output in prepared.outputs:
+        y = mapping.get(output.value, output.value)
+        base = output.source
+        shape, rest, folded, stacked, stacked_d = (fresh(f"{base}/mc_{k}") for k in
+                                                   ("shape", "rest", "folded_shape", "stacked",
+                                                    "stacked_double"))
+        total, mean_k, dev, square, sq_total, var, std_d, mean_d = (
+            fresh(f"{base}/mc_{k}") for k in ("sum", "mean_keep", "deviation", "square",
+                                              "square_sum", "variance", "std_double",
+                                              "mean_double"))
+        tail += [
+            oh.make_node("Shape", [y], [shape], name=shape),
+            oh.make_node("Slice", [shape, one, big], [rest], name=rest),
+            oh.make_node("Concat", [n_samples, minus_one, rest], [folded], name=folded, axis=0),
+            oh.make_node("Reshape", [y, folded], [stacked], name=stacked),
+            oh.make_node("Cast", [stacked], [stacked_d], name=stacked_d, to=DOUBLE),
+            oh.make_node("ReduceSum", [stacked_d, axis0], [total], name=total, keepdims=1),
+            oh.make_node("Div", [total, n_double], [mean_k], name=mean_k),
+            oh.make_node("Sub", [stacked_d, mean_k], [dev], name=dev),
+            oh.make_node("Mul", [dev, dev], [square], name=square),
+            oh.make_node("ReduceSum", [square, axis0], [sq_total], name=sq_total, keepdims=0),
+            oh.make_node("Div", [sq_total, n_double], [var], name=var),
+            oh.make_node("Sqrt", [var], [std_d], name=std_d),
+            oh.make_node("Squeeze", [mean_k, axis0], [mean_d], name=mean_d),
+            cast_to(mean_d, output.elem_type, output.mean, output.mean),
+            cast_to(std_d, output.elem_type, output.std, output.std),
+        ]
+        if keep_samples:
+            tail.append(oh.make_node("Identity", [stacked], [output.samples],
+                                     name=output.samples))
+    return tail

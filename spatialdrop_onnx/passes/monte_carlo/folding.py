@@ -1,0 +1,272 @@
+"""Can the samples be folded into the batch? A yes needs proof from the graph's shapes.
+
+Folding runs the model once on every input repeated N times along axis 0 and
+reads sample s of row b at row ``s*B + b``. That is N independent stochastic
+passes only if every random draw is made per row and rows do not mix. What is
+checked:
+
+* every input is batched (axis 0 is one dynamic dim shared by all of them) or a
+  scalar (shared by all samples); a fixed batch size, or inputs whose axis 0
+  differ, are refused: the graph may have the size baked into a shape;
+* with the batch dim renamed to a symbol of its own, onnxruntime's symbolic
+  shape inference (sympy; it follows the batch through ``Shape``/``Slice``/
+  ``Concat`` arithmetic and Loop bodies, which onnx's own inference loses) must
+  give that symbol at axis 0 of every sampled output and of the data of every
+  draw: each training SpatialDropout (standing in as an Identity) and each
+  ``*Like`` random op;
+* no SpatialDropout shares its decision along axis 0 (``shared_axes`` with 0,
+  e.g. DropPath in "batch" mode); no random op draws a fixed shape; no
+  BatchNormalization computes batch statistics (``training_mode=1``).
+
+It runs on a copy with the user's functions inlined, large initializers left
+out, in a forked child (inference can abort on malformed models, and the
+symbolic inference writes a file into the working directory when it gives up).
+Anything inference cannot tell counts as a no: the loop strategy is right for
+every model. Shape equality is evidence, not proof, that rows do not mix (a
+model that computes batch statistics by hand still passes): such models need
+``strategy="loop"``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import onnx
+
+from ... import spec
+from ...errors import UserError, printable
+from ...graph import (
+    RANDOM_OPS,
+    Constants,
+    Scope,
+    TypeFacts,
+    declared_types,
+    get_attr,
+    input_at,
+    is_spatial_dropout,
+    model_scopes,
+    skeleton_in_place,
+    subgraphs,
+)
+from ...isolation import run_isolated
+from .source import PreparedSource
+
+#: The symbol the batch dim gets in the analysed copy (unlike any name a model uses).
+BATCH_SYMBOL = "__spatialdrop_mc_batch__"
+#: Random ops whose draw takes the shape of their (first) input.
+_LIKE_OPS = frozenset({"RandomUniformLike", "RandomNormalLike", "Bernoulli", "Multinomial"})
+
+
+@dataclass(frozen=True)
+class FoldCheck:
+    """The verdict: ``foldable``, the reason in one sentence, the batched inputs and (when
+    foldable) every main-graph value whose axis 0 is the batch, with its rank."""
+
+    foldable: bool
+    reason: str
+    batched_inputs: tuple[str, ...] = ()
+    batched: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Draw:
+    """A node that draws, found before the analysis copy is inferred."""
+
+    scope_index: int
+    data: str  # the tensor whose axis 0 must be the batch
+    label: str
+    shared_axes: tuple[int, ...] = ()  # a SpatialDropout's (the default never holds axis 0)
+
+
+def _dim0(info: onnx.ValueInfoProto) -> tuple[str, object]:
+    """('scalar' | 'unknown' | 'fixed' | 'param' | 'anonymous', value) for an input's axis 0."""
+    tensor = info.type.tensor_type
+    if not info.type.HasField("tensor_type") or not tensor.HasField("shape"):
+        return "unknown", None
+    if len(tensor.shape.dim) == 0:
+        return "scalar", None
+    dim = tensor.shape.dim[0]
+    if dim.HasField("dim_value"):
+        return "fixed", int(dim.dim_value)
+    if dim.HasField("dim_param") and dim.dim_param:
+        return "param", dim.dim_param
+    return "anonymous", None
+
+
+def _batched_inputs(inputs: list[onnx.ValueInfoProto]) -> FoldCheck:
+    batched: list[str] = []
+    params: set[object] = set()
+    for info in inputs:
+        kind, value = _dim0(info)
+        name = printable(info.name)
+        if kind == "scalar":
+            continue
+        if kind == "unknown":
+            return FoldCheck(False, f"input {name} has no declared shape, so no known batch axis")
+        if kind == "fixed":
+            return FoldCheck(False, f"input {name} has a fixed batch size {value}: the graph "
+                                    "may have it baked into a shape")
+        params.add(value if kind == "param" else ("anonymous", info.name))
+        batched.append(info.name)
+    if not batched:
+        return FoldCheck(False, "no input has a batch axis")
+    if len(params) > 1:
+        return FoldCheck(False, "the inputs do not share one named batch dim at axis 0 "
+                                f"({', '.join(printable(i) for i in batched)})")
+    return FoldCheck(True, "", tuple(batched))
+
+
+def _analysis_copy(prepared: PreparedSource, batched: tuple[str, ...]) -> onnx.ModelProto:
+    """The prepared model with the user's functions inlined, our bodies dropped, the batch
+    dim renamed and no declared inner shapes."""
+    model = onnx.ModelProto()
+    model.CopyFrom(prepared.model)
+    kept = [f for f in model.functions if f.domain != spec.DOMAIN]
+    del model.functions[:]
+    model.functions.extend(kept)
+    if model.functions:
+        model = onnx.ModelProto.FromString(
+            run_isolated(_inline_all, model, what="inlining functions"))
+    graph = model.graph
+    for info in graph.input:
+        if info.name in batched:
+            dim = info.type.tensor_type.shape.dim[0]
+            dim.Clear()
+            dim.dim_param = BATCH_SYMBOL
+    for info in graph.output:
+        info.type.tensor_type.ClearField("shape")
+    _clear_value_info(graph)
+    return model
+
+
+def _inline_all(model: onnx.ModelProto) -> bytes:
+    import onnx.inliner
+
+    return onnx.inliner.inline_local_functions(model).SerializeToString()
+
+
+def _clear_value_info(graph: onnx.GraphProto) -> None:
+    del graph.value_info[:]
+    for node in graph.node:
+        for _, sub in subgraphs(node):
+            _clear_value_info(sub)
+
+
+def _label(node: onnx.NodeProto, scope: Scope) -> str:
+    return f"{node.op_type} {printable(node.name or node.output[0])} ({printable(scope.path)})"
+
+
+def _find_draws(model: onnx.ModelProto) -> tuple[list[_Draw], str | None]:
+    """Every draw whose data must be batched, or the reason folding is refused outright.
+
+    SpatialDropout nodes become ONNX Dropout, which symbolic inference knows
+    (output and mask shaped like the data: only the data's shape is asked about).
+    """
+    constants = Constants(model)
+    draws: list[_Draw] = []
+    for scope in model_scopes(model):
+        for node in scope.nodes:
+            label = _label(node, scope)
+            if is_spatial_dropout(node):
+                flag = input_at(node, 2)
+                if flag and constants.scalar(scope, flag) not in (False, 0):
+                    shared = get_attr(node, spec.ATTR_SHARED_AXES)
+                    axes = () if shared is None else tuple(int(a) for a in shared.ints)
+                    draws.append(_Draw(scope.index, node.input[0], label, axes))
+                del node.input[1:]
+                del node.attribute[:]
+                node.op_type, node.domain, node.overload = "Dropout", "", ""
+            elif node.op_type in _LIKE_OPS:
+                draws.append(_Draw(scope.index, node.input[0], label))
+            elif node.op_type in RANDOM_OPS:
+                return [], f"{label} draws a shape that does not grow with the batch"
+            elif node.op_type == "BatchNormalization":
+                mode = get_attr(node, "training_mode")
+                if mode is not None and mode.i:
+                    return [], f"{label} computes batch statistics"
+    return draws, None
+
+
+def _symbolic_inference(model: onnx.ModelProto) -> bytes:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    with tempfile.TemporaryDirectory() as scratch:
+        os.chdir(scratch)  # a forked child: it may; the tool saves a file here when it gives up
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False)
+        os.chdir("/")
+    if inferred is None:
+        raise ValueError("the opset is too old for symbolic shape inference")
+    return inferred.SerializeToString()
+
+
+def _infer(model: onnx.ModelProto) -> tuple[TypeFacts | None, str]:
+    try:  # imported here, once: every forked child then finds it loaded
+        import onnxruntime.tools.symbolic_shape_infer  # noqa: F401 - needs sympy
+    except ImportError as err:
+        return None, f"onnxruntime's symbolic shape inference cannot be imported ({err})"
+    skeleton_in_place(model)
+    try:
+        data = run_isolated(_symbolic_inference, model, what="inferring symbolic shapes")
+    except UserError as err:
+        return None, str(err)
+    except Exception as err:  # noqa: BLE001 - any failure means "cannot tell"
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return None, f"symbolic shape inference failed ({printable(first)})"
+    return declared_types(onnx.ModelProto.FromString(data)), ""
+
+
+def _axis0(facts: TypeFacts, scope: Scope, name: str) -> object:
+    found = facts.type_of(scope, name)
+    return None if found is None or not found.dims else found.dims[0]
+
+
+def check_folding(prepared: PreparedSource) -> FoldCheck:
+    """Whether the samples of ``prepared`` can be folded into its batch; see the module."""
+    inputs = _batched_inputs(prepared.inputs)
+    if not inputs.foldable:
+        return inputs
+    try:
+        model = _analysis_copy(prepared, inputs.batched_inputs)
+    except UserError as err:  # the inliner crashed on this model: the loop still works
+        return FoldCheck(False, f"the batch axis cannot be traced: {err}")
+    draws, refusal = _find_draws(model)
+    if refusal:
+        return FoldCheck(False, refusal)
+    facts, problem = _infer(model)
+    if facts is None:
+        return FoldCheck(False, f"the batch axis cannot be traced: {problem}")
+    scopes = model_scopes(model)
+    for output in prepared.outputs:
+        seen = _axis0(facts, scopes[0], output.value)
+        if seen != BATCH_SYMBOL:
+            return FoldCheck(False, f"axis 0 of output {printable(output.source)} is not "
+                                    f"provably the batch (inferred: {printable(seen)})")
+    for draw in draws:
+        scope = scopes[draw.scope_index]
+        axes = draw.shared_axes
+        if any(a < 0 for a in axes):
+            rank = facts.rank_of(scope, draw.data)
+            if not rank:
+                return FoldCheck(False, f"{draw.label}: the rank of its data is unknown")
+            axes = tuple(a % rank for a in axes)
+        if 0 in axes:
+            return FoldCheck(False, f"{draw.label} shares one decision along axis 0, the batch: "
+                                    "folded samples would share it too")
+        seen = _axis0(facts, scope, draw.data)
+        if seen != BATCH_SYMBOL:
+            return FoldCheck(False, f"{draw.label}: axis 0 of its data is not provably the "
+                                    f"batch (inferred: {printable(seen)})")
+    names = ", ".join(printable(n) for n in inputs.batched_inputs)
+    main = scopes[0]
+    values = [*(i.name for i in model.graph.input), *(o for n in main.nodes for o in n.output)]
+    batched = {}
+    for name in values:
+        found = facts.type_of(main, name) if name else None
+        if found is not None and found.dims and found.dims[0] == BATCH_SYMBOL:
+            batched[name] = len(found.dims)
+    return FoldCheck(True, f"every input ({names}) and output has the batch at axis 0 and "
+                           f"each of the {len(draws)} draws is per row", inputs.batched_inputs,
+                     batched)

@@ -1,0 +1,128 @@
+"""The loop strategy: the model as the body of a ``Loop`` that runs N times.
+
+The body is the stochastic part of the source graph (:mod:`.stochastic`); the
+deterministic prefix runs once before the loop, and the body reads its values,
+the inputs, the initializers and the constant switch from the outer scope. Then
+Welford's update in double for each sampled output ``y``, with ``k`` the
+1-based iteration::
+
+    delta = y - mean;  mean += delta / k;  m2 += delta * (y - mean)
+
+After the loop, ``y_mean = mean`` and ``y_std = sqrt(m2 / N)`` (population
+deviation), each rounded once to ``y``'s type. Memory is one sample's
+activations plus two double accumulators per output, whatever N; with
+``keep_samples`` the body also emits ``y`` as a scan output ([N, *y]).
+
+The accumulators start as zeros of shape [1]*rank (rank from the output's
+declared type) and broadcast to ``y``'s shape in the first iteration: the rank
+stays fixed, which OpenVINO's Loop needs. With the rank unknown they start as
+scalars (onnxruntime and onnx.reference accept the change of rank). The
+condition input is an explicit true: onnx.reference runs no iteration when it
+is omitted.
+"""
+
+from __future__ import annotations
+
+import onnx
+from onnx import helper as oh
+
+from .source import PreparedSource, SampledOutput
+from .stats import BOOL, DOUBLE, INT64, cast_to, constant, output_infos
+from .stochastic import partition
+
+
+def _state_info(name: str, rank: int | None) -> onnx.ValueInfoProto:
+    if rank is None:
+        return oh.make_tensor_value_info(name, DOUBLE, None)
+    return oh.make_tensor_value_info(name, DOUBLE, [None] * rank)
+
+
+def _rank(output: SampledOutput) -> int | None:
+    dims = output.dims
+    return None if dims is None else len(dims)
+
+
+def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> onnx.ModelProto:
+    """The Monte-Carlo model as a Loop (``prepared.model`` is changed and returned)."""
+    model, fresh = prepared.model, prepared.fresh
+    graph = model.graph
+    # The deterministic prefix (the switch's Constant included) runs once, outside: the
+    # body reads its values from the outer scope.
+    split = partition(model)
+    nodes = list(graph.node)
+    outer = [nodes[i] for i in split.deterministic]
+    inner = [nodes[i] for i in split.stochastic]
+    inner_values = {o for n in inner for o in n.output}
+
+    n_samples, n_node = constant(fresh, "mc/samples", INT64, [samples], [])
+    n_double, d_node = constant(fresh, "mc/samples_double", DOUBLE, [float(samples)], [])
+    cond, c_node = constant(fresh, "mc/run", BOOL, [True], [])
+    one, o_node = constant(fresh, "mc/one", INT64, [1], [])
+    head = [*outer, n_node, d_node, c_node, o_node]
+
+    iteration, cond_in, cond_out = fresh("mc/iteration"), fresh("mc/cond_in"), fresh("mc/cond")
+    step, k = fresh("mc/step"), fresh("mc/k")
+    body_nodes = [*inner,
+                  oh.make_node("Add", [iteration, one], [step], name=step),
+                  oh.make_node("Cast", [step], [k], name=k, to=DOUBLE),
+                  oh.make_node("Identity", [cond_in], [cond_out], name=cond_out)]
+    body_inputs = [oh.make_tensor_value_info(iteration, INT64, []),
+                   oh.make_tensor_value_info(cond_in, BOOL, [])]
+    body_outputs = [oh.make_tensor_value_info(cond_out, BOOL, [])]
+    loop_inputs = [n_samples, cond]
+    loop_states, loop_scans, finals = [], [], []
+    scan_outputs = []
+    for output in prepared.outputs:
+        base, rank = output.source, _rank(output)
+        init, i_node = constant(fresh, f"{base}/mc_zeros", DOUBLE, [0.0],
+                                [] if rank is None else [1] * rank)
+        head.append(i_node)
+        mean_in, m2_in, mean_out, m2_out = (fresh(f"{base}/mc_{k_}") for k_ in
+                                            ("mean_in", "m2_in", "mean_out", "m2_out"))
+        y_d, delta, step_mean, delta2, product = (fresh(f"{base}/mc_{k_}") for k_ in
+                                                  ("double", "delta", "step", "delta_new",
+                                                   "product"))
+        body_nodes += [
+            oh.make_node("Cast", [output.value], [y_d], name=y_d, to=DOUBLE),
+            oh.make_node("Sub", [y_d, mean_in], [delta], name=delta),
+            oh.make_node("Div", [delta, k], [step_mean], name=step_mean),
+            oh.make_node("Add", [mean_in, step_mean], [mean_out], name=mean_out),
+            oh.make_node("Sub", [y_d, mean_out], [delta2], name=delta2),
+            oh.make_node("Mul", [delta, delta2], [product], name=product),
+            oh.make_node("Add", [m2_in, product], [m2_out], name=m2_out),
+        ]
+        body_inputs += [_state_info(mean_in, rank), _state_info(m2_in, rank)]
+        body_outputs += [_state_info(mean_out, rank), _state_info(m2_out, rank)]
+        loop_inputs += [init, init]
+        mean_final, m2_final = fresh(f"{base}/mc_mean_double"), fresh(f"{base}/mc_m2")
+        loop_states += [mean_final, m2_final]
+        variance, std_d = fresh(f"{base}/mc_variance"), fresh(f"{base}/mc_std_double")
+        finals += [
+            oh.make_node("Div", [m2_final, n_double], [variance], name=variance),
+            oh.make_node("Sqrt", [variance], [std_d], name=std_d),
+            cast_to(mean_final, output.elem_type, output.mean, output.mean),
+            cast_to(std_d, output.elem_type, output.std, output.std),
+        ]
+        if keep_samples:
+            sample = fresh(f"{base}/mc_sample")
+            body_nodes.append(oh.make_node("Identity", [output.value], [sample], name=sample))
+            scan = onnx.ValueInfoProto()
+            scan.CopyFrom(output.info)
+            scan.name = sample
+            scan_outputs.append(scan)
+            loop_scans.append(output.samples)
+    body_outputs += scan_outputs
+    body = oh.make_graph(body_nodes, "monte_carlo_sample", body_inputs, body_outputs,
+                         value_info=[i for i in graph.value_info if i.name in inner_values])
+    outer_info = [i for i in graph.value_info if i.name not in inner_values]
+    loop_name = fresh("mc/loop")
+    loop = oh.make_node("Loop", loop_inputs, [*loop_states, *loop_scans], name=loop_name,
+                        body=body)
+    del graph.value_info[:]
+    graph.value_info.extend(outer_info)
+    del graph.node[:]
+    graph.node.extend([*head, loop, *finals])
+    del graph.output[:]
+    for output in prepared.outputs:
+        graph.output.extend(output_infos(output, samples, keep_samples))
+    return model

@@ -1,0 +1,52 @@
+"""Nodes shared by both strategies: constants and the statistics' output declarations."""
+
+from __future__ import annotations
+
+import onnx
+from onnx import NodeProto, TensorProto
+from onnx import helper as oh
+
+from ...graph import NameMaker
+from .source import SampledOutput
+
+
+def constant(fresh: NameMaker, base: str, dtype: int, values: list, dims: list[int] | None = None
+             ) -> tuple[str, NodeProto]:
+    """A fresh name and the Constant node that defines it."""
+    name = fresh(base)
+    shape = [len(values)] if dims is None else dims
+    return name, oh.make_node("Constant", [], [name], name=name,
+                              value=oh.make_tensor(name, dtype, shape, values))
+
+
+def output_infos(output: SampledOutput, samples: int, keep_samples: bool
+                 ) -> list[onnx.ValueInfoProto]:
+    """Declared types of ``y_mean``, ``y_std`` (as ``y``) and ``y_samples`` ([N, *y])."""
+    infos = []
+    for name in (output.mean, output.std):
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(output.info)
+        info.name = name
+        infos.append(info)
+    if keep_samples:
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(output.info)
+        info.name = output.samples
+        dims = output.dims
+        if dims is not None:
+            shape = info.type.tensor_type.shape
+            shape.ClearField("dim")
+            shape.dim.add().dim_value = samples
+            shape.dim.extend(dims)
+        infos.append(info)
+    return infos
+
+
+def cast_to(value: str, elem_type: int, out: str, name: str) -> NodeProto:
+    """``out`` = ``value`` cast to the sampled output's type (double statistics round once)."""
+    return oh.make_node("Cast", [value], [out], name=name, to=elem_type)
+
+
+DOUBLE = TensorProto.DOUBLE
+INT64 = TensorProto.INT64
+BOOL = TensorProto.BOOL

@@ -1,0 +1,71 @@
+"""Run one model in each runtime of the README's table: one runner per row.
+
+``runner(kind, model)`` prepares the model as that runtime needs it and returns
+a function ``feeds -> list of outputs`` (graph output order); every call is one
+more run in the same session / compiled model, so draws change from call to call.
+
+* ``ort_native``: onnxruntime with the native kernel (``inference_session``);
+* ``ort_body``: plain ``onnxruntime.InferenceSession`` on the portable model,
+  no library, default optimisers;
+* ``reference``: ``onnx.reference.ReferenceEvaluator`` on the portable model;
+* ``openvino``: ``inline(model)`` read with ``openvino.Core().read_model`` and
+  compiled for the CPU plugin with ``INFERENCE_PRECISION_HINT=f32`` (openvino is
+  required in CI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from conftest import require
+from onnx.reference import ReferenceEvaluator
+
+import spatialdrop_onnx as sd
+
+RUNTIMES = ("ort_native", "ort_body", "reference", "openvino")
+Run = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+
+
+def openvino_core():  # noqa: ANN201 - openvino.Core
+    """An OpenVINO Core (fails in CI, skips elsewhere, without openvino)."""
+    return require("openvino").Core()
+
+
+#: OpenVINO's CPU plugin computes convolutions and matrix products in bfloat16 on CPUs that
+#: have it, unless asked for float: the tests compare with float results.
+OPENVINO_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
+
+
+def compile_openvino(model: onnx.ModelProto) -> Run:
+    """``model`` as it is (no inlining) on OpenVINO's CPU plugin, in float precision."""
+    core = openvino_core()
+    compiled = core.compile_model(core.read_model(model.SerializeToString()), "CPU",
+                                  OPENVINO_CONFIG)
+    request = compiled.create_infer_request()
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        results = request.infer(feeds)
+        return [np.array(results[output]) for output in compiled.outputs]
+
+    return run
+
+
+def runner(kind: str, model: onnx.ModelProto) -> Run:
+    """A function running ``model`` in runtime ``kind`` (see the module docstring)."""
+    if kind == "ort_native":
+        session = sd.inference_session(model, native=True)
+        return lambda feeds: session.run(None, feeds)
+    if kind == "ort_body":
+        portable = sd.make_portable(model)
+        session = ort.InferenceSession(portable.SerializeToString(),
+                                       providers=["CPUExecutionProvider"])
+        return lambda feeds: session.run(None, feeds)
+    if kind == "reference":
+        evaluator = ReferenceEvaluator(sd.make_portable(model))
+        return lambda feeds: evaluator.run(None, feeds)
+    if kind == "openvino":
+        return compile_openvino(sd.inline(model).model)
+    raise ValueError(kind)
