@@ -355,17 +355,20 @@ def _make_explicit(scope: Scope, facts: TypeFacts, fresh: NameMaker) -> None:
 
 
 def make_portable(model: onnx.ModelProto | str | os.PathLike, *,
-                  types: TypeFacts | None = None) -> onnx.ModelProto:
+                  types: TypeFacts | None = None,
+                  names: NameMaker | None = None) -> onnx.ModelProto:
     """Return a copy of ``model`` where every SpatialDropout node has a function body.
 
     ``model`` is a ``ModelProto`` or the path of an ONNX file (loaded safely).
     ``types`` may give type facts already known for the model's values (e.g. of
     the model it was rewritten from, with the same scopes); by default they are
-    read from the model (inferred only if it does not declare them).
+    read from the model (inferred only if it does not declare them). ``names`` may
+    give the names already in use (a caller that just made the model has them).
     Idempotent. Raises ValueError if the default-domain opset is below
     ``MIN_OPSET`` or a node's ``shared_axes`` is invalid for its data's rank.
     """
-    return _with_bodies(_copy_of(model, "make_portable"), for_inlining=False, types=types)
+    return _with_bodies(_copy_of(model, "make_portable"), for_inlining=False, types=types,
+                        names=names)
 
 
 def bodies_for_inlining(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -398,13 +401,14 @@ def _copy_of(model: onnx.ModelProto | str | os.PathLike, caller: str) -> onnx.Mo
 
 
 def _with_bodies(result: onnx.ModelProto, for_inlining: bool,
-                 types: TypeFacts | None = None) -> onnx.ModelProto:
+                 types: TypeFacts | None = None,
+                 names: NameMaker | None = None) -> onnx.ModelProto:
     """Attach the function bodies to ``result`` (changed in place) and return it."""
     scopes = model_scopes(result)
     if not any(is_spatial_dropout(n) for s in scopes for n in s.nodes):
         return result
     facts = type_facts(result) if types is None else types
-    fresh = NameMaker(all_names(result))
+    fresh = NameMaker(all_names(result)) if names is None else names
     variants: set[tuple[int | None, bool, int]] = set()  # (seed, via_double, offset)
     for scope in scopes:
         _make_explicit(scope, facts, fresh)

@@ -214,12 +214,16 @@ class NameMaker:
 
     def __init__(self, used: set[str]) -> None:
         self.used = used
+        self._next: dict[str, int] = {}  # base -> the suffix to try first (no rescans)
 
     def __call__(self, base: str) -> str:
-        name, k = base, 0
+        name, k = base, self._next.get(base, 0)
+        if k:
+            name = f"{base}_{k}"
         while name in self.used:
             k += 1
             name = f"{base}_{k}"
+        self._next[base] = k + 1
         self.used.add(name)
         return name
 

@@ -57,6 +57,9 @@ class Region:
 
     model: onnx.ModelProto
     positions: list[int]  # indices of the original main-graph nodes in the region
+    #: Where each main-graph value is made, and which main-graph nodes read it.
+    producer: dict[str, int]
+    consumers: dict[str, list[int]]
 
 
 def extract(model: onnx.ModelProto) -> Region | None:
@@ -88,7 +91,7 @@ def extract(model: onnx.ModelProto) -> Region | None:
     if any(next(subgraphs(graph.node[i]), None) is not None for i in chosen):
         return None
     positions = sorted(chosen)
-    return Region(_region_model(model, positions, consumers), positions)
+    return Region(_region_model(model, positions, consumers), positions, producer, consumers)
 
 
 def _walk(start: Iterable[int], depth: int, chosen: set[int], neighbours) -> None:  # noqa: ANN001
@@ -228,38 +231,49 @@ def splice(model: onnx.ModelProto, region: Region, rewritten: onnx.ModelProto) -
     """Replace the region's nodes in ``model`` (in place) with the rewritten region's nodes.
 
     Each connected part of the rewritten region goes where its first surviving
-    original node was; if that breaks the order (a part's input produced later),
-    a stable topological sort fixes it. Then the initializers and value_info
-    entries nothing refers to any more (the sites' RNG keys, removed values) go.
+    original node was; if that breaks the order (a part reads a value made later,
+    or a value it makes is read earlier), a stable topological sort fixes it. Then
+    the initializers and value_info entries only the replaced nodes referred to go
+    (the sites' RNG keys, removed values). Everything is checked locally: the cost
+    is the region's size, not the graph's.
     """
     graph = model.graph
     inside = set(region.positions)
     original_position = {out: i for i in region.positions for out in graph.node[i].output if out}
     new_nodes = list(rewritten.graph.node)
     slots: dict[int, list[NodeProto]] = defaultdict(list)
+    ordered = True
     for part in _connected_parts(new_nodes):
         known = [original_position[o] for n in part for o in n.output if o in original_position]
-        slots[min(known) if known else region.positions[0]].extend(part)
+        slot = min(known) if known else region.positions[0]
+        slots[slot].extend(part)
+        ordered = ordered and _fits(part, slot, region, inside)
     spliced: list[NodeProto] = []
     for index, node in enumerate(graph.node):
         spliced.extend(slots.get(index, ()))
         if index not in inside:
             spliced.append(node)
-    if not _is_topological(spliced, graph):
+    if not ordered:
         spliced = _stable_topological(spliced, graph)
+    # What the replaced nodes read or made, and nothing else reads or makes any more.
+    new_reads = {name for node in new_nodes for name in _inputs_of(node)}
+    new_made = {name for node in new_nodes for name in node.output}
+    read_before = {name for i in region.positions for name in _inputs_of(graph.node[i])}
+    made_before = {name for i in region.positions for name in graph.node[i].output}
+    outputs = {o.name for o in graph.output}
+    unread = {name for name in read_before - new_reads - outputs
+              if all(c in inside for c in region.consumers.get(name, ()))}
+    gone = made_before - new_made
     del graph.node[:]
     graph.node.extend(spliced)
-    used = {o.name for o in graph.output}
-    for node in graph.node:
-        used.update(_inputs_of(node))
-    produced = {name for node in graph.node for name in node.output}
     graph_inputs = {i.name for i in graph.input}
-    if any(i.name not in used and i.name not in graph_inputs for i in graph.initializer):
-        survivors = [i for i in graph.initializer if i.name in used or i.name in graph_inputs]
+    if any(i.name in unread and i.name not in graph_inputs for i in graph.initializer):
+        survivors = [i for i in graph.initializer
+                     if i.name not in unread or i.name in graph_inputs]
         del graph.initializer[:]
         graph.initializer.extend(survivors)
-    if any(v.name not in produced for v in graph.value_info):
-        survivors = [v for v in graph.value_info if v.name in produced]
+    if any(v.name in gone for v in graph.value_info):
+        survivors = [v for v in graph.value_info if v.name not in gone]
         del graph.value_info[:]
         graph.value_info.extend(survivors)
     present = {(f.domain, f.name, f.overload) for f in model.functions}
@@ -267,6 +281,24 @@ def splice(model: onnx.ModelProto, region: Region, rewritten: onnx.ModelProto) -
                            if (f.domain, f.name, f.overload) not in present)
     imports = {o.domain for o in model.opset_import}
     model.opset_import.extend(o for o in rewritten.opset_import if o.domain not in imports)
+
+
+def _fits(part: list[NodeProto], slot: int, region: Region, inside: set[int]) -> bool:
+    """Whether ``part`` placed at ``slot`` reads only values made before it (outside the
+    region) and makes only values read after it (outside the region)."""
+    made = {name for node in part for name in node.output}
+    for node in part:
+        for name in _inputs_of(node):
+            if name in made:
+                continue
+            position = region.producer.get(name)
+            if position is not None and position not in inside and position >= slot:
+                return False
+    for name in made:
+        for reader in region.consumers.get(name, ()):
+            if reader not in inside and reader <= slot:
+                return False
+    return True
 
 
 def _connected_parts(nodes: list[NodeProto]) -> list[list[NodeProto]]:
@@ -289,16 +321,6 @@ def _connected_parts(nodes: list[NodeProto]) -> list[list[NodeProto]]:
     for i, node in enumerate(nodes):
         groups[find(i)].append(node)
     return list(groups.values())
-
-
-def _is_topological(nodes: list[NodeProto], graph: onnx.GraphProto) -> bool:
-    produced = {name for node in nodes for name in node.output}
-    seen: set[str] = set()
-    for node in nodes:
-        if any(name in produced and name not in seen for name in _inputs_of(node)):
-            return False
-        seen.update(node.output)
-    return True
 
 
 def _stable_topological(nodes: list[NodeProto], graph: onnx.GraphProto) -> list[NodeProto]:

@@ -144,20 +144,32 @@ class RewriteEngine:
     MAX_SITE_DEPTH = 8
 
     def run(self) -> None:
-        """Try the rules at every anchor once, then remove what only the sites used."""
+        """Try the rules at every anchor once, then remove what only the sites used.
+
+        Rule by rule (most specific first), each at the anchor's candidates nearest
+        first, until the anchor's site is converted (the anchor is gone or unread): a
+        match further down may belong to the next site, which is then converted too,
+        and the search goes on for this one.
+        """
         index = dropout_rules(self.ctx)
         for scope, _ in self.scopes:
             anchors = [n for n in scope if n.op_type in index]
             for anchor in anchors:
-                if anchor.graph is None:
+                if not _alive(anchor):
                     continue  # removed by an earlier site's rewrite
-                roots = index[anchor.op_type]
-                for candidate in self._candidates(anchor, roots):
-                    if self._try(candidate, roots[candidate.op_type]):
+                rules = index[anchor.op_type]
+                roots = {root for root, _ in rules}
+                candidates = list(self._candidates(anchor, roots))
+                for root, variants in rules:
+                    for candidate in candidates:
+                        if candidate.op_type == root and self._try(candidate, variants) and \
+                                not _alive(anchor):
+                            break
+                    if not _alive(anchor):
                         break
         self._remove_dead()
 
-    def _candidates(self, anchor: ir.Node, roots: dict[str, list]) -> Iterator[ir.Node]:
+    def _candidates(self, anchor: ir.Node, roots: set[str]) -> Iterator[ir.Node]:
         """The anchor and the nodes below it in its graph (breadth first) a rule can end at."""
         graph = anchor.graph
         frontier, seen, depth = [anchor], {id(anchor)}, 0
@@ -191,26 +203,36 @@ class RewriteEngine:
         return False
 
     def _remove_dead(self) -> None:
-        """Remove nodes and initializers that only the replaced sites used."""
+        """Remove nodes and initializers that only the replaced sites used.
+
+        Values without a producer (initializers, often shared by every site: the
+        threshold, the noise-shape constants) are checked once, at the end: asking a
+        value for its uses costs as many uses as it has.
+        """
         work = list(self.ctx.dead_candidates)
         seen: set[int] = set()
+        unproduced: dict[int, ir.Value] = {}
         while work:
             value = work.pop()
+            producer = value.producer()
+            if producer is None:
+                unproduced[id(value)] = value
+                continue
             if id(value) in seen or value.uses() or value.is_graph_output():
                 continue
             seen.add(id(value))
-            producer = value.producer()
-            if producer is not None:
-                if producer.graph is None:
-                    continue  # already removed
-                if any(o.uses() or o.is_graph_output() for o in producer.outputs):
-                    continue
-                if next(_subgraphs(producer), None) is not None:
-                    continue
-                inputs = [v for v in producer.inputs if v is not None]
-                producer.graph.remove(producer, safe=True)
-                work.extend(inputs)
-            elif value.is_initializer() and not value.is_graph_input():
+            if producer.graph is None:
+                continue  # already removed
+            if any(o.uses() or o.is_graph_output() for o in producer.outputs):
+                continue
+            if next(_subgraphs(producer), None) is not None:
+                continue
+            inputs = [v for v in producer.inputs if v is not None]
+            producer.graph.remove(producer, safe=True)
+            work.extend(inputs)
+        for value in unproduced.values():
+            if value.is_initializer() and not value.is_graph_input() and \
+                    not value.is_graph_output() and not value.uses():
                 graph = value.graph
                 if graph is not None and value.name in graph.initializers:
                     del graph.initializers[value.name]
@@ -244,6 +266,18 @@ class RewriteEngine:
                     name=given or (node.outputs[0].name if node.outputs else "") or "",
                     kind=Kind.UNCONVERTIBLE, graph=path, op_type=node.op_type, reason=reason))
         return found
+
+
+def _alive(anchor: ir.Node) -> bool:
+    """Whether an anchor still stands for an unconverted site: in its graph and read.
+
+    A dropout node anchors its own (rewired) replacement, which has outputs and readers
+    of its own: it is alive while it is still in the graph."""
+    if anchor.graph is None:
+        return False
+    if anchor.op_type in RANDOM_OPS:
+        return any(output.uses() for output in anchor.outputs)
+    return True
 
 
 def _declared_dim_params(model: onnx.ModelProto) -> set[str]:

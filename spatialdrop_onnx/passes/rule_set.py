@@ -3,8 +3,8 @@
 Every random-mask site contains a random op, and every existing dropout node is
 one node: so matches are only tried near those *anchors* (rewrite_engine), and
 only with the rules that can match there. The index maps an anchor op type to
-the rules' root op types to their variants (every operand order of the
-commutative ops), in this order (most specific first):
+its rules in order, each with the op type it ends at and its variants (every
+operand order of the commutative ops). The order (most specific first):
 
 1. ``rules.keras_stateless``: Keras 3 dropout layers and RNN masks through tf2onnx
 2. ``rules.torch_dynamo``: PyTorch ``DropoutNd`` / DropPath through the dynamo exporter
@@ -24,16 +24,16 @@ from .rules._common import RewriteContext
 
 RULE_MODULES = (keras_stateless, torch_dynamo, floor_mask, generic_random_mask, onnx_dropout)
 
-#: anchor op type -> root op type -> rule variants, in rule order.
-RuleIndex = dict[str, dict[str, list[orp.RewriteRule]]]
+#: anchor op type -> the rules it can anchor, in rule order: (root op type, variants).
+RuleIndex = dict[str, list[tuple[str, list[orp.RewriteRule]]]]
 
 
 def dropout_rules(ctx: RewriteContext) -> RuleIndex:
-    """Every rule for one rewrite, indexed by the ops that anchor them and the op they end at."""
+    """Every rule for one rewrite, indexed by the ops that anchor them, with the op they end at."""
     index: RuleIndex = {}
     for module in RULE_MODULES:
         for rule in module.rules(ctx):
             variants = rule.variants()
             for anchor in rule.anchors:
-                index.setdefault(anchor, {}).setdefault(rule.root_op, []).extend(variants)
+                index.setdefault(anchor, []).append((rule.root_op, variants))
     return index

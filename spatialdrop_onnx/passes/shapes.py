@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_ir as ir
 
+from .. import spec
 from ..graph import DEFAULT_DOMAINS, MAX_CONSTANT_ELEMENTS, holds_values
 
 
@@ -181,8 +182,11 @@ class ShapeReasoner:
     def _same_shape_input(self, value: ir.Value) -> ir.Value | None:
         """The input ``value`` has the shape of, when its producer keeps the shape."""
         node = value.producer()
-        if node is None or node.domain not in DEFAULT_DOMAINS or not node.inputs or \
-                value is not node.outputs[0]:
+        if node is None or not node.inputs or value is not node.outputs[0]:
+            return None
+        if node.domain == spec.DOMAIN and node.op_type == spec.OP_TYPE:
+            return node.inputs[0]  # a site converted earlier: its output has its data's shape
+        if node.domain not in DEFAULT_DOMAINS:
             return None
         if node.op_type in SAME_SHAPE_OPS:
             return node.inputs[0]
