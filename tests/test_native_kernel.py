@@ -264,7 +264,12 @@ def test_omitted_data_gets_the_kernels_own_message(so, inputs, output_type):
         session = ort_session(model, so)  # >= 1.24: refused by the registrations' inference
         session.run(None, {"r": np.array(0.5, np.float32)})  # 1.17: by the kernel, at run
     message = str(raised.value)
-    assert sd.spec.MISSING_DATA in message and "does not match expected type" not in message
+    if (1, 18) <= (major, minor) < (1, 24):
+        # Known limit (docs/reliability.md, probe 20): these releases match the node against
+        # the first registration before any code of ours runs, and say so in their words.
+        assert "does not match expected type" in message and "no_data" in message
+    else:
+        assert sd.spec.MISSING_DATA in message and "does not match expected type" not in message
     if (major, minor) >= (1, 24):
         assert "Node (no_data) Op (SpatialDropout)" in message
     # The schema, the reference and the function body say the same.
