@@ -9,8 +9,8 @@ RandomUniformLike → Less → Cast → Div → Mul``, noise shape ``Concat(Shap
 * ``sparse``: a chain of M plain nodes (``Add``/``Relu``) with K sites spread along it.
 
 For each, the rewrite is timed in this process after a warm-up (the pass only: no
-imports, no file I/O), best of ``--repeat``; ``--scale`` repeats with that many times the size and prints the ratio
-(the goal: 10x the model costs at most 12x the time).
+imports, no file I/O), best of ``--repeat``; ``--scale`` repeats with that many times
+the size and prints the ratio (the goal: 10x the model costs at most 12x the time).
 
     .venv/bin/python scripts/bench_rewrite.py [--sites 2000] [--nodes 100000 --sparse-sites 100]
                                               [--scale 10] [--repeat 3]
