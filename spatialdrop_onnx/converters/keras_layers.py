@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from types import ModuleType
 from typing import Any
 
@@ -32,7 +32,7 @@ KERAS_LAYER_MODULES = ("keras.src.layers.", "keras.src.models.")
 KERAS_PREPROCESSING = "keras.src.layers.preprocessing."
 
 
-class LayerKind(str, Enum):
+class LayerKind(StrEnum):
     """How a layer is random in training mode."""
 
     SPATIAL = "spatial_dropout"            # SpatialDropout1D/2D/3D

@@ -11,7 +11,7 @@ passed through :func:`~spatialdrop_onnx.errors.printable` before display.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 import onnx
@@ -22,7 +22,7 @@ from ..sites import Site
 from .keras_layers import LayerKind, RandomLayer
 
 
-class Training(str, Enum):
+class Training(StrEnum):
     """What a random layer does in the ONNX model when ``training_mode`` is true."""
 
     #: Random, as in Keras training mode.
