@@ -6,8 +6,8 @@ import ml_dtypes
 import numpy as np
 import onnxruntime as ort
 import pytest
-from conftest import in_ci
 from onnx import TensorProto
+from optional import in_ci
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.native import NativeLibraryMissing

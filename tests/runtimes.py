@@ -20,8 +20,8 @@ from collections.abc import Callable
 import numpy as np
 import onnx
 import onnxruntime as ort
-from conftest import require
 from onnx.reference import ReferenceEvaluator
+from optional import require
 
 import spatialdrop_onnx as sd
 

@@ -14,9 +14,9 @@ import keras_models as km
 import numpy as np
 import onnx
 import pytest
-from conftest import in_ci
 from dropout_checks import assert_drop_fraction, assert_structurally_valid
 from keras_cli_runner import run, run_cli, session
+from optional import in_ci
 from passes_helpers import all_nodes
 
 import spatialdrop_onnx as sd

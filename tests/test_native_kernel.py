@@ -15,7 +15,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from conftest import require
 from dropout_checks import (
     DTYPES,
     assert_drop_fraction,
@@ -29,6 +28,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
 from op_models import dropout_model, ort_session
+from optional import require
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx import bench, reference

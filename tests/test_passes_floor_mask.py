@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import require
 from dropout_checks import assert_drop_fraction
+from optional import require
 from passes_helpers import (
     assert_no_dropout,
     assert_same,

@@ -10,7 +10,7 @@ import math
 import numpy as np
 import onnx
 import pytest
-from conftest import require
+from optional import require
 from passes_helpers import (
     assert_no_dropout,
     assert_same,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from conftest import require
+from optional import require
 
 import spatialdrop_onnx as sd
 

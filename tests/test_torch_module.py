@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
-from conftest import require
 from dropout_checks import assert_drop_fraction
+from optional import require
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.errors import UserError
