@@ -1,0 +1,66 @@
+"""The protobuf dialect every layer shares: scopes, names, opsets, constants, types, the switch.
+
+Passes that must be fast on huge graphs (strip, inspect, the function bodies)
+work on ``onnx.ModelProto`` directly; this package is their one vocabulary, one module per idea:
+
+* :func:`model_scopes` walks every node container — the main graph, If/Loop/Scan
+  bodies at any depth, model-local functions and their subgraphs — as
+  :class:`Scope` records (path for messages, owning function, opset, parent);
+* :class:`NameMaker` hands out names that collide with nothing in the model;
+* :class:`Constants` answers "is this name a small known constant here?";
+* :func:`infer_types` runs onnx shape inference (isolated: it can abort on
+  malformed models) and keeps the facts **per scope**, so a value inside a
+  function never takes the type of a same-named value of the main graph;
+* the ``training_mode`` switch: :func:`thread_training_switch` defines it
+  wherever a node reads it (graph input with a default; function input passed on
+  by every call site), :func:`drop_unused_training_switch` undoes that.
+"""
+
+from __future__ import annotations
+
+from .constants import Constants, constant_tensor, holds_values, scalar_of
+from .names import NameMaker, all_names, rename_values
+from .nodes import (
+    DEFAULT_DOMAINS,
+    MAX_CONSTANT_ELEMENTS,
+    RANDOM_OPS,
+    check_opset_imports,
+    default_opset,
+    get_attr,
+    input_at,
+    is_default_domain,
+    is_onnx_dropout,
+    is_random,
+    is_spatial_dropout,
+    subgraphs,
+)
+from .ours import drop_our_unused_functions, import_our_domain
+from .scopes import Scope, function_path, iter_nodes, model_scopes, top_scopes
+from .switch import (
+    TRAINING_MODE,
+    add_training_input,
+    check_training_switch_name,
+    drop_unused_training_switch,
+    set_training_default,
+    thread_training_switch,
+)
+from .types import (
+    Dims,
+    TypeFacts,
+    ValueType,
+    declared_types,
+    infer_types,
+    skeleton_in_place,
+    type_facts,
+)
+
+__all__ = [
+    "DEFAULT_DOMAINS", "MAX_CONSTANT_ELEMENTS", "RANDOM_OPS", "TRAINING_MODE", "Constants",
+    "Dims", "NameMaker", "Scope", "TypeFacts", "ValueType", "add_training_input", "all_names",
+    "check_opset_imports", "check_training_switch_name", "constant_tensor", "declared_types",
+    "default_opset", "drop_our_unused_functions", "drop_unused_training_switch",
+    "function_path", "get_attr", "holds_values", "import_our_domain", "infer_types",
+    "input_at", "is_default_domain", "is_onnx_dropout", "is_random", "is_spatial_dropout",
+    "iter_nodes", "model_scopes", "rename_values", "scalar_of", "set_training_default",
+    "skeleton_in_place", "subgraphs", "thread_training_switch", "top_scopes", "type_facts",
+]

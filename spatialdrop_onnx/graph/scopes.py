@@ -1,0 +1,113 @@
+"""Scopes: every node container of a model (graph, subgraphs, functions) as one record."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import FunctionProto, GraphProto, NodeProto
+
+from .. import spec
+from .nodes import default_opset, subgraphs
+
+
+@dataclass(eq=False)
+class Scope:
+    """One node container: the main graph, a subgraph, or a function body.
+
+    ``function`` is the model-local function the scope belongs to (None in the
+    main graph and its subgraphs); ``parent`` the scope whose names it can see.
+    """
+
+    nodes: object  # RepeatedCompositeFieldContainer[NodeProto]
+    path: str
+    graph: GraphProto | None
+    function: FunctionProto | None
+    opset: int
+    parent: Scope | None = None
+    index: int = 0  # position in model_scopes(): the key of per-scope facts
+    children: list[Scope] = field(default_factory=list)
+
+    @property
+    def top(self) -> Scope:
+        scope = self
+        while scope.parent is not None:
+            scope = scope.parent
+        return scope
+
+    @property
+    def output_names(self) -> list[str]:
+        if self.graph is not None:
+            return [o.name for o in self.graph.output]
+        assert self.function is not None
+        return list(self.function.output)
+
+    @property
+    def input_names(self) -> list[str]:
+        if self.graph is not None:
+            return [i.name for i in self.graph.input]
+        assert self.function is not None
+        return list(self.function.input)
+
+    def descendants(self) -> Iterator[Scope]:
+        """This scope and every scope nested in it, parents first."""
+        yield self
+        for child in self.children:
+            yield from child.descendants()
+
+
+def function_path(function: FunctionProto) -> str:
+    overload = f":{function.overload}" if function.overload else ""
+    return f"function {function.domain}.{function.name}{overload}"
+
+
+def _walk_graph(graph: GraphProto, path: str, function: FunctionProto | None, opset: int,
+                parent: Scope | None, found: list[Scope]) -> Scope:
+    scope = Scope(graph.node, path, graph, function, opset, parent, len(found))
+    found.append(scope)
+    _walk_children(scope, found)
+    return scope
+
+
+def _walk_children(scope: Scope, found: list[Scope]) -> None:
+    for node in scope.nodes:
+        if not node.attribute:  # most nodes: skip the attribute scan
+            continue
+        for attr, sub in subgraphs(node):
+            label = node.name or node.op_type
+            scope.children.append(_walk_graph(sub, f"{scope.path}/{label}/{attr.name}",
+                                              scope.function, scope.opset, scope, found))
+
+
+def model_scopes(model: onnx.ModelProto, *, include_ours: bool = False) -> list[Scope]:
+    """Every scope of ``model``, parents before children: the main graph tree, then each
+    model-local function's tree.
+
+    The SpatialDropout function bodies ``make_portable`` attaches are skipped
+    unless ``include_ours``: there is nothing in them to rewrite, strip or report.
+    """
+    opset = default_opset(model.opset_import)
+    found: list[Scope] = []
+    _walk_graph(model.graph, "main", None, opset, None, found)
+    for function in model.functions:
+        if function.domain == spec.DOMAIN and not include_ours:
+            continue
+        fopset = default_opset(function.opset_import) or opset
+        scope = Scope(function.node, function_path(function), None, function, fopset, None,
+                      len(found))
+        found.append(scope)
+        _walk_children(scope, found)
+    return found
+
+
+def top_scopes(scopes: list[Scope]) -> list[Scope]:
+    return [s for s in scopes if s.parent is None]
+
+
+def iter_nodes(model: onnx.ModelProto, *, include_ours: bool = False
+               ) -> Iterator[tuple[Scope, NodeProto]]:
+    """Every node of every scope, with its scope."""
+    for scope in model_scopes(model, include_ours=include_ours):
+        for node in scope.nodes:
+            yield scope, node
