@@ -5,7 +5,7 @@ Reads the floors (``>=X``) of ``[project] dependencies`` and of the test tools i
 ``dev`` extra from pyproject.toml and pins each to ``==X`` in a fresh virtual
 environment; installs the built wheel there (``--no-deps``: nothing newer sneaks in); then
 runs the tests that need no optional framework (TensorFlow, PyTorch, onnxslim) from a copy
-of tests/ and models/, so the package under test is the installed wheel. A floor that does
+of tests/, models/ and ops/, so the package under test is the installed wheel. A floor that does
 not hold fails here.
 
     .venv/bin/python scripts/oldest_versions.py dist/spatialdrop_onnx-*.whl
@@ -58,7 +58,7 @@ def main() -> int:
                "--disable-pip-version-check"]
         subprocess.run([*pip, *pins], check=True)
         subprocess.run([*pip, "--no-deps", wheels[0]], check=True)
-        for name in ("tests", "models", "scripts"):
+        for name in ("tests", "models", "scripts", "ops"):
             shutil.copytree(ROOT / name, work / name)
         tests = sorted(str(p.relative_to(work)) for p in (work / "tests").glob("test_*.py")
                        if not p.name.startswith(NEEDS_FRAMEWORKS))

@@ -169,7 +169,8 @@ def test_all_16bit_patterns(dtype):
 def test_all_float16_patterns_portable_path():
     """The same with the portable float16 conversion (the F16C path switched off)."""
     require_native()
-    code = "import test_native_kernel as t; t._check_all_bit_patterns('float16')"
+    # conftest first: it stamps test models with an IR version the installed runtime loads.
+    code = "import conftest, test_native_kernel as t; t._check_all_bit_patterns('float16')"
     env = dict(os.environ, SPATIALDROP_NO_F16C="1")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
                           capture_output=True, text=True, timeout=300)
