@@ -13,14 +13,71 @@ namespace spatialdrop {
 
 #if defined(SPATIALDROP_HAVE_F16C)
 
+namespace {
+
+/// SPATIALDROP_NO_F16C=1 switches every vector path of this file off.
+bool VectorPathsAllowed() noexcept {
+  const char* off = std::getenv("SPATIALDROP_NO_F16C");
+  return off == nullptr || *off == '\0' || *off == '0';
+}
+
+}  // namespace
+
 bool UseF16C() noexcept {
   static const bool use = [] {
-    const char* off = std::getenv("SPATIALDROP_NO_F16C");
-    if (off != nullptr && *off != '\0' && *off != '0') return false;
+    if (!VectorPathsAllowed()) return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
   }();
   return use;
+}
+
+bool UseAVX2() noexcept {
+  static const bool use = [] {
+    if (!VectorPathsAllowed()) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") != 0;
+  }();
+  return use;
+}
+
+// FloatToBFloat16 (float_bits.h) eight lanes at a time: round to nearest even by
+// adding 0x7fff plus the kept part's lowest bit, NaN to the signed quiet NaN.
+// The same 32-bit wrap-around arithmetic as the scalar code, so the same bits.
+__attribute__((target("avx2"))) void ScaleRunBFloat16AVX2(const uint16_t* x, uint16_t* out,
+                                                          const uint16_t* keep_bits, int64_t n,
+                                                          float factor) noexcept {
+  const __m256 scale = _mm256_set1_ps(factor);
+  const __m256i bias = _mm256_set1_epi32(0x7fff);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
+  const __m256i infinity = _mm256_set1_epi32(0x7f800000);
+  const __m256i sign = _mm256_set1_epi32(0x8000);
+  const __m256i quiet_nan = _mm256_set1_epi32(0x7fc0);
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const __m256i wide =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(x + j)));
+    const __m256i bits = _mm256_castps_si256(
+        _mm256_mul_ps(_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)), scale));
+    const __m256i high = _mm256_srli_epi32(bits, 16);
+    const __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(bits, bias), _mm256_and_si256(high, one)), 16);
+    const __m256i nan = _mm256_or_si256(_mm256_and_si256(high, sign), quiet_nan);
+    const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(bits, magnitude), infinity);
+    const __m256i result = _mm256_blendv_epi8(rounded, nan, is_nan);  // lanes <= 0xffff
+    __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(result),
+                                      _mm256_extracti128_si256(result, 1));
+    if (keep_bits != nullptr) {
+      packed = _mm_and_si128(packed,
+                             _mm_loadu_si128(reinterpret_cast<const __m128i*>(keep_bits + j)));
+    }
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), packed);
+  }
+  for (; j < n; ++j) {
+    const uint16_t product = BFloat16::Scale(x[j], factor);
+    out[j] = keep_bits != nullptr ? static_cast<uint16_t>(product & keep_bits[j]) : product;
+  }
 }
 
 __attribute__((target("avx,f16c"))) void ScaleRunF16C(const uint16_t* x, uint16_t* out,
@@ -49,6 +106,10 @@ __attribute__((target("avx,f16c"))) void ScaleRunF16C(const uint16_t* x, uint16_
 bool UseF16C() noexcept { return false; }
 
 void ScaleRunF16C(const uint16_t*, uint16_t*, const uint16_t*, int64_t, float) noexcept {}
+
+bool UseAVX2() noexcept { return false; }
+
+void ScaleRunBFloat16AVX2(const uint16_t*, uint16_t*, const uint16_t*, int64_t, float) noexcept {}
 
 #endif
 

@@ -37,6 +37,21 @@ constexpr const char* kMinOnnxruntime = "1.17";
 constexpr int kInferenceMajor = 1;
 constexpr int kInferenceMinor = 24;
 
+// onnxruntime >= 1.18 (ORT API 18) reads OrtCustomOp::GetMayInplace from ops stamped
+// with version 18: output 0 may then reuse input 0's buffer when the data is dead
+// after the node (onnxruntime's allocation planner decides; it needs the output's
+// shape, which the callback above provides from 1.24 on). The ops are stamped 18
+// only on such a runtime; older ones keep the API-17 layout.
+constexpr uint32_t kInplaceApiVersion = 18;
+constexpr int kInplaceMajor = 1;
+constexpr int kInplaceMinor = 18;
+
+/// What the running onnxruntime lets the registrations use.
+struct RuntimeFeatures {
+  bool infer_types = false;  // kInferenceMajor.kInferenceMinor
+  bool may_inplace = false;  // kInplaceMajor.kInplaceMinor
+};
+
 using OpPtr = std::unique_ptr<Ort::Custom::OrtLiteCustomOp>;
 
 /// Whether the running onnxruntime ("1.32.0") is at least major.minor.
@@ -48,15 +63,19 @@ bool VersionAtLeast(const char* version, int major, int minor) {
   return found_major > major || (found_major == major && found_minor >= minor);
 }
 
-/// Type inference of every registration: refuse a node whose data input is omitted.
+/// Type inference of every registration: refuse a node whose data input is
+/// omitted, and give output 0 the data's type and shape.
 ///
-/// Without it onnxruntime matches the node against the first registration whose
-/// present inputs fit and reports a type mismatch with *that* kernel's data type
-/// ("expected type (tensor(float16))"). onnxruntime ignores the status this
+/// Without the refusal onnxruntime matches the node against the first registration
+/// whose present inputs fit and reports a type mismatch with *that* kernel's data
+/// type ("expected type (tensor(float16))"). onnxruntime ignores the status this
 /// callback returns, and an ONNX inference function refuses by throwing;
 /// onnxruntime catches that around every inference call and fails the session
 /// with "Node (name) Op (SpatialDropout) SpatialDropout needs its data input".
-OrtStatus* ORT_API_CALL RefuseOmittedData(const OrtCustomOp*, OrtShapeInferContext* context) {
+/// The output's shape (symbolic dimensions included) is what lets onnxruntime's
+/// allocation planner run the node in place (MayInplace below): it only reuses an
+/// input buffer for an output of the same known size.
+OrtStatus* ORT_API_CALL InferTypesAndShapes(const OrtCustomOp*, OrtShapeInferContext* context) {
   const OrtApi& api = Ort::GetApi();
   size_t count = 0;
   if (OrtStatus* status = api.ShapeInferContext_GetInputCount(context, &count)) {
@@ -64,8 +83,8 @@ OrtStatus* ORT_API_CALL RefuseOmittedData(const OrtCustomOp*, OrtShapeInferConte
     return nullptr;  // nothing to judge by: leave it to onnxruntime
   }
   ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
   if (count > 0) {
-    OrtTensorTypeAndShapeInfo* info = nullptr;  // owned by the context
     OrtStatus* status = api.ShapeInferContext_GetInputTypeShape(context, 0, &info);
     if (status == nullptr) status = api.GetTensorElementType(info, &type);
     if (status != nullptr) {
@@ -76,39 +95,68 @@ OrtStatus* ORT_API_CALL RefuseOmittedData(const OrtCustomOp*, OrtShapeInferConte
   if (type == ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED) {
     throw std::invalid_argument(std::string(kOpType) + " needs its data input");
   }
+  if (OrtStatus* status = api.ShapeInferContext_SetOutputTypeShape(context, 0, info)) {
+    api.ReleaseStatus(status);  // no shape: the node just never runs in place
+  }
   return nullptr;
+}
+
+/// OrtCustomOp::GetMayInplace: output 0 (the result) may reuse input 0 (the data).
+/// onnxruntime hands the arrays back to ReleaseMayInplace.
+size_t ORT_API_CALL MayInplace(int** input_index, int** output_index) {
+  *input_index = static_cast<int*>(std::malloc(sizeof(int)));
+  *output_index = static_cast<int*>(std::malloc(sizeof(int)));
+  if (*input_index == nullptr || *output_index == nullptr) {
+    std::free(*input_index);
+    std::free(*output_index);
+    *input_index = *output_index = nullptr;
+    return 0;
+  }
+  **input_index = 0;
+  **output_index = 0;
+  return 1;
+}
+
+void ORT_API_CALL ReleaseMayInplace(int* input_index, int* output_index) {
+  std::free(input_index);
+  std::free(output_index);
 }
 
 /// One registration per (data, ratio) type pair: onnxruntime matches kernels by
 /// the declared input types; the kernel itself reads the ratio's type at run time.
 template <typename D, typename R>
-void AddKernel(std::vector<OpPtr>& ops, bool refuse_omitted_data) {
+void AddKernel(std::vector<OpPtr>& ops, RuntimeFeatures features) {
   OpPtr op{Ort::Custom::CreateLiteCustomOp<SpatialDropoutKernel<D>>(
       kOpType, "CPUExecutionProvider", kOpsetVersion)};
   op->input_types_ = {D::kOnnxType, R::kOnnxType, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
   op->output_types_ = {D::kOnnxType, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
   op->version = kOrtApiVersion;  // the lite header stamps its own, newer, version
-  if (refuse_omitted_data) op->InferOutputShapeFn = RefuseOmittedData;
+  if (features.infer_types) op->InferOutputShapeFn = InferTypesAndShapes;
+  if (features.may_inplace) {
+    op->version = kInplaceApiVersion;
+    op->GetMayInplace = MayInplace;
+    op->ReleaseMayInplace = ReleaseMayInplace;
+  }
   ops.push_back(std::move(op));
 }
 
 template <typename D>
-void AddKernelsFor(std::vector<OpPtr>& ops, bool refuse_omitted_data) {
-  AddKernel<D, Float16>(ops, refuse_omitted_data);
-  AddKernel<D, Float32>(ops, refuse_omitted_data);
-  AddKernel<D, Float64>(ops, refuse_omitted_data);
+void AddKernelsFor(std::vector<OpPtr>& ops, RuntimeFeatures features) {
+  AddKernel<D, Float16>(ops, features);
+  AddKernel<D, Float32>(ops, features);
+  AddKernel<D, Float64>(ops, features);
 }
 
 /// One registration per (data, ratio) type pair, created once and kept for the
 /// library's lifetime: onnxruntime holds plain pointers to them. A process
 /// loads one onnxruntime, so the first call's version decides for all.
-const std::vector<OpPtr>& Kernels(bool refuse_omitted_data) {
-  static const std::vector<OpPtr> ops = [refuse_omitted_data] {
+const std::vector<OpPtr>& Kernels(RuntimeFeatures features) {
+  static const std::vector<OpPtr> ops = [features] {
     std::vector<OpPtr> all;
-    AddKernelsFor<Float16>(all, refuse_omitted_data);
-    AddKernelsFor<Float32>(all, refuse_omitted_data);
-    AddKernelsFor<Float64>(all, refuse_omitted_data);
-    AddKernelsFor<BFloat16>(all, refuse_omitted_data);
+    AddKernelsFor<Float16>(all, features);
+    AddKernelsFor<Float32>(all, features);
+    AddKernelsFor<Float64>(all, features);
+    AddKernelsFor<BFloat16>(all, features);
     return all;
   }();
   return ops;
@@ -144,9 +192,13 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   Ort::InitApi(api);
   try {
     Ort::CustomOpDomain domain{kDomain};
-    const bool refuse_omitted_data =
-        VersionAtLeast(api_base->GetVersionString(), kInferenceMajor, kInferenceMinor);
-    for (const auto& op : Kernels(refuse_omitted_data)) domain.Add(op.get());
+    // The version string, not GetApi(18): asking an older onnxruntime for an API
+    // it lacks prints an error on stderr.
+    const char* version = api_base->GetVersionString();
+    RuntimeFeatures features;
+    features.infer_types = VersionAtLeast(version, kInferenceMajor, kInferenceMinor);
+    features.may_inplace = VersionAtLeast(version, kInplaceMajor, kInplaceMinor);
+    for (const auto& op : Kernels(features)) domain.Add(op.get());
     Ort::UnownedSessionOptions(options).Add(domain);
     KeepAlive(std::move(domain));
     return nullptr;

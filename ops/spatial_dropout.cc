@@ -141,13 +141,19 @@ bool ReadFlag(const OrtValue* value, const char* name) {
 }
 
 void ParallelCopy(OrtKernelContext* context, const void* source, void* target, size_t bytes) {
-  if (bytes == 0 || source == target) return;
+  if (bytes == 0 || source == target) return;  // in place: nothing to copy
   const auto* from = static_cast<const char*>(source);
   auto* to = static_cast<char*>(target);
+  const bool stream = bytes >= StreamingMinBytes();
   auto task = [&](size_t t) {
     const size_t begin = t * static_cast<size_t>(kBytesPerTask);
     const size_t n = std::min(bytes - begin, static_cast<size_t>(kBytesPerTask));
-    std::memcpy(to + begin, from + begin, n);
+    if (stream) {
+      StreamCopy(to + begin, from + begin, n);
+      StreamFence();
+    } else {
+      std::memcpy(to + begin, from + begin, n);
+    }
   };
   ParallelFor(context, TaskCount(static_cast<int64_t>(bytes), kBytesPerTask), task);
 }

@@ -24,6 +24,7 @@
 #include "onnxruntime_cxx_api.h"
 #include "op_spec.h"
 #include "philox.h"
+#include "streaming.h"
 
 namespace spatialdrop {
 
@@ -49,6 +50,11 @@ struct FreeDeleter {
 // enough to balance (the data pass is bound by memory bandwidth).
 constexpr int64_t kBytesPerTask = 256 * 1024;
 constexpr uint64_t kBlocksPerTask = 512;  // 2048 Philox words
+// Buffered data pass (streaming stores, in place): elements computed per window.
+#ifndef SPATIALDROP_WINDOW_BYTES
+#define SPATIALDROP_WINDOW_BYTES (2 * 1024)
+#endif
+constexpr int64_t kWindowBytes = SPATIALDROP_WINDOW_BYTES;
 
 /// Runs fn(0..tasks-1) on the session's intra-op thread pool (ORT API 17).
 /// `fn` must not throw.
@@ -91,6 +97,8 @@ inline void ScaleRun(const typename D::Storage* __restrict x, typename D::Storag
                      int64_t n, typename D::Factor factor) {
   if constexpr (std::is_same_v<D, Float16>) {
     if (UseF16C()) return ScaleRunF16C(x, out, nullptr, n, factor);
+  } else if constexpr (std::is_same_v<D, BFloat16>) {
+    if (UseAVX2()) return ScaleRunBFloat16AVX2(x, out, nullptr, n, factor);
   }
   for (int64_t j = 0; j < n; ++j) out[j] = D::Scale(x[j], factor);
 }
@@ -104,6 +112,8 @@ inline void ScaleMaskRun(const typename D::Storage* __restrict x,
   using Bits = typename D::Bits;
   if constexpr (std::is_same_v<D, Float16>) {
     if (UseF16C()) return ScaleRunF16C(x, out, keep_bits, n, factor);
+  } else if constexpr (std::is_same_v<D, BFloat16>) {
+    if (UseAVX2()) return ScaleRunBFloat16AVX2(x, out, keep_bits, n, factor);
   }
   for (int64_t j = 0; j < n; ++j) {
     const Bits product = BitCast<Bits>(D::Scale(x[j], factor));
@@ -136,30 +146,60 @@ void DrawDecisions(OrtKernelContext* context, const PhiloxStream& stream, double
 }
 
 /// One pass over the data, in parallel over contiguous element ranges.
+///
+/// Large outputs are written with streaming stores (streaming.h), in place runs
+/// (onnxruntime may hand the op its input's buffer as output, see register.cc)
+/// with ordinary ones; both compute each window of kWindowBytes into a buffer on
+/// the stack first, so a window is read before any of it is written and the
+/// element loops keep their restrict-qualified, vectorised form.
 template <typename D>
 void ApplyDecisions(OrtKernelContext* context, const Layout& layout,
                     const typename D::Storage* x, typename D::Storage* out,
                     const typename D::Bits* keep_bits, typename D::Factor factor) {
+  using Storage = typename D::Storage;
+  constexpr int64_t kWindow = kWindowBytes / static_cast<int64_t>(sizeof(Storage));
   const auto per_task = std::max<int64_t>(1, kBytesPerTask / static_cast<int64_t>(sizeof(*x)));
+  const bool stream =
+      static_cast<uint64_t>(layout.total) * sizeof(Storage) >= StreamingMinBytes();
+  const bool buffered = stream || x == out;
   auto task = [&](size_t t) {
     int64_t begin = static_cast<int64_t>(t) * per_task;
     const int64_t end = std::min(layout.total, begin + per_task);
     int64_t column = begin % layout.inner;
     RowCursor row(layout, begin / layout.inner);
+    alignas(64) Storage window[kWindow];
     while (begin < end) {
-      const int64_t n = std::min(layout.inner - column, end - begin);
-      const int64_t noise = row.noise_offset();
-      if (!layout.inner_shared) {
-        ScaleMaskRun<D>(x + begin, out + begin, keep_bits + noise + column, n, factor);
-      } else if (keep_bits[noise]) {
-        ScaleRun<D>(x + begin, out + begin, n, factor);
-      } else {
-        std::memset(out + begin, 0, static_cast<size_t>(n) * sizeof(*out));
+      const int64_t first = begin;
+      const int64_t stop = buffered ? std::min(end, begin + kWindow) : end;
+      Storage* const target = buffered ? window : out + first;  // target[i] is out[first + i]
+      while (begin < stop) {
+        const int64_t n = std::min(layout.inner - column, stop - begin);
+        const int64_t noise = row.noise_offset();
+        Storage* const to = target + (begin - first);
+        if (!layout.inner_shared) {
+          ScaleMaskRun<D>(x + begin, to, keep_bits + noise + column, n, factor);
+        } else if (keep_bits[noise]) {
+          ScaleRun<D>(x + begin, to, n, factor);
+        } else {
+          std::memset(to, 0, static_cast<size_t>(n) * sizeof(Storage));
+        }
+        begin += n;
+        column += n;
+        if (column == layout.inner) {
+          column = 0;
+          row.Next();
+        }
       }
-      begin += n;
-      column = 0;
-      row.Next();
+      if (buffered) {
+        const size_t bytes = static_cast<size_t>(stop - first) * sizeof(Storage);
+        if (stream) {
+          StreamCopy(out + first, window, bytes);
+        } else {
+          std::memcpy(out + first, window, bytes);
+        }
+      }
     }
+    if (stream) StreamFence();
   };
   ParallelFor(context, TaskCount(layout.total, per_task), task);
 }

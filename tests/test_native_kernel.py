@@ -27,7 +27,7 @@ from native_helpers import assert_bits_equal, native_options, require_native, ru
 from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
-from op_models import dropout_model, ort_session
+from op_models import ONNX_TYPES, dropout_model, ort_session
 from optional import require
 
 import spatialdrop_onnx as sd
@@ -90,6 +90,68 @@ def test_bit_identical_when_split_over_threads(dtype, axes):
         assert_bits_equal(output, expected)
         np.testing.assert_array_equal(mask, expected_mask)
     assert_identity(x, *run(session, x, 0.35, False))
+
+
+SWAP_LAST_TWO = [0, 1, 3, 2]
+
+
+def _sandwich_model(shape, dtype: str, axes, seed: int) -> onnx.ModelProto:
+    """Transpose -> SpatialDropout -> Transpose back: the dropout's data is an intermediate
+    used once, so onnxruntime (>= 1.24, which knows the output's shape) may hand the kernel
+    that buffer as its output. Transpose has kernels in every float type (an arithmetic op
+    would make onnxruntime run an "isolated" float16 node in float32, another kernel)."""
+    elem = ONNX_TYPES[dtype]
+    node = oh.make_node(sd.OP_TYPE, ["t", "ratio", "training_mode"], ["u"],
+                        domain=sd.DOMAIN, seed=seed)
+    node.attribute.append(oh.make_attribute("shared_axes", list(axes),
+                                            attr_type=onnx.AttributeProto.INTS))
+    graph = oh.make_graph(
+        [oh.make_node("Transpose", ["x"], ["t"], perm=SWAP_LAST_TWO), node,
+         oh.make_node("Transpose", ["u"], ["y"], perm=SWAP_LAST_TWO)],
+        "sandwich",
+        [oh.make_tensor_value_info("x", elem, list(shape)),
+         oh.make_tensor_value_info("ratio", TensorProto.DOUBLE, []),
+         oh.make_tensor_value_info("training_mode", TensorProto.BOOL, [])],
+        [oh.make_tensor_value_info("y", elem, list(shape))])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18),
+                                               oh.make_opsetid(sd.DOMAIN, sd.OPSET_VERSION)])
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("axes", [[1], [2, 3], []])
+def test_bit_identical_when_run_in_place(dtype, axes):
+    """Inside a graph the kernel may write over its input (MayInplace): every element is
+    read before its window is written, so the bits are the reference's, in both modes."""
+    shape, seed = (3, 40, 33, 67), 77
+    session = ort_session(_sandwich_model(shape, dtype, axes, seed),
+                          native_options(intra_op_num_threads=2))
+    x = sample_data(shape, DTYPES[dtype], seed=seed)
+    x_before = x.copy()
+    swapped = np.ascontiguousarray(x.transpose(SWAP_LAST_TWO))
+    inputs = {"x": x, "ratio": np.array(0.35, np.float64)}
+    for k in range(2):
+        (output,) = session.run(None, inputs | {"training_mode": np.array(True)})
+        expected = _reference(swapped, 0.35, True, axes, seed, k)[0].transpose(SWAP_LAST_TWO)
+        assert_bits_equal(output, np.ascontiguousarray(expected))
+    (output,) = session.run(None, inputs | {"training_mode": np.array(False)})
+    assert_bits_equal(output, x)
+    assert_bits_equal(x, x_before)  # a graph input is never the kernel's output
+
+
+def test_streaming_stores_give_the_same_bits():
+    """Outputs from 24 MiB on are written with non-temporal stores (ops/streaming.h). With
+    the threshold at 0 every output takes that path: the bit-exact tests pass unchanged."""
+    require_native()
+    selection = ("bit_identical_to_reference or split_over_threads or run_in_place "
+                 "or special_values or edge_ratios or all_16bit_patterns")
+    env = dict(os.environ, SPATIALDROP_STREAMING_MIN_BYTES="0", CI="true")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           "-k", selection, "test_native_kernel.py"],
+                          cwd=Path(__file__).parent, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    counts = re.search(r"(\d+) passed", done.stdout)
+    assert counts and int(counts.group(1)) >= 100 and "skipped" not in done.stdout
 
 
 def test_kth_run_is_call_index_k(so):
@@ -166,11 +228,12 @@ def test_all_16bit_patterns(dtype):
     _check_all_bit_patterns(dtype)
 
 
-def test_all_float16_patterns_portable_path():
-    """The same with the portable float16 conversion (the F16C path switched off)."""
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_all_16bit_patterns_portable_path(dtype):
+    """The same with the portable conversions (the F16C and AVX2 paths switched off)."""
     require_native()
     # conftest first: it stamps test models with an IR version the installed runtime loads.
-    code = "import conftest, test_native_kernel as t; t._check_all_bit_patterns('float16')"
+    code = f"import conftest, test_native_kernel as t; t._check_all_bit_patterns({dtype!r})"
     env = dict(os.environ, SPATIALDROP_NO_F16C="1")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -488,15 +551,55 @@ def test_bench_command_json(capsys):
     require("onnxruntime_extensions")
     from spatialdrop_onnx.cli import main
 
-    code = main(["bench", "--shape", "4,8,16", "--shared-axes", "1", "--repeat", "2", "--json"])
+    code = main(["bench", "--shape", "4,8,16", "--shape", "2,3,5", "--dtype", "float32,float16",
+                 "--shared-axes", "1", "--repeat", "3", "--json"])
     assert code == 0
-    result = json.loads(capsys.readouterr().out)
-    assert result["noise_shape"] == [4, 1, 16]
-    rows = {row["name"]: row for row in result["rows"]}
-    assert list(rows) == [name for name, _ in bench.ROWS]
-    for row in rows.values():
-        assert row["error"] is None and row["median_ms"] > 0 and row["ratio_to_floor"] > 0
-    assert rows["floor"]["ratio_to_floor"] == 1.0
+    results = json.loads(capsys.readouterr().out)["results"]
+    assert [(r["shape"], r["dtype"]) for r in results] == [
+        ([4, 8, 16], "float32"), ([4, 8, 16], "float16"),
+        ([2, 3, 5], "float32"), ([2, 3, 5], "float16")]
+    for result in results:
+        n, _, w = result["shape"]
+        assert result["noise_shape"] == [n, 1, w]
+        rows = {row["name"]: row for row in result["rows"]}
+        sixteen_bit = result["dtype"] == "float16"
+        assert list(rows) == [name for name, _ in bench.ROWS
+                              if sixteen_bit or name != "typed_mul"]
+        assert result["floor"] == (bench.FLOOR_NOTE if sixteen_bit else "Mul")
+        if sixteen_bit:  # onnxruntime-extensions' Python ops have no float16
+            assert "not float16" in rows.pop("extensions_pyop")["error"]
+        for row in rows.values():
+            assert row["error"] is None and row["median_ms"] > 0 and row["ratio"] > 0
+            if row["runs"] == 3 and row["name"] != row["ratio_to"]:
+                assert row["ratio_q1"] <= row["ratio"] <= row["ratio_q3"]
+        assert rows["floor"]["ratio"] == 1.0
+        assert rows["chain_infer"]["ratio_to"] == "chain_floor"
+        assert [goal["name"] for goal in result["goals"]] == [
+            "train", "infer", "infer_in_place", "dropout", "function"]
+        for goal in result["goals"]:
+            holds = (goal["value"] <= goal["limit"] if goal["kind"] == "max"
+                     else goal["value"] >= goal["limit"])
+            assert goal["met"] is holds
+
+
+def test_ratios_are_medians_of_per_round_ratios():
+    """A load spike in one round moves a row and its baseline alike: the ratio is taken
+    round by round, then the median (here 1.0; the ratio of the medians would be 3.0)."""
+    assert bench.per_round_ratios([1.0, 3.0, 3.0], [1.0, 1.0, 4.0]) == [0.75, 1.0, 3.0]
+    result = bench.BenchResult(shape=[2], dtype="float32", shared_axes=None, noise_shape=[2],
+                               ratio=0.5, repeat=3, onnxruntime=ort.__version__)
+    result.rows = [bench.Row(name, label, ratio_to=bench.BASELINES.get(name, "floor"))
+                   for name, label in bench.rows_for("float32")]
+    times = {"floor": [1.0, 1.0, 4.0], "native_train": [1.0, 3.0, 3.0],
+             "dropout_train": [20.0, 20.0, 80.0]}
+    bench._summarise(result, times)
+    assert result.row("native_train").ratio == 1.0
+    assert (result.row("native_train").ratio_q1, result.row("native_train").ratio_q3) == (0.875,
+                                                                                          2.0)
+    assert result.speedups["dropout_vs_native"] == 20.0
+    goals = {goal.name: goal for goal in result.goals}
+    assert goals["train"].met is True and goals["dropout"].met is True
+    assert goals["infer"].met is None and goals["function"].value is None
 
 
 def test_bench_table_reports_rows_the_runtime_lacks():
@@ -508,7 +611,9 @@ def test_bench_table_reports_rows_the_runtime_lacks():
     for row in result.rows:  # onnxruntime 1.32 has no bfloat16 Mul or Dropout on CPU
         assert (row.median_ms is None) == bool(row.error)
         assert (f"{row.label:<20}"[:20] in table)
-    assert table.count("n/a") == sum(row.median_ms is None for row in result.rows)
+    rows_part, goals_part = table.split("goals (issue 12):")
+    assert rows_part.count("n/a") == sum(row.median_ms is None for row in result.rows)
+    assert goals_part.count("n/a") == sum(goal.met is None for goal in result.goals)
 
 
 def test_bench_rejects_bad_arguments(capsys):
