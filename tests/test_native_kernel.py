@@ -138,6 +138,30 @@ def test_bit_identical_when_run_in_place(dtype, axes):
     assert_bits_equal(x, x_before)  # a graph input is never the kernel's output
 
 
+def test_unnamed_unknown_dimension_stays_unknown_downstream(so):
+    """Concat of two symbolic batches gives the dropout an unnamed unknown dimension. The
+    kernel's shape inference must not hand it on as the value -1: onnxruntime then failed an
+    assertion (SIGABRT) in the Slice after it while creating the session."""
+    node = oh.make_node(sd.OP_TYPE, ["both", "ratio", "training_mode"], ["dropped"],
+                        domain=sd.DOMAIN, seed=3)
+    graph = oh.make_graph(
+        [oh.make_node("Concat", ["x", "x"], ["both"], axis=0), node,
+         oh.make_node("Slice", ["dropped", "starts", "ends", "axes"], ["y"])],
+        "unnamed_dim",
+        [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8]),
+         oh.make_tensor_value_info("ratio", TensorProto.DOUBLE, []),
+         oh.make_tensor_value_info("training_mode", TensorProto.BOOL, [])],
+        [oh.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        initializer=[onnx.numpy_helper.from_array(np.array(v, np.int64), name)
+                     for name, v in (("starts", [1]), ("ends", [2**62]), ("axes", [0]))])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 18),
+                                                oh.make_opsetid(sd.DOMAIN, sd.OPSET_VERSION)])
+    session = ort_session(model, so)
+    x = sample_data((3, 4, 8), np.float32)
+    (y,) = session.run(None, {"x": x, "ratio": np.array(0.0), "training_mode": np.array(False)})
+    np.testing.assert_array_equal(y, np.concatenate([x, x])[1:])
+
+
 def test_streaming_stores_give_the_same_bits():
     """Outputs from 24 MiB on are written with non-temporal stores (ops/streaming.h). With
     the threshold at 0 every output takes that path: the bit-exact tests pass unchanged."""
