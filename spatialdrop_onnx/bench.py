@@ -89,7 +89,8 @@ SPEEDUPS = (
     ("function_vs_native", "function_train", "native_train"),
 )
 
-#: Goals of issue 12, checked on every result: (name, text, value's source, limit, kind).
+#: The performance goals (docs/native-kernel.md), checked on every result:
+#: (name, text, value's source, limit, kind).
 GOALS = (
     ("train", "native training / floor", ("ratio", "native_train"), 1.15, "max"),
     ("infer", "native inference / floor", ("ratio", "native_infer"), 1.10, "max"),
@@ -542,7 +543,7 @@ def format_table(result: BenchResult) -> str:
         runs = "" if row.runs == result.repeat else f"  ({row.runs} runs)"
         lines.append(f"  {row.label:<{width}}  {row.median_ms:10.3f} ms  min {row.min_ms:9.3f} ms"
                      f"  {ratio}{runs}")
-    lines.append("  goals (issue 12):")
+    lines.append("  goals:")
     text_width = max(len(goal.text) for goal in result.goals)
     for goal in result.goals:
         sign = "<=" if goal.kind == "max" else ">="
