@@ -84,19 +84,6 @@ void StreamCopy(void* to, const void* from, size_t bytes) noexcept {
   std::memcpy(target, source, bytes);
 }
 
-void StreamZero(void* to, size_t bytes) noexcept {
-  auto* target = static_cast<unsigned char*>(to);
-  const size_t head = HeadBytes(target, bytes);
-  std::memset(target, 0, head);
-  target += head;
-  bytes -= head;
-  const __m128i zero = _mm_setzero_si128();
-  for (; bytes >= 16; bytes -= 16, target += 16) {
-    _mm_stream_si128(reinterpret_cast<__m128i*>(target), zero);
-  }
-  std::memset(target, 0, bytes);
-}
-
 void StreamFence() noexcept { _mm_sfence(); }
 
 #else
@@ -104,8 +91,6 @@ void StreamFence() noexcept { _mm_sfence(); }
 void StreamCopy(void* to, const void* from, size_t bytes) noexcept {
   std::memcpy(to, from, bytes);
 }
-
-void StreamZero(void* to, size_t bytes) noexcept { std::memset(to, 0, bytes); }
 
 void StreamFence() noexcept {}
 

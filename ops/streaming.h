@@ -26,9 +26,6 @@ size_t StreamingMinBytes() noexcept;
 /// before another thread may read `to`.
 void StreamCopy(void* to, const void* from, size_t bytes) noexcept;
 
-/// Zeroes `bytes` at `to` with streaming stores, like StreamCopy.
-void StreamZero(void* to, size_t bytes) noexcept;
-
 /// Orders this thread's streaming stores before its later stores (sfence): the end
 /// of a thread-pool task, after which onnxruntime's synchronisation publishes them.
 void StreamFence() noexcept;
