@@ -184,3 +184,30 @@ def test_noise_shape_of_the_data_itself_is_element_wise_whatever_its_rank() -> N
     }"""
     _, report = sd.rewrite(onnx.parser.parse_model(text))
     assert [(s.becomes, list(s.shared_axes)) for s in report.converted] == [("Dropout", [])]
+
+
+def test_a_declared_rank_needs_no_inference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank and element type are read from a declaration with unknown dimensions; the whole
+    model's shape inference (seconds on large graphs) runs only for what is not declared."""
+    from spatialdrop_onnx.graph import types
+
+    model = onnx.parser.parse_model("""
+        <ir_version: 10, opset_import: ["" : 18]>
+        g (float[N, 3, W] x) => (float[N, 3, W] y) {
+            t = Relu(x)
+            y = Relu(t)
+        }""")
+    calls: list[str] = []
+
+    def inferred(model_: onnx.ModelProto, scopes: list) -> list[dict]:
+        calls.append("inferred")
+        return [{"t": types.ValueType(onnx.TensorProto.FLOAT, (None, 3, None))}]
+
+    monkeypatch.setattr(types, "_inferred_tables", inferred)
+    facts = types.type_facts(model)
+    main = types.model_scopes(model)[0]
+    assert facts.rank_of(main, "x") == 3
+    assert facts.elem_type_of(main, "y") == onnx.TensorProto.FLOAT
+    assert calls == []
+    assert facts.rank_of(main, "t") == 3  # undeclared: inference, once
+    assert calls == ["inferred"]

@@ -68,10 +68,17 @@ class TypeFacts:
         return found
 
     def rank_of(self, scope: Scope, name: str) -> int | None:
+        # A declared rank is enough: unknown dimensions need no inference here.
+        declared = self._lookup(self._per_scope, scope, name)
+        if declared is not None and declared.dims is not None:
+            return len(declared.dims)
         found = self.type_of(scope, name)
         return None if found is None or found.dims is None else len(found.dims)
 
     def elem_type_of(self, scope: Scope, name: str) -> int:
+        declared = self._lookup(self._per_scope, scope, name)
+        if declared is not None and declared.elem_type != TensorProto.UNDEFINED:
+            return declared.elem_type
         found = self.type_of(scope, name)
         return TensorProto.UNDEFINED if found is None else found.elem_type
 
