@@ -63,9 +63,12 @@ __attribute__((target("avx2"))) void ScaleRunBFloat16AVX2(const uint16_t* x, uin
     const __m256i high = _mm256_srli_epi32(bits, 16);
     const __m256i rounded = _mm256_srli_epi32(
         _mm256_add_epi32(_mm256_add_epi32(bits, bias), _mm256_and_si256(high, one)), 16);
-    const __m256i nan = _mm256_or_si256(_mm256_and_si256(high, sign), quiet_nan);
     const __m256i is_nan = _mm256_cmpgt_epi32(_mm256_and_si256(bits, magnitude), infinity);
-    const __m256i result = _mm256_blendv_epi8(rounded, nan, is_nan);  // lanes <= 0xffff
+    __m256i result = rounded;  // lanes <= 0xffff
+    if (!_mm256_testz_si256(is_nan, is_nan)) {  // rare: keep the common path short
+      const __m256i nan = _mm256_or_si256(_mm256_and_si256(high, sign), quiet_nan);
+      result = _mm256_blendv_epi8(rounded, nan, is_nan);
+    }
     __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(result),
                                       _mm256_extracti128_si256(result, 1));
     if (keep_bits != nullptr) {
