@@ -28,6 +28,7 @@ moves both sides of a ratio alike.
 
 from __future__ import annotations
 
+import os
 import statistics
 import threading
 import time
@@ -100,6 +101,29 @@ GOALS = (
     ("function", "function body / native training", ("speedup", "function_vs_native"), 4.0,
      "min"),
 )
+
+
+#: Tensors of the data's size the rows hold at once (inputs, pre-bound outputs, the chains'
+#: intermediates, the function body's and Dropout's temporaries), for the memory check.
+TENSOR_COPIES = 12
+
+
+def check_fits(shape: Sequence[int], dtype: str) -> None:
+    """Raise ValueError when the benchmark of ``shape`` would not fit in available memory."""
+    count = 1
+    for dim in shape:
+        if dim < 0:
+            raise ValueError(f"--shape dimensions must be >= 0, got {list(shape)}")
+        count *= dim
+    needed = count * np.dtype(DTYPES[dtype][0]).itemsize * TENSOR_COPIES
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux: let the allocation decide
+        return
+    if needed > available:
+        raise ValueError(f"shape {list(shape)} {dtype}: the benchmark needs about "
+                         f"{needed / 2**30:.1f} GiB ({TENSOR_COPIES} tensors of that size), "
+                         f"{available / 2**30:.1f} GiB is available")
 
 
 def rows_for(dtype: str) -> list[tuple[str, str]]:
@@ -423,6 +447,7 @@ def run_bench(
     shape = [int(d) for d in shape]
     noise = list(spec.noise_shape(shape, shared_axes))
     spec.check_ratio(ratio)
+    check_fits(shape, dtype)
     rng = np.random.default_rng(0)
     x = (rng.random(shape, dtype=np.float32) + 1.0).astype(np_dtype)
     mul_by = (rng.random(noise, dtype=np.float32) * 2.0).astype(np_dtype)

@@ -11,7 +11,8 @@ Every command uses the same codes (also listed by ``spatialdrop-onnx --help``):
       output that would overwrite the input, its data, or a non-regular file
 5     partial: the output was written, but some dropout sites were left as they
       were (each is named)
-6     environment: a needed optional dependency or the native kernel is missing
+6     environment: a needed optional dependency or the native kernel is missing,
+      or the machine ran out of memory
 ====  ==========================================================================
 """
 

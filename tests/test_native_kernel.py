@@ -646,3 +646,24 @@ def test_bench_rejects_bad_arguments(capsys):
     assert main(["bench", "--shape", "2,x"]) == 2
     assert main(["bench", "--shape", "2,3", "--shared-axes", "5"]) == 2
     assert "out of range" in capsys.readouterr().err
+
+
+def test_bench_refuses_a_shape_that_cannot_fit(capsys):
+    """Refused before anything is allocated: one line naming the GiB, usage exit code."""
+    from spatialdrop_onnx.cli import main
+
+    assert main(["bench", "--shape", "100000,100000,1000", "--no-extensions"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "GiB" in err and "100000, 100000, 1000" in err
+
+
+def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
+    from spatialdrop_onnx.cli import main
+
+    def exhausted(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(bench, "run_bench", exhausted)
+    assert main(["bench", "--shape", "2,3", "--no-extensions"]) == 6
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "out of memory" in err

@@ -26,7 +26,8 @@ Exit codes (every command):
   4  refused for safety (unsafe external data, a format that can run code, an
      output that would overwrite the input, its data or a non-regular file)
   5  partial: written, but some dropout sites were left unconverted
-  6  environment: an optional dependency or the native kernel is missing
+  6  environment: an optional dependency or the native kernel is missing, or
+     the machine ran out of memory
 """
 
 
@@ -98,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {printable(err.filename)}" if err.filename else ""
         _error(f"{printable(err.strerror or err)}{where}")
         return ExitCode.INVALID
+    except MemoryError:
+        _error("out of memory: the input or the requested work does not fit in this machine's "
+               "memory")
+        return ExitCode.ENVIRONMENT
     except KeyboardInterrupt:
         click.echo(f"{PROG}: interrupted", err=True)
         return 130
