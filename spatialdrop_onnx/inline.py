@@ -39,11 +39,12 @@ import onnx
 from onnx import helper as oh
 
 from . import spec
-from .errors import UserError, printable
+from .errors import UserError, prefixed_with, printable
 from .function_body import MIN_OPSET, bodies_for_inlining
 from .graph import (
     TRAINING_MODE,
     Constants,
+    check_acyclic,
     check_opset_imports,
     default_opset,
     drop_our_unused_functions,
@@ -134,6 +135,7 @@ def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[Inline
     # Inlining and sampling rebuild tensors: they work on a complete model, not a skeleton.
     proto = given.complete(given.model)
     check_opset_imports(proto)
+    check_acyclic(proto)
     result = onnx.ModelProto()
     result.CopyFrom(proto)
     lowered = dropout_to_spatial(result)
@@ -202,6 +204,7 @@ def inline_file(src: str | os.PathLike, dst: str | os.PathLike, *, all_functions
 
     loaded = load_model(src)
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
-    result = inline(loaded, all_functions=all_functions)
+    with prefixed_with(src):  # the pass's errors name the user's file
+        result = inline(loaded, all_functions=all_functions)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report

@@ -6,6 +6,7 @@ work on ``onnx.ModelProto`` directly; this package is their one vocabulary, one 
 * :func:`model_scopes` walks every node container — the main graph, If/Loop/Scan
   bodies at any depth, model-local functions and their subgraphs — as
   :class:`Scope` records (path for messages, owning function, opset, parent);
+* :func:`check_acyclic` refuses a graph whose nodes depend on their own outputs;
 * :class:`NameMaker` hands out names that collide with nothing in the model;
 * :class:`Constants` answers "is this name a small known constant here?";
 * :func:`infer_types` runs onnx shape inference (isolated: it can abort on
@@ -34,6 +35,7 @@ from .nodes import (
     is_spatial_dropout,
     subgraphs,
 )
+from .order import check_acyclic
 from .ours import drop_our_unused_functions, import_our_domain
 from .scopes import Scope, function_path, iter_nodes, model_scopes, top_scopes
 from .switch import (
@@ -57,7 +59,8 @@ from .types import (
 __all__ = [
     "DEFAULT_DOMAINS", "MAX_CONSTANT_ELEMENTS", "RANDOM_OPS", "TRAINING_MODE", "Constants",
     "Dims", "NameMaker", "Scope", "TypeFacts", "ValueType", "add_training_input", "all_names",
-    "check_opset_imports", "check_training_switch_name", "constant_tensor", "declared_types",
+    "check_acyclic", "check_opset_imports", "check_training_switch_name", "constant_tensor",
+    "declared_types",
     "default_opset", "drop_our_unused_functions", "drop_unused_training_switch",
     "function_path", "get_attr", "holds_values", "import_our_domain", "infer_types",
     "input_at", "is_default_domain", "is_onnx_dropout", "is_random", "is_spatial_dropout",

@@ -35,6 +35,7 @@ from ..graph import (
     TRAINING_MODE,
     NameMaker,
     TypeFacts,
+    check_acyclic,
     check_opset_imports,
     check_training_switch_name,
     declared_types,
@@ -195,6 +196,9 @@ def apply_rules(model: onnx.ModelProto, *, elementwise: str = "dropout",
     # A large graph: convert only the neighbourhood of its sites (see passes/region.py).
     found = regions.extract(model)
     part = model if found is None else found.model
+    # The rules follow producers: a cycle would never end (checked on what they see only,
+    # which keeps a strip of 100,000 nodes without random ops from paying for it).
+    check_acyclic(part)
     # Type facts of what the rules see: a region's own (inferred, if ever, on the region:
     # its inputs carry the types the whole graph declares above them).
     facts = type_facts(part)

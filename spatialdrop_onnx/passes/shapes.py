@@ -165,14 +165,16 @@ class ShapeReasoner:
 
     def _root(self, value: ir.Value) -> ir.Value:
         path: list[ir.Value] = []
+        on_path: set[int] = set()
         while True:
             known = self._roots.get(id(value))
             if known is not None:
                 value = known
                 break
             following = self._same_shape_input(value)
-            if following is None:
+            if following is None or id(following) in on_path:  # a cycle: refused on load
                 break
+            on_path.add(id(value))
             path.append(value)
             value = following
         for visited in path:  # every value on the way shares the root

@@ -27,8 +27,9 @@ import os
 from dataclasses import dataclass
 
 from ... import spec
-from ...errors import RefusedError, UsageError, UserError, printable
+from ...errors import RefusedError, UsageError, UserError, prefixed_with, printable
 from ...function_body import make_portable
+from ...graph import check_acyclic
 from ..result import ModelArg, PassResult, load_argument
 from .batch import build_batch
 from .folding import FoldCheck, check_folding
@@ -102,6 +103,7 @@ def monte_carlo(model: ModelArg, *, samples: int, strategy: str = "auto",
     given = load_argument(model)
     # Inlining and sampling rebuild tensors: they work on a complete model, not a skeleton.
     proto = given.complete(given.model)
+    check_acyclic(proto)  # sampling follows every path from a random site
     prepared = prepare(proto)
     check = check_folding(prepared) if strategy != "loop" else FoldCheck(False, "not checked")
     if strategy == "batch" and not check.foldable:
@@ -143,7 +145,9 @@ def monte_carlo_file(src: str | os.PathLike, dst: str | os.PathLike, *, samples:
     _check_arguments(samples, strategy)
     loaded = load_model(src)
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
-    result = monte_carlo(loaded, samples=samples, strategy=strategy, keep_samples=keep_samples)
+    with prefixed_with(src):  # the pass's errors name the user's file
+        result = monte_carlo(loaded, samples=samples, strategy=strategy,
+                             keep_samples=keep_samples)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report
 

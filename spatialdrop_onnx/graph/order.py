@@ -1,0 +1,80 @@
+"""Dependency order: a graph whose nodes depend on their own outputs is refused up front.
+
+ONNX requires every graph to be acyclic (and listed in topological order, which
+this toolkit tolerates and restores). A cycle — e.g. a random op reading a value
+computed from its own draw — has no meaning, and every analysis that follows
+producers would walk it forever, so the passes check for one before anything else.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Iterator
+
+import onnx
+from onnx import NodeProto
+
+from ..errors import UserError, printable
+from .nodes import subgraphs
+
+
+def _names_read_inside(node: NodeProto) -> Iterator[str]:
+    """Every value name the node's subgraphs read (explicitly or from enclosing scopes)."""
+    for _, graph in subgraphs(node):
+        for inner in graph.node:
+            yield from inner.input
+            yield from _names_read_inside(inner)
+
+
+def _first_node_on_a_cycle(nodes: Iterable[NodeProto]) -> NodeProto | None:
+    """A node of ``nodes`` that depends on itself (Kahn's algorithm), or None."""
+    nodes = list(nodes)
+    producer: dict[str, int] = {}
+    for index, node in enumerate(nodes):
+        for name in node.output:
+            if name:
+                producer[name] = index
+    readers: list[list[int]] = [[] for _ in nodes]
+    waiting = [0] * len(nodes)
+    for index, node in enumerate(nodes):
+        # An If/Loop body reading an outer value depends on it as an input does.
+        for source in {producer.get(name) for name in (*node.input, *_names_read_inside(node))
+                       if name}:
+            if source is not None:
+                readers[source].append(index)
+                waiting[index] += 1
+    ready = deque(index for index, count in enumerate(waiting) if count == 0)
+    done = 0
+    while ready:
+        index = ready.popleft()
+        done += 1
+        for reader in readers[index]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                ready.append(reader)
+    if done == len(nodes):
+        return None
+    return next(nodes[index] for index, count in enumerate(waiting) if count > 0)
+
+
+def _containers(model: onnx.ModelProto) -> Iterator[tuple[str, Iterable[NodeProto]]]:
+    def graphs(graph: onnx.GraphProto, label: str) -> Iterator[tuple[str, Iterable[NodeProto]]]:
+        yield label, graph.node
+        for node in graph.node:
+            for _, inner in subgraphs(node):
+                owner = printable(node.name or node.op_type)
+                yield from graphs(inner, f"a subgraph of node {owner}")
+    yield from graphs(model.graph, "the graph")
+    for function in model.functions:
+        yield f"function {printable(function.name)}", function.node
+
+
+def check_acyclic(model: onnx.ModelProto) -> None:
+    """Refuse a model any of whose graphs or function bodies has a dependency cycle."""
+    for label, nodes in _containers(model):
+        node = _first_node_on_a_cycle(nodes)
+        if node is not None:
+            which = (f"node {printable(node.name)} ({printable(node.op_type)})" if node.name
+                     else f"a {printable(node.op_type)} node")
+            raise UserError(f"{label} has a dependency cycle: {which} depends on its own "
+                            "output")
