@@ -1,10 +1,11 @@
 """Mutation fuzzing of the graph commands, run as a child of ``test_mutation_fuzz.py``.
 
-``python mutation_fuzz.py SEED COUNT BUDGET_S WORKDIR`` mutates the shipped
+``python mutation_fuzz.py SEED COUNT BUDGET_S WORKDIR [COMMANDS]`` mutates the shipped
 models (``models/onnx``) and a few generated ones — byte flips and truncation,
 and field-level mutations through protobuf: dims, attribute types, names,
 opset and IR versions, ``external_data`` entries, node inputs, op types — and
-runs ``inspect``, ``strip -q`` and ``rewrite -q`` on each through
+runs ``inspect``, ``strip -q`` and ``rewrite -q`` (or the comma-separated
+``COMMANDS``, ``inline`` and ``mc`` among them) on each through
 ``spatialdrop_onnx.cli.main`` in this process. It prints one JSON object:
 ``{"runs": n, "mutants": m, "violations": [...], "codes": {...}}``.
 
@@ -277,7 +278,13 @@ def _alarm(signum: int, frame: object) -> None:
     os._exit(99)
 
 
-def run(seed: int, count: int, budget: float, workdir: Path) -> dict:
+#: The commands a mutant goes through (a sixth argument picks others), with their options.
+COMMANDS = {"inspect": [], "strip": [], "rewrite": [], "inline": [], "mc": ["--samples", "2"]}
+DEFAULT_COMMANDS = ("inspect", "strip", "rewrite")
+
+
+def run(seed: int, count: int, budget: float, workdir: Path,
+        commands: tuple[str, ...] = DEFAULT_COMMANDS) -> dict:
     rng = random.Random(seed)
     models = seed_models()
     names = sorted(models)
@@ -294,10 +301,10 @@ def run(seed: int, count: int, budget: float, workdir: Path) -> dict:
         path = workdir / "m.onnx"
         path.write_bytes(data)
         valid_in = passes_checker(data)
-        for command in ("inspect", "strip", "rewrite"):
+        for command in commands:
             output = out_dir / "o.onnx"
-            argv = [command, str(path), "-q"] + ([] if command == "inspect" else
-                                                  ["-o", str(output)])
+            argv = [command, str(path), "-q", *COMMANDS[command]] + (
+                [] if command == "inspect" else ["-o", str(output)])
             case = f"#{made} {source}: {what} | {command}"
             os.write(2, (case + "\n").encode("utf-8", "backslashreplace"))
             out, err = io.StringIO(), io.StringIO()
@@ -336,5 +343,6 @@ def run(seed: int, count: int, budget: float, workdir: Path) -> dict:
 
 if __name__ == "__main__":
     seed_, count_, budget_, workdir_ = sys.argv[1:5]
-    result = run(int(seed_), int(count_), float(budget_), Path(workdir_))
+    chosen = tuple(sys.argv[5].split(",")) if len(sys.argv) > 5 else DEFAULT_COMMANDS
+    result = run(int(seed_), int(count_), float(budget_), Path(workdir_), chosen)
     sys.stdout.write(json.dumps(result))
