@@ -189,6 +189,26 @@ def efficientnet_b0() -> Any:
     return model
 
 
+def efficientnet_v2_b0() -> Any:
+    """EfficientNetV2B0 at 64×64 (Fused-MBConv blocks; 15 stochastic-depth sites), logits."""
+    keras.utils.set_random_seed(12)
+    model = keras.applications.EfficientNetV2B0(
+        weights=None, input_shape=(EFFICIENTNET_SIZE, EFFICIENTNET_SIZE, 3), classes=10,
+        classifier_activation=None)
+    randomize_batchnorm(model, images(16, EFFICIENTNET_SIZE, seed=1), seed=12, spread=0.0)
+    return model
+
+
+def mobilenet_v3_small() -> Any:
+    """MobileNetV3Small at 64×64 (hard-swish, squeeze-excite, Rescaling), logits."""
+    keras.utils.set_random_seed(13)
+    model = keras.applications.MobileNetV3Small(
+        weights=None, input_shape=(EFFICIENTNET_SIZE, EFFICIENTNET_SIZE, 3), classes=10,
+        classifier_activation=None, include_preprocessing=True)
+    randomize_batchnorm(model, images(16, EFFICIENTNET_SIZE, seed=1), seed=13, spread=0.0)
+    return model
+
+
 TCN_STEPS, TCN_FEATURES, TCN_FILTERS, TCN_RATE = 64, 4, 16, 0.1
 TCN_DILATIONS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -313,6 +333,12 @@ ARCHITECTURES = {
         Architecture("efficientnet_b0", efficientnet_b0,
                      lambda n, seed: images(n, EFFICIENTNET_SIZE, seed),
                      "keras.applications EfficientNetB0 64x64, built-in preprocessing"),
+        Architecture("efficientnet_v2_b0", efficientnet_v2_b0,
+                     lambda n, seed: images(n, EFFICIENTNET_SIZE, seed),
+                     "keras.applications EfficientNetV2B0 64x64 (Fused-MBConv)"),
+        Architecture("mobilenet_v3_small", mobilenet_v3_small,
+                     lambda n, seed: images(n, EFFICIENTNET_SIZE, seed),
+                     "keras.applications MobileNetV3Small 64x64 (hard-swish, SE)"),
         Architecture("tcn", tcn, lambda n, seed: normal(n, (TCN_STEPS, TCN_FEATURES), seed),
                      "TCN, dilations 1..64, 2 SpatialDropout1D per block, skips"),
         Architecture("convnext_mini", convnext_mini,

@@ -3,13 +3,18 @@
 Structure: ``onnx.checker`` full check, no TensorFlow op left, and the
 promises of each mode (one ``training_mode`` input and function bodies, or,
 stripped, no dropout at all). Numbers: run in onnxruntime on a small sample
-batch, the model must reproduce Keras' inference output.
+batch, the model must reproduce Keras' inference output — to 1e-4 of the output's
+scale, or, where the sample is ill-conditioned (Keras' own output moves more than
+that when the inputs change by one float32 rounding step, as a deep network with
+random weights does on inputs far from its training range), to 10× that movement:
+no comparison can be finer than the model's own conditioning at the sample.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,6 +29,20 @@ from .keras_stack import KerasStack, first_line
 
 #: Largest accepted |ONNX - Keras| on the self-check batch, relative to max(1, |Keras|).
 VERIFY_TOLERANCE = 1e-4
+#: On an ill-conditioned sample: accepted |ONNX - Keras| relative to Keras' own movement
+#: when every float input changes by about one rounding step.
+SENSITIVITY_FACTOR = 10.0
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The numerical self-check of a converted model."""
+
+    max_diff: float
+    """Max |onnxruntime - Keras| over the outputs, in inference mode."""
+    sensitivity: float = 0.0
+    """Keras' own movement under a one-ulp change of the inputs, where it had to be
+    measured (an output beyond the plain tolerance); 0 otherwise."""
 
 
 class VerificationMismatch(UserError):
@@ -62,12 +81,28 @@ def _keras_outputs(keras_model: Any, samples: list[np.ndarray], stack: KerasStac
     return [np.asarray(v) for v in stack.keras.tree.flatten(keras_model(packed, training=False))]
 
 
+def _perturbed(samples: list[np.ndarray], seed: int = 1) -> list[np.ndarray]:
+    """The samples with every float changed by about one rounding step of its type."""
+    rng = np.random.default_rng(seed)
+    changed = []
+    for array in samples:
+        if array.dtype.kind != "f":
+            changed.append(array)
+            continue
+        step = np.finfo(array.dtype).eps
+        factor = 1 + rng.uniform(-step, step, array.shape)
+        changed.append((array * factor).astype(array.dtype))
+    return changed
+
+
 def verify_against_keras(model: onnx.ModelProto, keras_model: Any, input_specs: Sequence[Any],
-                         input_names: Sequence[str], stack: KerasStack) -> float:
+                         input_names: Sequence[str], stack: KerasStack) -> Verification:
     """Max |onnxruntime - Keras| in inference mode on a sample batch.
 
     Raises UserError when the model does not run, VerificationMismatch when the
-    outputs differ by more than ``VERIFY_TOLERANCE`` relative to their scale.
+    outputs differ by more than ``VERIFY_TOLERANCE`` relative to their scale and
+    by more than ``SENSITIVITY_FACTOR`` times Keras' own movement under a one-ulp
+    change of the inputs.
     """
     import onnxruntime as ort
 
@@ -81,22 +116,36 @@ def verify_against_keras(model: onnx.ModelProto, keras_model: Any, input_specs: 
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise UserError(f"the converted model does not run in onnxruntime: "
                         f"{first_line(err)}") from None
-    worst = 0.0
-    for want, have in zip(_keras_outputs(keras_model, samples, stack), got, strict=True):
+    wanted = _keras_outputs(keras_model, samples, stack)
+    wobbled: list[np.ndarray] | None = None  # Keras on perturbed inputs, measured if needed
+    worst, sensitivity = 0.0, 0.0
+    for index, (want, have) in enumerate(zip(wanted, got, strict=True)):
         if want.shape != have.shape:
             raise VerificationMismatch(f"the converted model's output shape {have.shape} "
                                        f"differs from Keras' {want.shape}",
                                        f"output shape {have.shape}, not {want.shape}")
-        diff = float(np.max(np.abs(want.astype(np.float64) - have.astype(np.float64)),
-                            initial=0.0))
+        diff = _max_abs_diff(want, have)
         scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
-        if not math.isfinite(diff) or diff > VERIFY_TOLERANCE * scale:
+        accepted = math.isfinite(diff) and diff <= VERIFY_TOLERANCE * scale
+        if not accepted and math.isfinite(diff):
+            if wobbled is None:
+                wobbled = _keras_outputs(keras_model, _perturbed(samples), stack)
+            moved = _max_abs_diff(want, wobbled[index])
+            accepted = math.isfinite(moved) and diff <= SENSITIVITY_FACTOR * moved
+            if accepted:
+                sensitivity = max(sensitivity, moved)
+        if not accepted:
             raise VerificationMismatch(
                 f"the converted model's inference output differs from Keras by {diff:.3g} "
                 f"(more than {VERIFY_TOLERANCE:g} relative to the output scale); not written",
                 f"inference output off by {diff:.3g}")
         worst = max(worst, diff)
-    return worst
+    return Verification(worst, sensitivity)
+
+
+def _max_abs_diff(want: np.ndarray, have: np.ndarray) -> float:
+    return float(np.max(np.abs(want.astype(np.float64) - have.astype(np.float64)),
+                        initial=0.0))
 
 
 def check_structure(model: onnx.ModelProto, strip: bool) -> None:
