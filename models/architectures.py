@@ -179,34 +179,29 @@ def normal(batch: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 EFFICIENTNET_SIZE = 64
 
 
-def efficientnet_b0() -> Any:
-    """EfficientNetB0 at 64×64, 10 classes, logits (a stricter comparison than softmax)."""
-    keras.utils.set_random_seed(11)
-    model = keras.applications.EfficientNetB0(
-        weights=None, input_shape=(EFFICIENTNET_SIZE, EFFICIENTNET_SIZE, 3), classes=10,
-        classifier_activation=None)
-    randomize_batchnorm(model, images(16, EFFICIENTNET_SIZE, seed=1), seed=11, spread=0.0)
+def _application(build: Callable[..., Any], seed: int, **options: Any) -> Any:
+    """A keras.applications model at 64×64, 10 classes, logits (a stricter comparison than
+    softmax), BatchNormalization statistics drawn away from the defaults."""
+    keras.utils.set_random_seed(seed)
+    model = build(weights=None, input_shape=(EFFICIENTNET_SIZE, EFFICIENTNET_SIZE, 3),
+                  classes=10, classifier_activation=None, **options)
+    randomize_batchnorm(model, images(16, EFFICIENTNET_SIZE, seed=1), seed=seed, spread=0.0)
     return model
+
+
+def efficientnet_b0() -> Any:
+    """EfficientNetB0 (built-in preprocessing; 9 stochastic-depth sites and the top dropout)."""
+    return _application(keras.applications.EfficientNetB0, 11)
 
 
 def efficientnet_v2_b0() -> Any:
-    """EfficientNetV2B0 at 64×64 (Fused-MBConv blocks; 15 stochastic-depth sites), logits."""
-    keras.utils.set_random_seed(12)
-    model = keras.applications.EfficientNetV2B0(
-        weights=None, input_shape=(EFFICIENTNET_SIZE, EFFICIENTNET_SIZE, 3), classes=10,
-        classifier_activation=None)
-    randomize_batchnorm(model, images(16, EFFICIENTNET_SIZE, seed=1), seed=12, spread=0.0)
-    return model
+    """EfficientNetV2B0 (Fused-MBConv blocks; 15 stochastic-depth sites and the top dropout)."""
+    return _application(keras.applications.EfficientNetV2B0, 12)
 
 
 def mobilenet_v3_small() -> Any:
-    """MobileNetV3Small at 64×64 (hard-swish, squeeze-excite, Rescaling), logits."""
-    keras.utils.set_random_seed(13)
-    model = keras.applications.MobileNetV3Small(
-        weights=None, input_shape=(EFFICIENTNET_SIZE, EFFICIENTNET_SIZE, 3), classes=10,
-        classifier_activation=None, include_preprocessing=True)
-    randomize_batchnorm(model, images(16, EFFICIENTNET_SIZE, seed=1), seed=13, spread=0.0)
-    return model
+    """MobileNetV3Small (hard-swish, squeeze-excite, Rescaling; one dropout)."""
+    return _application(keras.applications.MobileNetV3Small, 13, include_preprocessing=True)
 
 
 TCN_STEPS, TCN_FEATURES, TCN_FILTERS, TCN_RATE = 64, 4, 16, 0.1

@@ -11,22 +11,17 @@ from pathlib import Path
 import onnx
 import onnx.parser
 import pytest
+from mutation_fuzz import GENERATED
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.cli import main
 from spatialdrop_onnx.errors import UserError
 from spatialdrop_onnx.graph import check_acyclic
 
-#: The torch-dynamo Dropout2d pattern with the random op reading its own mask.
-RANDOM_OP_READS_ITS_MASK = """<ir_version: 8, opset_import: ["": 17]>
-    g (float[2,3,4,5] x) => (float[2,3,4,5] y) <int64[4] n = {2, 3, 1, 1}, float p = {0.8}> {
-        z = ConstantOfShape(n)
-        u = RandomUniformLike(keep)
-        keep = Less(u, p)
-        m = Cast<to = 1>(keep)
-        d = Div(m, p)
-        y = Mul(x, d)
-    }"""
+#: The fuzz's case: PyTorch dynamo's Dropout2d with the random op reading its own mask.
+RANDOM_OP_READS_ITS_MASK = GENERATED["torch_dynamo"].replace("RandomUniformLike(z)",
+                                                             "RandomUniformLike(keep)")
+assert RANDOM_OP_READS_ITS_MASK != GENERATED["torch_dynamo"]
 
 #: The cycle runs through an If body that reads an outer value computed from the If.
 THROUGH_A_SUBGRAPH = """<ir_version: 8, opset_import: ["": 17]>
