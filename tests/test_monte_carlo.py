@@ -386,3 +386,31 @@ def test_bench_mc_command_json(capsys: pytest.CaptureFixture):
         assert all(r["error"] is None and r["median_ms"] > 0 and r["peak_mb"] is not None
                    for r in rows.values())
         assert rows["python_loop"]["speedup"] == 1.0
+
+
+def test_folding_trusts_shape_inference_only_where_it_agrees_with_the_model(monkeypatch):
+    """onnxruntime 1.21's symbolic inference gave a rank-4 ConstantOfShape rank 7 and the
+    folded model came out invalid. An inferred shape that contradicts a declared one makes
+    ``auto`` take the Loop (valid output) and ``batch`` refuse, saying why."""
+    from spatialdrop_onnx.graph import ValueType
+    from spatialdrop_onnx.passes.monte_carlo import folding
+
+    path = Path(__file__).resolve().parents[1] / "models" / "onnx" / "torch_droppath_dynamic.onnx"
+    source = onnx.load(path)
+    declared = {v.name: v for v in source.graph.value_info}
+    assert len(declared["val_5"].type.tensor_type.shape.dim) == 4
+    assert sd.monte_carlo(source, samples=2).report.strategy == "batch"
+    real = folding._infer
+
+    def wrong_rank(model):  # noqa: ANN001, ANN202 - the patched function's own signature
+        facts, problem = real(model)
+        table = facts.scope_types(0)
+        table["val_5"] = ValueType(table["val_5"].elem_type, (*table["val_5"].dims, 1, 1, 1))
+        return facts, problem
+
+    monkeypatch.setattr(folding, "_infer", wrong_rank)
+    model, report = sd.monte_carlo(source, samples=2)
+    assert report.strategy == "loop"
+    onnx.checker.check_model(model, full_check=True)
+    with pytest.raises(RefusedError, match="contradicts the model .*val_5"):
+        sd.monte_carlo(source, samples=2, strategy="batch")

@@ -223,6 +223,25 @@ def _axis0(facts: TypeFacts, scope: Scope, name: str) -> object:
     return None if found is None or not found.dims else found.dims[0]
 
 
+def _contradiction(facts: TypeFacts, main: Scope, source: onnx.ModelProto) -> str:
+    """A main-graph value whose inferred shape disagrees with the one the model declares
+    (rank, or a known dimension), as text; "" when none does. Older onnxruntime releases
+    inferred rank 7 for a rank-4 ``ConstantOfShape`` here, and the folded model came out
+    invalid: the inference is trusted only where it agrees with the model."""
+    declared = declared_types(source)
+    source_main = model_scopes(source)[0]
+    for name, want in declared.scope_types(source_main.index).items():
+        got = facts.type_of(main, name)
+        if want.dims is None or got is None or got.dims is None:
+            continue
+        if len(want.dims) != len(got.dims) or any(
+                isinstance(a, int) and isinstance(b, int) and a != b
+                for a, b in zip(want.dims, got.dims, strict=True)):
+            return (f"{printable(name)} is declared {list(want.dims)}, inferred "
+                    f"{list(got.dims)}")
+    return ""
+
+
 def check_folding(prepared: PreparedSource) -> FoldCheck:
     """Whether the samples of ``prepared`` can be folded into its batch; see the module."""
     inputs = _batched_inputs(prepared.inputs)
@@ -239,6 +258,10 @@ def check_folding(prepared: PreparedSource) -> FoldCheck:
     if facts is None:
         return FoldCheck(False, f"the batch axis cannot be traced: {problem}")
     scopes = model_scopes(model)
+    contradiction = _contradiction(facts, scopes[0], prepared.model)
+    if contradiction:
+        return FoldCheck(False, f"the batch axis cannot be traced: symbolic shape inference "
+                                f"contradicts the model ({contradiction})")
     for output in prepared.outputs:
         seen = _axis0(facts, scopes[0], output.value)
         if seen != BATCH_SYMBOL:
