@@ -399,7 +399,6 @@ def test_folding_trusts_shape_inference_only_where_it_agrees_with_the_model(monk
     source = onnx.load(path)
     declared = {v.name: v for v in source.graph.value_info}
     assert len(declared["val_5"].type.tensor_type.shape.dim) == 4
-    assert sd.monte_carlo(source, samples=2).report.strategy == "batch"
     real = folding._infer
 
     def wrong_rank(model):  # noqa: ANN001, ANN202 - the patched function's own signature
@@ -412,5 +411,5 @@ def test_folding_trusts_shape_inference_only_where_it_agrees_with_the_model(monk
     model, report = sd.monte_carlo(source, samples=2)
     assert report.strategy == "loop"
     onnx.checker.check_model(model, full_check=True)
-    with pytest.raises(RefusedError, match="contradicts the model .*val_5"):
+    with pytest.raises(RefusedError, match="contradicts the model .*declared"):
         sd.monte_carlo(source, samples=2, strategy="batch")
