@@ -33,6 +33,7 @@ from .nodes import (
     is_onnx_dropout,
     is_random,
     is_spatial_dropout,
+    names_read,
     subgraphs,
 )
 from .order import check_acyclic
@@ -64,6 +65,7 @@ __all__ = [
     "default_opset", "drop_our_unused_functions", "drop_unused_training_switch",
     "function_path", "get_attr", "holds_values", "import_our_domain", "infer_types",
     "input_at", "is_default_domain", "is_onnx_dropout", "is_random", "is_spatial_dropout",
-    "iter_nodes", "model_scopes", "rename_values", "scalar_of", "set_training_default",
-    "skeleton_in_place", "subgraphs", "thread_training_switch", "top_scopes", "type_facts",
+    "iter_nodes", "model_scopes", "names_read", "rename_values", "scalar_of",
+    "set_training_default", "skeleton_in_place", "subgraphs", "thread_training_switch",
+    "top_scopes", "type_facts",
 ]

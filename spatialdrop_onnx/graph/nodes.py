@@ -53,6 +53,26 @@ def subgraphs(node: NodeProto) -> Iterator[tuple[AttributeProto, GraphProto]]:
                 yield attr, graph
 
 
+def names_read(node: NodeProto) -> list[str]:
+    """The names a node reads, its subgraphs' references to outer values included."""
+    names = [n for n in node.input if n]
+    if node.attribute:  # most nodes have none: skip the scan
+        for _, sub in subgraphs(node):
+            names.extend(_free_names(sub))
+    return names
+
+
+def _free_names(graph: GraphProto) -> set[str]:
+    """The names a subgraph reads from enclosing scopes."""
+    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    used: set[str] = set()
+    for node in graph.node:
+        used.update(n for n in names_read(node) if n not in defined)
+        defined.update(node.output)
+    used.update(o.name for o in graph.output if o.name not in defined)
+    return used
+
+
 def input_at(node: NodeProto, index: int) -> str:
     """Input ``index`` of ``node``, or "" when it is omitted."""
     return node.input[index] if len(node.input) > index else ""

@@ -15,15 +15,7 @@ import onnx
 from onnx import NodeProto
 
 from ..errors import UserError, printable
-from .nodes import subgraphs
-
-
-def _names_read_inside(node: NodeProto) -> Iterator[str]:
-    """Every value name the node's subgraphs read (explicitly or from enclosing scopes)."""
-    for _, graph in subgraphs(node):
-        for inner in graph.node:
-            yield from inner.input
-            yield from _names_read_inside(inner)
+from .nodes import names_read, subgraphs
 
 
 def _first_node_on_a_cycle(nodes: Iterable[NodeProto]) -> NodeProto | None:
@@ -38,8 +30,7 @@ def _first_node_on_a_cycle(nodes: Iterable[NodeProto]) -> NodeProto | None:
     waiting = [0] * len(nodes)
     for index, node in enumerate(nodes):
         # An If/Loop body reading an outer value depends on it as an input does.
-        for source in {producer.get(name) for name in (*node.input, *_names_read_inside(node))
-                       if name}:
+        for source in {producer.get(name) for name in names_read(node)}:
             if source is not None:
                 readers[source].append(index)
                 waiting[index] += 1

@@ -35,6 +35,7 @@ from ..graph import (
     is_random,
     is_spatial_dropout,
     model_scopes,
+    names_read,
     subgraphs,
 )
 from .shapes import BINARY_OPS, SAME_SHAPE_OPS
@@ -76,7 +77,7 @@ def extract(model: onnx.ModelProto) -> Region | None:
         for name in node.output:
             if name:
                 producer[name] = index
-        for name in _inputs_of(node):
+        for name in names_read(node):
             consumers[name].append(index)
     anchors = [i for i, node in enumerate(graph.node) if is_anchor(node)]
     if not anchors:
@@ -85,7 +86,7 @@ def extract(model: onnx.ModelProto) -> Region | None:
     _walk(anchors, DOWNSTREAM_DEPTH, chosen,
           lambda i: (c for out in graph.node[i].output for c in consumers.get(out, ())))
     _walk(sorted(chosen), UPSTREAM_DEPTH, chosen,
-          lambda i: (producer[n] for n in _inputs_of(graph.node[i]) if n in producer))
+          lambda i: (producer[n] for n in names_read(graph.node[i]) if n in producer))
     if len(chosen) > len(graph.node) // 2:
         return None  # the sites are most of the model: convert it whole
     if any(next(subgraphs(graph.node[i]), None) is not None for i in chosen):
@@ -107,25 +108,6 @@ def _walk(start: Iterable[int], depth: int, chosen: set[int], neighbours) -> Non
                 queue.append((following, level + 1))
 
 
-def _inputs_of(node: NodeProto) -> list[str]:
-    """The names a node reads, its subgraphs' references to outer values included."""
-    names = [n for n in node.input if n]
-    if node.attribute:  # most nodes have none: skip the scan
-        for _, sub in subgraphs(node):
-            names.extend(_free_names(sub))
-    return names
-
-
-def _free_names(graph: onnx.GraphProto) -> set[str]:
-    defined = {i.name for i in graph.input} | {i.name for i in graph.initializer}
-    used: set[str] = set()
-    for node in graph.node:
-        used.update(n for n in _inputs_of(node) if n not in defined)
-        defined.update(node.output)
-    used.update(o.name for o in graph.output if o.name not in defined)
-    return used
-
-
 def _region_model(model: onnx.ModelProto, positions: list[int],
                   consumers: dict[str, list[int]]) -> onnx.ModelProto:
     graph = model.graph
@@ -142,7 +124,7 @@ def _region_model(model: onnx.ModelProto, positions: list[int],
     region.node.extend(nodes)
     seen: set[str] = set()
     for node in nodes:
-        for name in _inputs_of(node):
+        for name in names_read(node):
             if name in produced or name in seen:
                 continue
             seen.add(name)
@@ -256,9 +238,9 @@ def splice(model: onnx.ModelProto, region: Region, rewritten: onnx.ModelProto) -
     if not ordered:
         spliced = _stable_topological(spliced, graph)
     # What the replaced nodes read or made, and nothing else reads or makes any more.
-    new_reads = {name for node in new_nodes for name in _inputs_of(node)}
+    new_reads = {name for node in new_nodes for name in names_read(node)}
     new_made = {name for node in new_nodes for name in node.output}
-    read_before = {name for i in region.positions for name in _inputs_of(graph.node[i])}
+    read_before = {name for i in region.positions for name in names_read(graph.node[i])}
     made_before = {name for i in region.positions for name in graph.node[i].output}
     outputs = {o.name for o in graph.output}
     unread = {name for name in read_before - new_reads - outputs
@@ -288,7 +270,7 @@ def _fits(part: list[NodeProto], slot: int, region: Region, inside: set[int]) ->
     region) and makes only values read after it (outside the region)."""
     made = {name for node in part for name in node.output}
     for node in part:
-        for name in _inputs_of(node):
+        for name in names_read(node):
             if name in made:
                 continue
             position = region.producer.get(name)
@@ -313,7 +295,7 @@ def _connected_parts(nodes: list[NodeProto]) -> list[list[NodeProto]]:
 
     producer = {out: i for i, node in enumerate(nodes) for out in node.output if out}
     for i, node in enumerate(nodes):
-        for name in _inputs_of(node):
+        for name in names_read(node):
             j = producer.get(name)
             if j is not None:
                 parent[find(i)] = find(j)
@@ -333,7 +315,7 @@ def _stable_topological(nodes: list[NodeProto], graph: onnx.GraphProto) -> list[
     waiting: dict[str, list[int]] = defaultdict(list)
     missing = [0] * len(nodes)
     for index, node in enumerate(nodes):
-        for name in set(_inputs_of(node)):
+        for name in set(names_read(node)):
             if name not in available and name in produced_by:
                 missing[index] += 1
                 waiting[name].append(index)
