@@ -58,4 +58,11 @@ struct BFloat16 {
   }
 };
 
+// The data type read from the tensor at run time: the kernel dispatches to one of
+// the four above. Registered where onnxruntime would otherwise match a node
+// without its data input against the first typed registration (register.cc).
+struct AnyFloat {
+  static constexpr ONNXTensorElementDataType kOnnxType = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+};
+
 }  // namespace spatialdrop

@@ -33,7 +33,10 @@ constexpr const char* kMinOnnxruntime = "1.17";
 
 // onnxruntime >= 1.24 hands an omitted input to a custom op's shape-inference
 // callback as an undefined type; older versions dereference it (a crash), so the
-// callback below is installed only from this version on.
+// callback below is installed only from this version on. Older versions get one
+// registration per ratio type whose data type is read at run time (AnyFloat):
+// with typed ones they matched a node without its data input against the first
+// (float16) and failed with that kernel's type mismatch before our code ran.
 constexpr int kInferenceMajor = 1;
 constexpr int kInferenceMinor = 24;
 
@@ -150,6 +153,12 @@ void ORT_API_CALL ReleaseMayInplace(int* input_index, int* output_index) {
   std::free(output_index);
 }
 
+/// Every input and output is optional, as the lite API declares typed ones; it would
+/// call an AnyFloat (undefined-type) data input or output variadic.
+OrtCustomOpInputOutputCharacteristic ORT_API_CALL Optional(const OrtCustomOp*, size_t) {
+  return INPUT_OUTPUT_OPTIONAL;
+}
+
 /// One registration per (data, ratio) type pair: onnxruntime matches kernels by
 /// the declared input types; the kernel itself reads the ratio's type at run time.
 template <typename D, typename R>
@@ -159,6 +168,8 @@ void AddKernel(std::vector<OpPtr>& ops, RuntimeFeatures features) {
   op->input_types_ = {D::kOnnxType, R::kOnnxType, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
   op->output_types_ = {D::kOnnxType, ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL};
   op->version = kOrtApiVersion;  // the lite header stamps its own, newer, version
+  op->GetInputCharacteristic = Optional;
+  op->GetOutputCharacteristic = Optional;
   if (features.infer_types) op->InferOutputShapeFn = InferTypesAndShapes;
   if (features.may_inplace) {
     op->version = kInplaceApiVersion;
@@ -181,6 +192,10 @@ void AddKernelsFor(std::vector<OpPtr>& ops, RuntimeFeatures features) {
 const std::vector<OpPtr>& Kernels(RuntimeFeatures features) {
   static const std::vector<OpPtr> ops = [features] {
     std::vector<OpPtr> all;
+    if (!features.infer_types) {
+      AddKernelsFor<AnyFloat>(all, features);
+      return all;
+    }
     AddKernelsFor<Float16>(all, features);
     AddKernelsFor<Float32>(all, features);
     AddKernelsFor<Float64>(all, features);

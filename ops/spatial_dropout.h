@@ -252,11 +252,34 @@ void RunSpatialDropout(const KernelConfig& config, uint64_t call_index, OrtKerne
   ApplyDecisions<D>(context, MakeLayout(shape, noise), x, out, keep_bits.get(), factor);
 }
 
+/// AnyFloat: the data's element type picks the typed run. Every check before the
+/// type's is the typed run's own, in the same order, so the messages are the same.
+template <>
+inline void RunSpatialDropout<AnyFloat>(const KernelConfig& config, uint64_t call_index,
+                                        OrtKernelContext* context) {
+  if (!config.error.empty()) FailInvalid(config.error);
+  const OrtValue* data = OptionalInput(context, 0);
+  if (data == nullptr) FailInvalid(std::string(kOpType) + " needs its data input");
+  switch (Ort::ConstValue(data).GetTensorTypeAndShapeInfo().GetElementType()) {
+    case Float16::kOnnxType:
+      return RunSpatialDropout<Float16>(config, call_index, context);
+    case Float32::kOnnxType:
+      return RunSpatialDropout<Float32>(config, call_index, context);
+    case Float64::kOnnxType:
+      return RunSpatialDropout<Float64>(config, call_index, context);
+    case BFloat16::kOnnxType:
+      return RunSpatialDropout<BFloat16>(config, call_index, context);
+    default:
+      FailInvalid(std::string(kOpType) + " needs float16, float, double or bfloat16 data");
+  }
+}
+
 }  // namespace detail
 
 /// The lite custom-op struct: attributes in the constructor, a thread-safe
 /// Compute (ORT may call it from several threads at once for one session).
-/// One instantiation per data type; the ratio's type only matters at registration.
+/// One instantiation per data type (or AnyFloat); the ratio's type only matters at
+/// registration.
 template <typename D>
 struct SpatialDropoutKernel {
   SpatialDropoutKernel(const OrtApi* api, const OrtKernelInfo* info) noexcept

@@ -46,6 +46,10 @@ CASES = [
     ((2, 3, 1, 4, 1), [4]),
 ]
 
+# Before 1.24 the kernel registers one AnyFloat registration per ratio type
+# (ops/register.cc), so some refusals come at run time instead of session creation.
+_ORT_VERSION = tuple(int(part) for part in ort.__version__.split(".")[:2])
+
 
 @pytest.fixture(scope="module")
 def so() -> ort.SessionOptions:
@@ -347,19 +351,15 @@ def test_omitted_data_gets_the_kernels_own_message(so, inputs, output_type):
     """Every path says "SpatialDropout needs its data input", never another dtype's
     type mismatch (onnxruntime used to match the first registration: float16)."""
     model = _without_data(inputs, output_type)
-    major, minor = (int(p) for p in ort.__version__.split(".")[:2])
     with pytest.raises(Exception) as raised:
         session = ort_session(model, so)  # >= 1.24: refused by the registrations' inference
-        session.run(None, {"r": np.array(0.5, np.float32)})  # 1.17: by the kernel, at run
+        session.run(None, {"r": np.array(0.5, np.float32)})  # older: by the AnyFloat kernel
     message = str(raised.value)
-    if (1, 18) <= (major, minor) < (1, 24):
-        # Known limit (docs/reliability.md, probe 20): these releases match the node against
-        # the first registration before any code of ours runs, and say so in their words.
-        assert "does not match expected type" in message and "no_data" in message
-    else:
-        assert sd.spec.MISSING_DATA in message and "does not match expected type" not in message
-    if (major, minor) >= (1, 24):
+    assert sd.spec.MISSING_DATA in message and "does not match expected type" not in message
+    if _ORT_VERSION >= (1, 24):
         assert "Node (no_data) Op (SpatialDropout)" in message
+    else:
+        assert "SpatialDropout node. Name:'no_data'" in message
     # The schema, the reference and the function body say the same.
     with pytest.raises(onnx.shape_inference.InferenceError, match=sd.spec.MISSING_DATA):
         onnx.shape_inference.infer_shapes(model, strict_mode=True)
@@ -370,6 +370,21 @@ def test_omitted_data_gets_the_kernels_own_message(so, inputs, output_type):
         sd.make_portable(model)
     with pytest.raises(sd.SpatialDropoutError, match=sd.spec.MISSING_DATA):
         reference.spatial_dropout(None)
+
+
+def test_integer_data_is_refused_on_every_runtime(so):
+    # onnxruntime >= 1.24 refuses it by the registrations' types when the session is
+    # created; older ones run the one AnyFloat registration, which says it at run time.
+    model = dropout_model((2, 3, 4), "float32", None, seed=1)
+    for value in (*model.graph.input[:1], *model.graph.output[:1]):
+        value.type.tensor_type.elem_type = TensorProto.INT32
+    with pytest.raises(Exception) as raised:
+        ort_session(model, so).run(None, {"x": np.ones((2, 3, 4), np.int32),
+                                          "ratio": np.array(0.5),
+                                          "training_mode": np.array(True)})
+    expected = ("tensor(int32)" if _ORT_VERSION >= (1, 24) else
+                "SpatialDropout needs float16, float, double or bfloat16 data")
+    assert expected in str(raised.value)
 
 
 def test_a_registration_with_data_still_infers_types(so):
