@@ -382,7 +382,7 @@ def test_bench_mc_command_json(capsys: pytest.CaptureFixture):
     assert [c["name"] for c in result["cases"]] == ["cnn", "cnn_late"]
     for case in result["cases"]:
         rows = {r["name"]: r for r in case["rows"]}
-        assert set(rows) == {"python_loop", "mc_batch", "mc_loop"}
+        assert set(rows) == {"python_loop", "mc_batch", "mc_loop", "one_big_call"}
         assert all(r["error"] is None and r["median_ms"] > 0 and r["peak_mb"] is not None
                    for r in rows.values())
         assert rows["python_loop"]["speedup"] == 1.0
