@@ -20,10 +20,11 @@ outputs, so only the op itself is timed - no output is allocated or copied):
   op (outputs cross into ORT through Python lists).
 
 The machine may be shared, so absolute times move with its load. The rows take
-turns: each round runs every row once untimed (to warm its own tensors) and once
-timed, and a row's ratio is the median over rounds of its time divided by its
-baseline's time in the same round (``per_round_ratios``). A load change then
-moves both sides of a ratio alike.
+turns: each round runs every row once untimed (to warm its own tensors) and then
+times it as the fastest of BEST_OF back-to-back runs, and a row's ratio is the
+median over rounds of its time divided by its baseline's time in the same round
+(``per_round_ratios``). A load change then moves both sides of a ratio alike.
+Every session runs with intra-op spinning off (SPINNING_KEY says why).
 """
 
 from __future__ import annotations
@@ -102,6 +103,22 @@ GOALS = (
      "min"),
 )
 
+
+#: Every row has its own session, and by default an onnxruntime session's intra-op
+#: threads spin after each parallel section before they sleep: about 2^20 pause
+#: instructions, some 20 ms on this AMD EPYC and longer on CPUs with a slower pause. On
+#: 2 cores the previous row's spinning thread took a core from the next row (native
+#: training measured 1.2-1.4x the floor behind it, 0.7-0.8x with spinning off), so the
+#: bench turns spinning off in every session, the floor's included.
+SPINNING_KEY = "session.intra_op.allow_spinning"
+
+#: Pause before each row's turn in a round, so the previous row's threads are asleep.
+SETTLE_SECONDS = 0.005
+
+#: Each round times every row as the fastest of this many back-to-back runs (see
+#: measure_in_rounds): single runs of a few milliseconds spread over 2x on this shared
+#: 2-core machine, the fastest of three far less.
+BEST_OF = 3
 
 #: Tensors of the data's size the rows hold at once (inputs, pre-bound outputs, the chains'
 #: intermediates, the function body's and Dropout's temporaries), for the memory check.
@@ -390,12 +407,15 @@ def _timed_runner(model: onnx.ModelProto, so: ort.SessionOptions | None,
 
 
 def measure_in_rounds(runners: dict[str, Callable[[], None]], repeat: int, warmup: int,
-                       rounds: int) -> dict[str, list[float]]:
+                      rounds: int, best_of: int = 1) -> dict[str, list[float]]:
     """Seconds per run of each runner. The rows take turns in ``rounds`` rounds, each
-    row running a block of consecutive runs per round (after one untimed run that
-    re-warms its tensors): consecutive runs keep a row's tensors as warm in cache as a
-    row measured alone, and the turns spread changes in machine load over all rows
-    alike. With ``rounds == repeat`` every row is timed once per round."""
+    row running a block of consecutive runs per round (after a pause, see
+    SETTLE_SECONDS, and one untimed run that re-warms its tensors): consecutive runs
+    keep a row's tensors as warm in cache as a row measured alone, and the turns spread
+    changes in machine load over all rows alike. With ``rounds == repeat`` every row is
+    timed once per round. ``best_of`` > 1 runs every timed run that many times and
+    keeps the fastest: the machine's interruptions only ever add time, so the fastest
+    of a few back-to-back runs is the row's own cost."""
     for run in runners.values():
         for _ in range(warmup):
             run()
@@ -404,11 +424,15 @@ def measure_in_rounds(runners: dict[str, Callable[[], None]], repeat: int, warmu
     for r in range(rounds):
         block = repeat // rounds + (1 if r < repeat % rounds else 0)
         for name, run in runners.items():
+            time.sleep(SETTLE_SECONDS)
             run()  # re-warm after the other rows ran
             for _ in range(block):
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
+                fastest = float("inf")
+                for _ in range(max(1, best_of)):
+                    start = time.perf_counter()
+                    run()
+                    fastest = min(fastest, time.perf_counter() - start)
+                times[name].append(fastest)
     return times
 
 
@@ -463,6 +487,7 @@ def run_bench(
     def options(native_library: bool = False) -> ort.SessionOptions:
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
+        so.add_session_config_entry(SPINNING_KEY, "0")  # see SPINNING_KEY
         return native.session_options(so) if native_library else so
 
     # The floor of a 16-bit type: the same bits as int16 (x.view keeps the buffer).
@@ -508,7 +533,7 @@ def run_bench(
     slow = {n: runners.pop(n) for n in ("extensions_pyop",) if n in runners}
     if progress:
         progress(f"{shape} {dtype}: {len(runners)} rows, {repeat} rounds")
-    times = measure_in_rounds(runners, repeat, warmup, repeat)
+    times = measure_in_rounds(runners, repeat, warmup, repeat, best_of=BEST_OF)
     for name, run in slow.items():
         if progress:
             progress(result.row(name).label)
@@ -552,7 +577,8 @@ def format_table(result: BenchResult) -> str:
     lines = [f"SpatialDropout bench: shape {result.shape} {result.dtype}, shared_axes {axes} "
              f"(noise {result.noise_shape}), ratio {result.ratio}, onnxruntime "
              f"{result.onnxruntime}, intra-op threads {threads}",
-             f"  {result.repeat} rounds, every row timed once per round; ratio: median of the "
+             f"  {result.repeat} rounds, every row timed once per round (the fastest of "
+             f"{BEST_OF} runs), intra-op spinning off; ratio: median of the "
              f"per-round ratios (quartiles); floor: {result.floor}"]
     width = max(len(r.label) for r in result.rows)
     for row in result.rows:
