@@ -58,3 +58,35 @@ def test_region_splice_keeps_untouched_nodes_in_order(large) -> None:
     kept = [n.output[0] for n in rewritten.graph.node if n.op_type in ("Add", "Relu")]
     assert [name for name in kept if name in set(untouched)] == \
         [name for name in untouched if name in set(kept)]
+
+
+def test_a_rewrite_walks_its_input_once(large, monkeypatch) -> None:
+    """Every walk of a large model's scopes costs ~0.5 µs per node; one rewrite asked for
+    its input's a dozen times. Inside ``unchanged_scopes`` the input is walked once per
+    flag, and a model outside the promise is walked every time."""
+    from spatialdrop_onnx.graph import scopes
+
+    walked: list[int] = []
+    real_walk = scopes._walk_model
+
+    def counting_walk(model: onnx.ModelProto, include_ours: bool) -> list:
+        walked.append(id(model))
+        return real_walk(model, include_ours)
+
+    monkeypatch.setattr(scopes, "_walk_model", counting_walk)
+    sd.rewrite(large)
+    assert walked.count(id(large)) == 2  # include_ours False and True, once each
+
+    walked.clear()
+    with scopes.unchanged_scopes(large):
+        first = scopes.model_scopes(large)
+        first.clear()  # a caller's list is its own
+        again = scopes.model_scopes(large)
+        other = onnx.ModelProto()
+        other.CopyFrom(large)
+        scopes.model_scopes(other)
+        scopes.model_scopes(other)
+    assert again and again[0].graph is large.graph
+    assert walked == [id(large), id(other), id(other)]
+    scopes.model_scopes(large)  # the promise ended with the block
+    assert walked[-1] == id(large) and len(walked) == 4

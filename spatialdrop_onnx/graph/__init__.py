@@ -38,7 +38,14 @@ from .nodes import (
 )
 from .order import check_acyclic
 from .ours import drop_our_unused_functions, import_our_domain
-from .scopes import Scope, function_path, iter_nodes, model_scopes, top_scopes
+from .scopes import (
+    Scope,
+    function_path,
+    iter_nodes,
+    model_scopes,
+    top_scopes,
+    unchanged_scopes,
+)
 from .switch import (
     TRAINING_MODE,
     add_training_input,
@@ -67,5 +74,5 @@ __all__ = [
     "input_at", "is_default_domain", "is_onnx_dropout", "is_random", "is_spatial_dropout",
     "iter_nodes", "model_scopes", "names_read", "rename_values", "scalar_of",
     "set_training_default", "skeleton_in_place", "subgraphs", "thread_training_switch",
-    "top_scopes", "type_facts",
+    "top_scopes", "type_facts", "unchanged_scopes",
 ]

@@ -92,7 +92,8 @@ def extract(model: onnx.ModelProto) -> Region | None:
     if any(next(subgraphs(graph.node[i]), None) is not None for i in chosen):
         return None
     positions = sorted(chosen)
-    return Region(_region_model(model, positions, consumers), positions, producer, consumers)
+    return Region(_region_model(model, positions, producer, consumers), positions, producer,
+                  consumers)
 
 
 def _walk(start: Iterable[int], depth: int, chosen: set[int], neighbours) -> None:  # noqa: ANN001
@@ -108,7 +109,7 @@ def _walk(start: Iterable[int], depth: int, chosen: set[int], neighbours) -> Non
                 queue.append((following, level + 1))
 
 
-def _region_model(model: onnx.ModelProto, positions: list[int],
+def _region_model(model: onnx.ModelProto, positions: list[int], producer: dict[str, int],
                   consumers: dict[str, list[int]]) -> onnx.ModelProto:
     graph = model.graph
     inside = set(positions)
@@ -119,7 +120,7 @@ def _region_model(model: onnx.ModelProto, positions: list[int],
     graph_inputs = {info.name for info in graph.input}
     graph_outputs = {info.name for info in graph.output}
 
-    carried = _ShapeCarrier(graph, declared, initializers)
+    carried = _ShapeCarrier(graph, producer, declared, initializers)
     region = onnx.GraphProto(name=graph.name or "region")
     region.node.extend(nodes)
     seen: set[str] = set()
@@ -155,11 +156,17 @@ class _ShapeCarrier:
     the shape-preserving ops above it (the chain the rules' shape reasoning walks), so a
     region sees what the whole graph shows without running shape inference on it."""
 
-    def __init__(self, graph: onnx.GraphProto, declared: dict[str, onnx.ValueInfoProto],
+    def __init__(self, graph: onnx.GraphProto, producer: dict[str, int],
+                 declared: dict[str, onnx.ValueInfoProto],
                  initializers: dict[str, TensorProto]) -> None:
-        self.producer = {out: node for node in graph.node for out in node.output if out}
+        self.graph = graph
+        self.producer = producer  # value -> index of the main-graph node that makes it
         self.declared = declared
         self.initializers = initializers
+
+    def _producer(self, name: str) -> NodeProto | None:
+        index = self.producer.get(name)
+        return None if index is None else self.graph.node[index]
 
     def _scalar(self, name: str) -> bool:
         init = self.initializers.get(name)
@@ -168,13 +175,13 @@ class _ShapeCarrier:
             for dim in init.dims:
                 count *= dim
             return count == 1
-        node = self.producer.get(name)
+        node = self._producer(name)
         return node is not None and node.op_type == "Constant" and not node.input
 
     def value_info(self, name: str) -> onnx.ValueInfoProto:
         current, steps = name, 0
         while current not in self.declared and steps < 10_000:
-            node = self.producer.get(current)
+            node = self._producer(current)
             if node is None or node.domain not in ("", "ai.onnx") or node.output[0] != current:
                 break
             inputs = [n for n in node.input if n]

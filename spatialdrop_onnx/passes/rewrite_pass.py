@@ -48,6 +48,7 @@ from ..graph import (
     set_training_default,
     thread_training_switch,
     type_facts,
+    unchanged_scopes,
 )
 from ..sites import Site
 from .opset import convert_opset
@@ -132,13 +133,15 @@ def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
     check_opset_imports(proto)
     opset_from = None
     source = proto
-    if _has_candidates(source):
-        check_training_switch_name(source)
-        opset = default_opset(source.opset_import)
-        if opset < MIN_OPSET:
-            source = convert_opset(source, opset, given.source)
-            opset_from = opset
-    outcome = apply_rules(source, elementwise=elementwise, folder=folder)
+    with unchanged_scopes(proto):  # read only, up to the rules' own copy
+        if _has_candidates(source):
+            check_training_switch_name(source)
+            opset = default_opset(source.opset_import)
+            if opset < MIN_OPSET:
+                source = convert_opset(source, opset, given.source)
+                opset_from = opset
+        with unchanged_scopes(source):
+            outcome = apply_rules(source, elementwise=elementwise, folder=folder)
     report = RewriteReport(outcome.converted, outcome.rewired, outcome.unconvertible,
                            opset_from)
     result = onnx.ModelProto()
@@ -150,15 +153,17 @@ def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
         return PassResult(given.complete(result),
                           RewriteReport(unconvertible=outcome.unconvertible))
     result = outcome.model
-    thread_training_switch(result, training_default)
-    set_training_default(result, training_default)
-    if any(is_spatial_dropout(n) for _, n in iter_nodes(result)):
+    with unchanged_scopes(result):  # the switch adds inputs, never nodes
+        thread_training_switch(result, training_default)
+        set_training_default(result, training_default)
+        has_ours = any(is_spatial_dropout(n) for _, n in iter_nodes(result))
         # The input's type facts hold for every value the new nodes read. On large models
         # only what they declare is used: inference (~3 s per 100,000 nodes) would only pick
         # a faster function body for undeclared float data (the exact double path otherwise).
         types = outcome.facts
-        if types is None or len(result.graph.node) >= INFER_TYPES_BELOW:
+        if has_ours and (types is None or len(result.graph.node) >= INFER_TYPES_BELOW):
             types = declared_types(result)
+    if has_ours:
         try:
             result = make_portable(result, types=types, names=outcome.names)
         except (ValueError, spec.SpatialDropoutError) as err:
