@@ -407,10 +407,11 @@ def _timed_runner(model: onnx.ModelProto, so: ort.SessionOptions | None,
 
 
 def measure_in_rounds(runners: dict[str, Callable[[], None]], repeat: int, warmup: int,
-                      rounds: int, best_of: int = 1) -> dict[str, list[float]]:
+                      rounds: int, best_of: int = 1,
+                      settle: float = SETTLE_SECONDS) -> dict[str, list[float]]:
     """Seconds per run of each runner. The rows take turns in ``rounds`` rounds, each
     row running a block of consecutive runs per round (after a pause, see
-    SETTLE_SECONDS, and one untimed run that re-warms its tensors): consecutive runs
+    ``settle`` seconds, and one untimed run that re-warms its tensors): consecutive runs
     keep a row's tensors as warm in cache as a row measured alone, and the turns spread
     changes in machine load over all rows alike. With ``rounds == repeat`` every row is
     timed once per round. ``best_of`` > 1 runs every timed run that many times and
@@ -424,7 +425,7 @@ def measure_in_rounds(runners: dict[str, Callable[[], None]], repeat: int, warmu
     for r in range(rounds):
         block = repeat // rounds + (1 if r < repeat % rounds else 0)
         for name, run in runners.items():
-            time.sleep(SETTLE_SECONDS)
+            time.sleep(settle)
             run()  # re-warm after the other rows ran
             for _ in range(block):
                 fastest = float("inf")

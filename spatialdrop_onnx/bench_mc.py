@@ -56,6 +56,13 @@ ROWS = (
     ("one_big_call", "yardstick: source, one call on N x the batch"),
 )
 
+#: Pause before each row's turn. The rows keep onnxruntime's default spinning (the N
+#: calls profit from it, as in users' code), but each row has its own session, whose
+#: threads spin some 20 ms after a run on this CPU: without the pause the previous row's
+#: spinning thread took a core from the next row (the Loop on the early-dropout CNN
+#: measured 0.97x the N calls behind the folded row, 1.4x on its own).
+SETTLE_SECONDS = 0.1
+
 # The issue's goals for the one-call MC model, as speed-ups over the N calls.
 GOALS = (("mc_batch", 2.0), ("mc_loop", 1.0))
 
@@ -274,7 +281,7 @@ def run_case(name: str, description: str, model: onnx.ModelProto,
     if progress:
         progress(f"{name}: {len(runners)} rows, {repeat} timed units each")
     # One unit per row per round: the rows of a round run back to back, under the same load.
-    times = measure_in_rounds(runners, repeat, warmup, repeat)
+    times = measure_in_rounds(runners, repeat, warmup, repeat, settle=SETTLE_SECONDS)
     for row_name, seconds in times.items():
         row = case.row(row_name)
         row.median_ms = statistics.median(seconds) * 1e3
