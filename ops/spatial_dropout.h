@@ -252,14 +252,15 @@ void RunSpatialDropout(const KernelConfig& config, uint64_t call_index, OrtKerne
   ApplyDecisions<D>(context, MakeLayout(shape, noise), x, out, keep_bits.get(), factor);
 }
 
-/// AnyFloat: the data's element type picks the typed run. Every check before the
-/// type's is the typed run's own, in the same order, so the messages are the same.
+/// AnyFloat: the data's element type picks the typed run. Without data any typed run
+/// fails first (with a malformed attribute's error, then the missing data's), before it
+/// reads the data, so the messages are the typed runs' own.
 template <>
 inline void RunSpatialDropout<AnyFloat>(const KernelConfig& config, uint64_t call_index,
                                         OrtKernelContext* context) {
-  if (!config.error.empty()) FailInvalid(config.error);
   const OrtValue* data = OptionalInput(context, 0);
-  if (data == nullptr) FailInvalid(std::string(kOpType) + " needs its data input");
+  if (data == nullptr) return RunSpatialDropout<Float32>(config, call_index, context);
+  if (!config.error.empty()) FailInvalid(config.error);  // before the type's own error
   switch (Ort::ConstValue(data).GetTensorTypeAndShapeInfo().GetElementType()) {
     case Float16::kOnnxType:
       return RunSpatialDropout<Float16>(config, call_index, context);

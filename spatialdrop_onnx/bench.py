@@ -112,7 +112,8 @@ GOALS = (
 #: bench turns spinning off in every session, the floor's included.
 SPINNING_KEY = "session.intra_op.allow_spinning"
 
-#: Pause before each row's turn in a round, so the previous row's threads are asleep.
+#: Pause before each row's turn in a round (measure_in_rounds). With spinning off it is
+#: only a margin; the MC bench, whose sessions spin, pauses longer.
 SETTLE_SECONDS = 0.005
 
 #: Each round times every row as the fastest of this many back-to-back runs (see
@@ -410,8 +411,8 @@ def measure_in_rounds(runners: dict[str, Callable[[], None]], repeat: int, warmu
                       rounds: int, best_of: int = 1,
                       settle: float = SETTLE_SECONDS) -> dict[str, list[float]]:
     """Seconds per run of each runner. The rows take turns in ``rounds`` rounds, each
-    row running a block of consecutive runs per round (after a pause, see
-    ``settle`` seconds, and one untimed run that re-warms its tensors): consecutive runs
+    row running a block of consecutive runs per round (after a pause of ``settle``
+    seconds and one untimed run that re-warms its tensors): consecutive runs
     keep a row's tensors as warm in cache as a row measured alone, and the turns spread
     changes in machine load over all rows alike. With ``rounds == repeat`` every row is
     timed once per round. ``best_of`` > 1 runs every timed run that many times and

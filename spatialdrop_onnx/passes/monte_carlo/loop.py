@@ -43,8 +43,9 @@ def _rank(output: SampledOutput) -> int | None:
     return None if dims is None else len(dims)
 
 
-def _move_body_only_initializers(graph: onnx.GraphProto, position: int) -> None:
-    """Move the initializers only the Loop at ``graph.node[position]`` reads into its body.
+def _take_body_only_initializers(graph: onnx.GraphProto, body_nodes: list[onnx.NodeProto],
+                                 outer_nodes: list[onnx.NodeProto]) -> list[onnx.TensorProto]:
+    """Remove from ``graph`` and return the initializers that only ``body_nodes`` read.
 
     With its weights in the outer scope, onnxruntime ran the body's convolutions in the
     plain layout, without the constant-weight optimisations it applies to the same nodes
@@ -52,23 +53,17 @@ def _move_body_only_initializers(graph: onnx.GraphProto, position: int) -> None:
     in the body). Moved, not copied, so the model does not grow. An initializer that is
     also a graph input stays outside (a caller may override it).
     """
-    loop = graph.node[position]
-    read_in_body = set(names_read(loop)) - set(loop.input)
-    read_outside = {name for i, node in enumerate(graph.node) if i != position
-                    for name in names_read(node)}
-    read_outside.update(loop.input)
-    read_outside.update(o.name for o in graph.output)
+    read_in_body = {name for node in body_nodes for name in names_read(node)}
+    read_outside = {name for node in outer_nodes for name in names_read(node)}
     read_outside.update(i.name for i in graph.input)
     moving = [init for init in graph.initializer
               if init.name in read_in_body and init.name not in read_outside]
-    if not moving:
-        return
-    moved = {init.name for init in moving}
-    kept = [init for init in graph.initializer if init.name not in moved]
-    body = next(a.g for a in loop.attribute if a.name == "body")
-    body.initializer.extend(moving)
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    if moving:
+        moved = {init.name for init in moving}
+        kept = [init for init in graph.initializer if init.name not in moved]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return moving
 
 
 def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> onnx.ModelProto:
@@ -142,6 +137,8 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> on
             loop_scans.append(output.samples)
     body_outputs += scan_outputs
     body = oh.make_graph(body_nodes, "monte_carlo_sample", body_inputs, body_outputs,
+                         initializer=_take_body_only_initializers(graph, body_nodes,
+                                                                  [*head, *finals]),
                          value_info=[i for i in graph.value_info if i.name in inner_values])
     outer_info = [i for i in graph.value_info if i.name not in inner_values]
     loop_name = fresh("mc/loop")
@@ -151,7 +148,6 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> on
     graph.value_info.extend(outer_info)
     del graph.node[:]
     graph.node.extend([*head, loop, *finals])
-    _move_body_only_initializers(graph, len(head))
     del graph.output[:]
     for output in prepared.outputs:
         graph.output.extend(output_infos(output, samples, keep_samples))
