@@ -48,8 +48,8 @@ struct BFloat16 {
   using Bits = uint16_t;
   using Factor = float;
   static constexpr ONNXTensorElementDataType kOnnxType = ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
-  // ml_dtypes casts double -> bfloat16 through float (two roundings); the
-  // reference's kept_scale inherits that, so the kernel does the same.
+  // The spec rounds the scale double -> float -> bfloat16 (two roundings), as
+  // onnxruntime's Cast does; spec.kept_scale writes out the same two steps.
   static Factor MakeFactor(double scale) {
     return BFloat16ToFloat(FloatToBFloat16(static_cast<float>(scale)));
   }

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Set up everything on a fresh machine: a virtualenv in .venv with the package
 # (native kernel built by the install) and all extras. Safe to run again.
+#
+# Every version comes from requirements.lock (transitive ones included), so a dependency
+# release cannot change what this installs. PIP_CONSTRAINT (not -c) also reaches pip's
+# isolated build environment, which builds the native kernel. Refresh the lock with
+# scripts/newest_versions.py --write-lock (see docs/dependencies.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+export PIP_CONSTRAINT="$PWD/requirements.lock"
 
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv

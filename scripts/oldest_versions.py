@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Test tools pinned at their floors too (from the dev extra).
-TEST_TOOLS = ("pytest", "hypothesis", "onnxruntime-extensions", "openvino")
+TEST_TOOLS = ("pytest", "hypothesis", "onnxruntime-extensions", "openvino", "tract")
 #: Test files that need an optional framework the oldest environment does not install.
 NEEDS_FRAMEWORKS = ("test_keras_", "test_passes_keras", "test_passes_torch",
                     "test_passes_floor_mask", "test_torch_", "test_simplifiers")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import ml_dtypes
 import numpy as np
 
 DOMAIN = "org.spatialdrop"
@@ -91,10 +92,14 @@ def check_ratio(ratio: float) -> float:
 def kept_scale(ratio: float, dtype: np.dtype) -> np.ndarray:
     """The factor kept values are multiplied by: 1/(1-ratio), rounded to ``dtype``.
 
-    Computed in double and converted as numpy converts: once for float16, float
-    and double; through float32 for bfloat16 (ml_dtypes' conversion, which the
-    native kernel and onnxruntime's Cast share), so the reference, the function
-    body and the native kernel all scale by the same value.
+    Computed in double and rounded to nearest-even once for float16, float and
+    double; for bfloat16 rounded to float first, then to bfloat16 (the native kernel
+    and onnxruntime's Cast do the same). The two steps are written out here rather
+    than left to a library's double -> bfloat16 cast, which has changed between
+    ml_dtypes releases (0.7 rounds once, at a different value near ties).
     """
-    with np.errstate(divide="ignore"):
-        return np.asarray(1.0 / (1.0 - np.float64(ratio))).astype(dtype)
+    with np.errstate(divide="ignore", over="ignore"):
+        scale = np.asarray(1.0 / (1.0 - np.float64(ratio)))
+        if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16):
+            scale = scale.astype(np.float32)
+        return scale.astype(dtype)

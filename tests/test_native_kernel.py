@@ -31,7 +31,7 @@ from op_models import ONNX_TYPES, dropout_model, ort_session
 from optional import require
 
 import spatialdrop_onnx as sd
-from spatialdrop_onnx import bench, reference
+from spatialdrop_onnx import bench, reference, spec
 
 # (shape, shared_axes): ranks 2-5, default, negative, empty, size-1 axes.
 CASES = [
@@ -566,19 +566,20 @@ def test_matches_reference_run_as_extensions_python_op(so, dtype, shape, axes):
 
 
 @pytest.mark.parametrize(("dtype", "mantissa_bits"), [("float16", 10), ("bfloat16", 7)])
-def test_scale_rounds_to_data_type_like_numpy(so, dtype, mantissa_bits):
-    """A ratio whose scale 1/(1-ratio) lies just above a tie of T: numpy rounds the
-    double straight to float16 (up) but ml_dtypes goes through float for bfloat16
-    (the tie, then even: down). The kernel follows each."""
+def test_scale_rounds_to_data_type_as_the_spec_says(so, dtype, mantissa_bits):
+    """A ratio whose scale 1/(1-ratio) lies just above a tie of T. The spec rounds the
+    double once for float16 (up, past the tie) and through float for bfloat16: float
+    rounds the 2**-30 away, which leaves the exact tie, and the tie goes to even (down).
+    The expected values are the spec's, worked out by hand, not a library's cast."""
     scale = 1 + 2.0 ** -(mantissa_bits + 1) + 2.0 ** -30
     ratio = 1 - 1 / scale
-    kept = np.asarray(1.0 / (1.0 - ratio)).astype(DTYPES[dtype])
-    assert float(kept) == (1 + 2.0 ** -mantissa_bits if dtype == "float16" else 1.0)
+    by_spec = 1 + 2.0 ** -mantissa_bits if dtype == "float16" else 1.0
+    assert float(spec.kept_scale(ratio, DTYPES[dtype])) == by_spec
     x = np.ones((4, 64), DTYPES[dtype])
     session = ort_session(dropout_model(x.shape, dtype, [], seed=8), so)
     output, mask = run(session, x, ratio)
     assert mask.any()
-    np.testing.assert_array_equal(output[mask].astype(np.float64), float(kept))
+    np.testing.assert_array_equal(output[mask].astype(np.float64), by_spec)
     assert_bits_equal(output, _reference(x, ratio, True, [], 8, 0)[0])
 
 

@@ -46,3 +46,30 @@ def test_ratio_outside_unit_interval_refused(ratio):
 def test_noise_shape():
     assert spec.noise_shape((8, 3, 5, 7), None) == (8, 3, 1, 1)
     assert spec.noise_shape((8, 10, 16), [1]) == (8, 1, 16)
+
+
+def _bfloat16_by_hand(value: float) -> float:
+    """``value`` rounded to float, then to bfloat16 by nearest-even on the float's bits."""
+    import struct
+
+    bits = struct.unpack("<I", struct.pack("<f", value))[0]
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+    return struct.unpack("<f", struct.pack("<I", rounded))[0]
+
+
+@pytest.mark.parametrize("scale", [
+    1 + 2.0 ** -8 + 2.0 ** -30,   # a bfloat16 tie once rounded to float: even, down
+    1 + 2.0 ** -8 - 2.0 ** -30,   # below the tie either way
+    1 + 3 * 2.0 ** -8 + 2.0 ** -30,  # a tie whose even neighbour is above
+    1.25, 4 / 3, 10.0,
+])
+def test_bfloat16_scale_goes_through_float(scale):
+    """The spec's bfloat16 scale is double -> float -> bfloat16, whatever the installed
+    ml_dtypes does with a direct cast (0.7 rounds the double once)."""
+    import ml_dtypes
+    import numpy as np
+
+    ratio = 1 - 1 / scale
+    got = spec.kept_scale(ratio, np.dtype(ml_dtypes.bfloat16))
+    assert got.dtype == np.dtype(ml_dtypes.bfloat16)
+    assert float(got) == _bfloat16_by_hand(1.0 / (1.0 - ratio))
