@@ -27,6 +27,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 import spatialdrop_onnx as sd
+from spatialdrop_onnx.cli.process import command_process
 
 CHANNELS = 4
 
@@ -81,7 +82,8 @@ def time_rewrite(model: onnx.ModelProto, repeat: int) -> tuple[float, int]:
     best, converted = float("inf"), 0
     for _ in range(repeat):
         start = time.perf_counter()
-        result = sd.rewrite(model)
+        with command_process():  # as the CLI runs it (collector threshold, isolated checks)
+            result = sd.rewrite(model)
         best = min(best, time.perf_counter() - start)
         converted = len(result.report.converted)
     return best, converted

@@ -12,7 +12,8 @@ from . import reference
 from ._version import __version__
 from .function_body import make_portable
 from .inline import InlineReport, inline
-from .native import get_library_path, session_options
+from .isolation import isolated_checks
+from .native import get_library_path, register_kernel, session_options
 from .passes import PassResult, RewriteReport, StripReport, inspect, rewrite, strip
 from .passes.monte_carlo import MonteCarloReport, monte_carlo
 from .schema import register_schema
@@ -37,11 +38,13 @@ __all__ = [
     "inference_session",
     "inline",
     "inspect",
+    "isolated_checks",
     "make_portable",
     "monte_carlo",
     "reference",
     "register_schema",
     "rewrite",
+    "register_kernel",
     "session_options",
     "strip",
 ]

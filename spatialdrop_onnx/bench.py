@@ -490,7 +490,7 @@ def run_bench(
         so = ort.SessionOptions()
         so.intra_op_num_threads = threads
         so.add_session_config_entry(SPINNING_KEY, "0")  # see SPINNING_KEY
-        return native.session_options(so) if native_library else so
+        return native.register_kernel(so) if native_library else so
 
     # The floor of a 16-bit type: the same bits as int16 (x.view keeps the buffer).
     floor_feeds = ({"x": x.view(np.int16), "m": (rng.integers(0, 3, noise)).astype(np.int16)}

@@ -1,12 +1,18 @@
-"""Run onnx's C++ checks where a crash cannot take the process down.
+"""Run onnx's C++ checks where a crash cannot take the process down (the CLI's choice).
 
 onnx's C++ shape inference, checker and version converter can abort the whole
 process (SIGABRT) on a malformed model: a 3-node model with an input dim of -1
 and ``Slice(ends=INT_MAX)`` is enough. The CLI must answer such a file with one
-line, so these calls run in a forked child: the child computes, pickles the
-result into a pipe and exits; a child killed by a signal becomes a
-:class:`~spatialdrop_onnx.errors.UserError`. Where ``fork`` is unavailable the
-call runs in-process.
+line, so inside :func:`isolated_checks` (which the CLI enters for every command)
+these calls run in a forked child: the child computes, pickles the result into a
+pipe and exits; a child killed by a signal, or still running after the timeout
+(it is then killed), becomes a :class:`~spatialdrop_onnx.errors.UserError`.
+
+Library calls run them in-process unless the caller opts in with
+``with spatialdrop_onnx.isolated_checks():`` — forking is a change to the
+caller's process (its threads, its signal handlers, its memory accounting) that
+a library must not make unasked. Where ``fork`` is unavailable, calls run
+in-process.
 
 Forking copies nothing up front (copy-on-write) and re-imports nothing, so the
 cost is a few milliseconds plus moving the (small) result through the pipe.
@@ -17,12 +23,15 @@ from __future__ import annotations
 import gc
 import os
 import pickle
+import select
 import signal
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
-from .errors import UserError
+from .errors import UsageError, UserError, printable
 
 _R = TypeVar("_R")
 _HAS_FORK = hasattr(os, "fork") and sys.platform != "win32"
@@ -30,9 +39,41 @@ _HAS_FORK = hasattr(os, "fork") and sys.platform != "win32"
 _DISABLE_ENV = "SPATIALDROP_ONNX_NO_ISOLATION"
 
 
+#: How long an isolated call may run before its child is killed (seconds); the CLI's
+#: default, overridable with SPATIALDROP_ONNX_CHECK_TIMEOUT. Shape inference of a
+#: 1,000,000-node model takes tens of seconds here; a deadlocked child takes forever.
+DEFAULT_TIMEOUT = 900.0
+_TIMEOUT_ENV = "SPATIALDROP_ONNX_CHECK_TIMEOUT"
+
+#: The timeout of the innermost isolated_checks() block; None: not isolating.
+_isolating: float | None = None
 _in_child = False
 #: What a child must not free before it exits (see run_isolated).
 _kept_in_child: list[object] = []
+
+
+@contextmanager
+def isolated_checks(timeout: float | None = None) -> Iterator[None]:
+    """Inside the block, onnx's C++ checks run in a forked child, killed after
+    ``timeout`` seconds (default :data:`DEFAULT_TIMEOUT`, or the environment's
+    ``SPATIALDROP_ONNX_CHECK_TIMEOUT``)."""
+    global _isolating
+    if timeout is None:
+        setting = os.environ.get(_TIMEOUT_ENV) or str(DEFAULT_TIMEOUT)
+        try:
+            timeout = float(setting)
+        except ValueError:
+            timeout = float("nan")
+        if not timeout > 0:  # NaN too
+            raise UsageError(f"{_TIMEOUT_ENV} must be a number of seconds > 0, "
+                             f"got {printable(setting)}")
+    elif not timeout > 0:
+        raise ValueError(f"isolated_checks: timeout must be > 0, got {timeout}")
+    outer, _isolating = _isolating, timeout
+    try:
+        yield
+    finally:
+        _isolating = outer
 
 
 def in_forked_child() -> bool:
@@ -45,13 +86,16 @@ class _ChildFailed(Exception):
 
 
 def run_isolated(fn: Callable[..., _R], *args: object, what: str) -> _R:
-    """``fn(*args)`` in a forked child; exceptions it raises are re-raised here.
+    """``fn(*args)``, in a forked child inside :func:`isolated_checks`; exceptions it
+    raises are re-raised here.
 
     ``what`` says what was being done, for the message when the child crashes
     ("onnx crashed (SIGABRT) while inferring shapes: the model is malformed").
     The result must be picklable.
     """
-    if not _HAS_FORK or os.environ.get(_DISABLE_ENV):
+    global _in_child
+    timeout = _isolating
+    if timeout is None or _in_child or not _HAS_FORK or os.environ.get(_DISABLE_ENV):
         return fn(*args)
     read_fd, write_fd = os.pipe()
     pid = os.fork()
@@ -62,7 +106,6 @@ def run_isolated(fn: Callable[..., _R], *args: object, what: str) -> _R:
         # and nothing the computation raised is freed before _exit.
         gc.disable()
         os.close(read_fd)
-        global _in_child
         _in_child = True
         _silence_stderr()  # a C++ assertion message would be a second, unasked-for line
         code = 0
@@ -84,10 +127,19 @@ def run_isolated(fn: Callable[..., _R], *args: object, what: str) -> _R:
             os._exit(code)
     os.close(write_fd)
     try:
-        with os.fdopen(read_fd, "rb") as pipe:
-            payload = pipe.read()
+        payload = _read_until(read_fd, time.monotonic() + timeout)
+    except TimeoutError:
+        os.kill(pid, signal.SIGKILL)
+        _wait(pid)
+        raise UserError(f"onnx did not finish {what} within {timeout:g} s (the child was "
+                        f"stopped; {_TIMEOUT_ENV} sets the limit)") from None
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)  # interrupted: the child must not outlive us
+        _wait(pid)
+        raise
     finally:
-        _, status = _wait(pid)
+        os.close(read_fd)
+    _, status = _wait(pid)
     if os.WIFSIGNALED(status):
         number = os.WTERMSIG(status)
         try:
@@ -101,6 +153,22 @@ def run_isolated(fn: Callable[..., _R], *args: object, what: str) -> _R:
     if kind == "error":
         raise value
     return value
+
+
+def _read_until(fd: int, deadline: float) -> bytes:
+    """Everything the child writes to ``fd`` until it closes it; TimeoutError past ``deadline``."""
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            continue
+        chunk = os.read(fd, 1 << 20)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _silence_stderr() -> None:

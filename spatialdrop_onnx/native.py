@@ -1,6 +1,7 @@
 """The native ONNX Runtime kernel for SpatialDropout (built from ``ops/`` by the install).
 
-``session_options()`` registers the library with an ``onnxruntime.SessionOptions``;
+``session_options()`` makes ``onnxruntime.SessionOptions`` with the library registered,
+``register_kernel(so)`` registers it on options of the caller's;
 sessions created with it run SpatialDropout nodes natively, and onnxruntime
 prefers the kernel over a model-local function body of the same name, so
 ``make_portable`` models switch to the fast path without changes.
@@ -58,13 +59,26 @@ def get_library_path() -> str:
     )
 
 
-def session_options(so: ort.SessionOptions | None = None) -> ort.SessionOptions:
-    """``so`` (or new SessionOptions) with the native kernel registered.
+def session_options(so: None = None) -> ort.SessionOptions:
+    """New ``onnxruntime.SessionOptions`` with the native kernel registered.
+
+    Changes nothing of the caller's: to add the kernel to options you already
+    have, call :func:`register_kernel` (which says that it changes them).
+    """
+    if so is not None:
+        raise TypeError(
+            "session_options() makes new options and changes none of yours; to register the "
+            "kernel on your own SessionOptions, call spatialdrop_onnx.register_kernel(so)")
+    return register_kernel(ort.SessionOptions())
+
+
+def register_kernel(so: ort.SessionOptions) -> ort.SessionOptions:
+    """Register the native kernel on ``so`` itself and return it.
 
     Safe to call again on the same object (the library is registered once per
-    object) and for any number of sessions and threads in one process.
+    object: twice would make session creation fail with "Domain already set in
+    registry") and for any number of sessions and threads in one process.
     """
-    so = ort.SessionOptions() if so is None else so
     with _lock:
         if so not in _registered:
             so.register_custom_ops_library(get_library_path())

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import onnx
 import onnxruntime as ort
 
-from .native import session_options
+from .native import register_kernel
 
 #: onnxruntime optimisers that break training-mode dropout.
 DROPOUT_BREAKING_OPTIMIZERS = ("EliminateDropout",)
@@ -36,7 +36,8 @@ def inference_session(
     """A session for ``model`` (proto or path) whose dropout obeys ``training_mode``.
 
     With ``native`` the SpatialDropout kernel is registered; without it the
-    model's function bodies run. Without ``so``, onnxruntime logs errors only:
+    model's function bodies run; the kernel is registered on ``so`` when you pass
+    options (they become this session's). Without ``so``, onnxruntime logs errors only:
     its load warning about the ``training_mode`` initializer ("Initializer
     training_mode appears in graph inputs …") recommends a script that would
     freeze the switch, and is expected for every converted model.
@@ -45,7 +46,7 @@ def inference_session(
         so = ort.SessionOptions()
         so.log_severity_level = 3
     if native:
-        so = session_options(so)
+        so = register_kernel(so)
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
     return ort.InferenceSession(source, sess_options=so, providers=list(providers),
                                 disabled_optimizers=list(DROPOUT_BREAKING_OPTIMIZERS))

@@ -36,7 +36,7 @@ from onnx import AttributeProto, TensorProto
 from passes_helpers import random_mask
 
 from spatialdrop_onnx.cli import main
-from spatialdrop_onnx.isolation import run_isolated
+from spatialdrop_onnx.isolation import isolated_checks, run_isolated
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTED = {0, 2, 3, 4, 5, 6}
@@ -268,7 +268,8 @@ def _check(data: bytes) -> str:
 def passes_checker(data: bytes) -> bool:
     """Full check in a forked child (the checker itself can abort on a mutant)."""
     try:
-        return run_isolated(_check, data, what="checking") == ""
+        with isolated_checks():
+            return run_isolated(_check, data, what="checking") == ""
     except Exception:  # noqa: BLE001 - a crash of the checker: not valid
         return False
 

@@ -31,7 +31,7 @@ def native_options(**settings: int) -> ort.SessionOptions:
     so = ort.SessionOptions()
     for name, value in settings.items():
         setattr(so, name, value)
-    return sd.session_options(so)
+    return sd.register_kernel(so)
 
 
 def run(

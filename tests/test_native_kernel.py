@@ -451,8 +451,8 @@ def test_library_path_and_registering_twice():
     path = require_native()
     assert Path(path).is_file()
     so = ort.SessionOptions()
-    assert sd.session_options(so) is so
-    assert sd.session_options(so) is so  # registered once, not twice
+    assert sd.register_kernel(so) is so
+    assert sd.register_kernel(so) is so  # registered once, not twice
     x = sample_data((2, 3, 4), np.dtype(np.float32))
     model = dropout_model((2, 3, 4), seed=1)
     outputs = [run(ort_session(model, so), x)[0] for _ in range(3)]
@@ -683,3 +683,18 @@ def test_running_out_of_memory_is_one_line(capsys, monkeypatch):
     assert main(["bench", "--shape", "2,3", "--no-extensions"]) == 6
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "out of memory" in err
+
+
+def test_session_options_changes_nothing_of_the_callers():
+    """A library call does not change the caller's objects: session_options() makes new
+    options; handing it yours is an error that names the call that does change them."""
+    require_native()
+    so = ort.SessionOptions()
+    with pytest.raises(TypeError, match="register_kernel"):
+        sd.session_options(so)
+    fresh = sd.session_options()
+    assert fresh is not so
+    model = dropout_model((2, 3, 4), seed=1)
+    ort_session(model, fresh)  # the kernel is there
+    with pytest.raises(Exception, match="SpatialDropout"):
+        ort_session(model, so)  # and not on the caller's options

@@ -15,6 +15,7 @@ from ..spec import SpatialDropoutError
 from .bench_command import bench
 from .convert_command import convert
 from .graph_commands import inspect, rewrite, strip
+from .process import command_process
 from .runtime_commands import inline, mc
 
 PROG = "spatialdrop-onnx"
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _terminate)
     _quiet_libraries()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), command_process():
             warnings.simplefilter("ignore")  # library warnings are not the user's output
             app.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Abort:

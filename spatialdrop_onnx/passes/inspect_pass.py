@@ -29,11 +29,9 @@ from ..graph import (
     model_scopes,
 )
 from ..sites import Kind, Site
-from .gc_pauses import with_fewer_gc_pauses
 from .result import ModelArg, load_argument
 
 
-@with_fewer_gc_pauses
 def inspect(model: ModelArg) -> list[Site]:
     """Every dropout site of ``model`` (a ModelProto or a path)."""
     given = load_argument(model)

@@ -51,7 +51,6 @@ from ..graph import (
     unchanged_scopes,
 )
 from ..sites import Site
-from .gc_pauses import with_fewer_gc_pauses
 from .opset import convert_opset
 from .result import ModelArg, PassResult, load_argument
 
@@ -110,7 +109,6 @@ def check_elementwise(elementwise: str) -> str:
     return elementwise
 
 
-@with_fewer_gc_pauses
 def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
             elementwise: str = "dropout") -> PassResult[RewriteReport]:
     """Rewrite the exporter dropout of ``model`` (a ModelProto or a path); returns a new model.

@@ -50,7 +50,6 @@ from ..graph import (
     type_facts,
 )
 from ..sites import Site
-from .gc_pauses import with_fewer_gc_pauses
 from .result import ModelArg, PassResult, load_argument
 
 
@@ -71,7 +70,6 @@ class StripReport:
                 "unconvertible": [s.to_dict() for s in self.unconvertible]}
 
 
-@with_fewer_gc_pauses
 def strip(model: ModelArg) -> PassResult[StripReport]:
     """Fold every dropout of ``model`` (a ModelProto or a path) to the identity.
 
