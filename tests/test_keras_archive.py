@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from spatialdrop_onnx.cli import main
 from spatialdrop_onnx.converters import keras_archive
 from spatialdrop_onnx.converters.keras_archive import check_keras_archive
 from spatialdrop_onnx.converters.keras_convert import detect_format
-from spatialdrop_onnx.errors import RefusedError
+from spatialdrop_onnx.errors import RefusedError, UserError
 
 MIB = 1024**2
 CONFIG = json.dumps({"class_name": "Sequential", "config": {"layers": []}}).encode()
@@ -106,7 +107,8 @@ def test_ordinary_archives_pass(tmp_path: Path) -> None:
     assert small.stat().st_size < MIB
     assert detect_format(small) == "keras"
     # Not a zip at all: left to detect_format's own message.
-    check_keras_archive(tmp_path / "missing.keras")
+    (tmp_path / "text.keras").write_text("not a zip")
+    check_keras_archive(tmp_path / "text.keras")
 
 
 def test_convert_refuses_before_extracting(bombs: dict[str, Path], tmp_path: Path,
@@ -131,7 +133,7 @@ def test_refusal_costs_no_memory(bombs: dict[str, Path]) -> None:
     script = f"""
 import sys
 from spatialdrop_onnx.converters.keras_convert import detect_format
-from spatialdrop_onnx.errors import RefusedError
+from spatialdrop_onnx.errors import RefusedError, UserError
 def peak():
     return next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM'))
 before = peak()
@@ -147,3 +149,82 @@ print(peak() - before)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           timeout=120, check=True)
     assert int(done.stdout) < 16 * 1024, f"peak RSS grew by {done.stdout.strip()} KiB"
+
+
+# --- Issue 18 item 3: Keras inputs are opened like ONNX inputs ---------------------------
+
+_DRIVER = Path(__file__).resolve().parent / "cli_driver.py"
+_AS_LIMIT = 6 * 1024**3  # address space: a read without limit fails here, not on the machine
+
+
+def _limit_memory() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (_AS_LIMIT, _AS_LIMIT))
+
+
+def test_convert_opens_only_regular_files(tmp_path: Path) -> None:
+    """A FIFO named ``model.keras``, an ``.h5`` symlink to a FIFO (also with --trust-model)
+    and a ``.keras`` symlink to ``/dev/zero``: refused in one line, exit 3, without blocking
+    or reading; ``inspect`` refuses the same files with the same code and reason. All run in
+    one child with a timeout and a memory limit, so a regression fails instead of hanging."""
+    fifo = tmp_path / "model.keras"
+    os.mkfifo(fifo)
+    (tmp_path / "model.h5").symlink_to(fifo)
+    (tmp_path / "dev.keras").symlink_to("/dev/zero")
+    out = tmp_path / "out.onnx"
+    cases = {"model.keras": "is a FIFO, not a regular file",
+             "model.h5": "is a FIFO, not a regular file",
+             "dev.keras": "is a character device, not a regular file"}
+    invocations = []
+    for name in cases:
+        path = str(tmp_path / name)
+        invocations += [["convert", path, "-o", str(out)], ["inspect", path]]
+    invocations.append(["convert", str(tmp_path / "model.h5"), "-o", str(out), "--trust-model"])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(_DRIVER.parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, str(_DRIVER), json.dumps(invocations)],
+                          capture_output=True, text=True, timeout=120, env=env, check=False,
+                          preexec_fn=_limit_memory)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads(done.stdout)
+    expected = [reason for reason in cases.values() for _ in range(2)] + [cases["model.h5"]]
+    for result, reason in zip(results, expected, strict=True):
+        path = result["argv"][1]
+        assert result["code"] == 3, result
+        assert result["err"] == f"spatialdrop-onnx: error: {path}: {reason}\n", result
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(cases)
+
+
+def test_oversized_and_empty_keras_files_are_refused(tmp_path: Path) -> None:
+    """The size limits of the ONNX commands: empty, and above 2 GiB - 1 (a sparse file,
+    refused by its size before anything is read)."""
+    empty = tmp_path / "empty.keras"
+    empty.touch()
+    with pytest.raises(UserError, match=f"^{empty}: file is empty$"):
+        detect_format(empty)
+    huge = tmp_path / "huge.h5"
+    with open(huge, "wb") as handle:
+        handle.truncate(2**31)
+    with pytest.raises(UserError, match=r"2147483648 bytes is more than a converted model can "
+                                        r"hold") as caught:
+        detect_format(huge)
+    assert "\n" not in str(caught.value)
+
+
+def test_check_keras_archive_opens_paths_safely(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.keras"
+    os.mkfifo(fifo)
+    def expired(signum: int, frame: object) -> None:
+        raise AssertionError("opening the FIFO blocked")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(10)  # a regression fails instead of hanging
+    try:
+        with pytest.raises(UserError, match="is a FIFO, not a regular file"):
+            check_keras_archive(fifo)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    with pytest.raises(UserError, match="no such file"):
+        check_keras_archive(tmp_path / "missing.keras")

@@ -14,7 +14,6 @@ placeholders kept out of the converter); onnxruntime runs them.
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from passes_helpers import load_script
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx import modelio
-from spatialdrop_onnx.modelio import skeleton, writing
+from spatialdrop_onnx.modelio import skeleton
 from spatialdrop_onnx.passes import rewrite_file, strip_file
 
 bench = load_script("bench_memory", "scripts")
@@ -113,28 +112,6 @@ def test_no_pass_reads_a_placeholder_as_a_value(tmp_path: Path, small_skeletons:
     assert result.report.unconvertible == (random_site,) and result.report.folded == 1
     assert not modelio.holds_placeholders(result.model)
     assert weight_digests(result.model) == weight_digests(onnx.load(path))
-
-
-def test_replaced_output_is_scanned_in_chunks(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The old target is searched for its data-file names without reading it whole."""
-    monkeypatch.setattr(writing, "_SCAN_CHUNK", 7)
-    name = "out.onnx.0123456789abcdef-0.data"
-    pattern = modelio.data_file_pattern("out.onnx")
-    for offset in range(20):
-        path = tmp_path / f"f{offset}"
-        path.write_bytes(b"x" * offset + name.encode() + b"y" * 9)
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            assert writing._mentions(fd, path.stat().st_size, pattern), offset
-        finally:
-            os.close(fd)
-    path.write_bytes(b"x" * 40 + name[:-1].encode())
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        assert not writing._mentions(fd, path.stat().st_size, pattern)
-    finally:
-        os.close(fd)
 
 
 SHIPPED = sorted((Path(__file__).resolve().parents[1] / "models" / "onnx").glob("*.onnx"))

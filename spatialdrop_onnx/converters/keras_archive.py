@@ -27,9 +27,10 @@ from __future__ import annotations
 
 import os
 import zipfile
-from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import RefusedError, printable
+from ..modelio import open_input
 
 #: Most bytes the members of an archive may declare in all.
 MAX_TOTAL_BYTES = 2 * 1024**3
@@ -49,15 +50,22 @@ def _size(count: int) -> str:
     raise AssertionError("unreachable")
 
 
-def check_keras_archive(path: str | os.PathLike) -> None:
+def check_keras_archive(path: str | os.PathLike, *, handle: BinaryIO | None = None,
+                        size: int | None = None) -> None:
     """Refuse the zip archive at ``path`` if its members would inflate beyond the bounds
-    (see the module docstring). Reads the central directory only; a file that is not
-    a zip archive is left to the caller's own checks."""
-    path = Path(path)
+    (see the module docstring). Reads the central directory only, from ``handle``
+    (an open binary file of ``size`` bytes) or else from ``path`` opened with
+    :func:`~spatialdrop_onnx.modelio.open_input` (a FIFO or device is refused, exit 3).
+    A file that is not a zip archive is left to the caller's own checks."""
     label = printable(os.fspath(path))
+    if handle is None:
+        fd, info = open_input(path, expected="a Keras model")
+        with os.fdopen(fd, "rb") as opened:
+            check_keras_archive(path, handle=opened, size=info.st_size)
+        return
+    archive_size = size if size is not None else os.fstat(handle.fileno()).st_size
     try:
-        archive_size = path.stat().st_size
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(handle) as archive:
             members = archive.infolist()
     except (zipfile.BadZipFile, OSError):
         return

@@ -9,49 +9,68 @@ to do (``--import`` for a custom layer, re-save for a Lambda layer).
 from __future__ import annotations
 
 import importlib
+import os
 import re
+import stat
 import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import RefusedError, UserError
+from ..errors import RefusedError, UserError, printable
+from ..modelio import open_input
 from .keras_archive import check_keras_archive
 from .keras_stack import KerasStack, first_line
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
+#: Why an input file above 2 GiB - 1 is refused: its weights could not be written.
+_KERAS_LIMIT = ("a converted model can hold (protobuf's 2 GiB - 1, the ONNX model is written "
+                "without external data)")
+
+
 def detect_format(path: Path) -> str:
-    """``keras``, ``h5`` or ``savedmodel`` for ``path``; UserError for anything else."""
-    if not path.exists():
-        raise UserError(f"{path}: no such file or directory")
-    if path.is_dir():
+    """``keras``, ``h5`` or ``savedmodel`` for ``path``; UserError for anything else.
+
+    A file is opened as the ONNX commands open theirs (:func:`modelio.open_input`):
+    a FIFO, device or socket (also behind a symlink) is refused before it is
+    opened for reading, as are an empty file and one above 2 GiB - 1; the head
+    and the zip directory are read through that one descriptor.
+    """
+    try:
+        is_dir = stat.S_ISDIR(os.stat(path).st_mode)  # follows a symlink; opens nothing
+    except FileNotFoundError:
+        raise UserError(f"{printable(path)}: no such file or directory") from None
+    except OSError as err:
+        raise UserError(f"{printable(path)}: cannot be inspected ({err.strerror})") from None
+    if is_dir:
         if (path / "saved_model.pb").is_file() or (path / "saved_model.pbtxt").is_file():
             return "savedmodel"
         raise UserError(f"{path}: is a directory but not a TensorFlow SavedModel "
                         "(expected a Keras 3 .keras file)")
-    try:
-        with path.open("rb") as handle:
+    fd, info = open_input(path, expected="a Keras model", limit=_KERAS_LIMIT)
+    with os.fdopen(fd, "rb") as handle:
+        try:
             head = handle.read(8)
-    except OSError as err:
-        raise UserError(f"{path}: cannot read the file ({err.strerror})") from None
-    if not head:
-        raise UserError(f"{path}: file is empty")
-    if path.suffix.lower() in (".h5", ".hdf5") or head == _HDF5_MAGIC:
-        return "h5"
-    if path.suffix.lower() != ".keras":
-        raise UserError(f"{path}: not a Keras model file (expected a Keras 3 .keras archive; "
-                        ".h5/.hdf5 files and SavedModel directories need --trust-model)")
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = set(archive.namelist())
-    except (zipfile.BadZipFile, OSError):
-        raise UserError(f"{path}: not a Keras .keras archive (not a zip file)") from None
-    if "config.json" not in names:
-        raise UserError(f"{path}: not a Keras .keras archive (no config.json inside)")
-    check_keras_archive(path)  # a zip bomb is refused before anything is extracted
+        except OSError as err:
+            raise UserError(f"{path}: cannot read the file ({err.strerror})") from None
+        if path.suffix.lower() in (".h5", ".hdf5") or head == _HDF5_MAGIC:
+            return "h5"
+        if path.suffix.lower() != ".keras":
+            raise UserError(f"{path}: not a Keras model file (expected a Keras 3 .keras "
+                            "archive; .h5/.hdf5 files and SavedModel directories need "
+                            "--trust-model)")
+        try:
+            with zipfile.ZipFile(handle) as archive:
+                names = set(archive.namelist())
+        except (zipfile.BadZipFile, OSError):
+            raise UserError(f"{path}: not a Keras .keras archive (not a zip file)") from None
+        if "config.json" not in names:
+            raise UserError(f"{path}: not a Keras .keras archive (no config.json inside)")
+        # a zip bomb is refused before anything is extracted
+        check_keras_archive(path, handle=handle, size=info.st_size)
     return "keras"
 
 

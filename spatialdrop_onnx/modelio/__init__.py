@@ -8,8 +8,11 @@
   is resolved against the working directory.
 * :func:`read_external_bytes` is the one place external data is read: a
   bounded read of one small tensor from its re-validated file.
+* :func:`open_input` is how every input file (ONNX, Keras) is opened: kind
+  and size checked before anything is read, a FIFO or device never opened.
 * :func:`save_model` writes the model and its data files as one unit
-  (:mod:`.writing`); :func:`check_output_path` raises its path errors early.
+  (:mod:`.writing`), reading and deleting nothing it did not create;
+  :func:`check_output_path` raises its path errors early.
 * :func:`iter_tensors` walks every place a ``TensorProto`` can sit.
 * ``load_model(path, skeleton=True)`` leaves large embedded tensors in the
   file (:mod:`.skeleton`): placeholders that :func:`save_model` copies from
@@ -24,7 +27,14 @@ from .external import (
     read_external_bytes,
     validate_external_data,
 )
-from .reading import MAX_MODEL_BYTES, MIN_IR_VERSION, LoadedModel, check_versions, load_model
+from .reading import (
+    MAX_MODEL_BYTES,
+    MIN_IR_VERSION,
+    LoadedModel,
+    check_versions,
+    load_model,
+    open_input,
+)
 from .skeleton import (
     SkeletonSource,
     fill_placeholders,
@@ -59,6 +69,7 @@ __all__ = [
     "is_temp_name",
     "iter_tensors",
     "load_model",
+    "open_input",
     "read_external_bytes",
     "save_model",
     "validate_external_data",

@@ -84,7 +84,7 @@ def open_regular(name: str | os.PathLike, *, dir_fd: int | None = None,
 
 def open_folder(path: str | os.PathLike, *, dir_fd: int | None = None,
                 follow: bool = True) -> int:
-    """A descriptor of a folder (for ``dir_fd`` operations, ``fsync`` and ``flock``)."""
+    """A descriptor of a folder (for ``dir_fd`` operations and ``fsync``)."""
     nofollow = 0 if follow else _O_NOFOLLOW
     return os.open(path, os.O_RDONLY | _O_DIRECTORY | nofollow | _O_CLOEXEC, dir_fd=dir_fd)
 
@@ -123,68 +123,7 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
         view = view[written:]
 
 
-def default_mode() -> int:
-    """0666 minus the process umask: the mode ``open()`` would give a new file."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return 0o666 & ~int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def fsync_folder(fd: int) -> None:
-    """Make renames in a folder durable; some file systems refuse, which is fine."""
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-
-
-def pid_alive(pid: int) -> bool:
-    """True unless process ``pid`` surely no longer runs (gone, or a zombie)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().rsplit(b")", 1)[-1].split()[0]
-        return state != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-# --- Sparse copy -------------------------------------------------------------
-
-
-def _copy_range(src: int, dst: int, start: int, end: int) -> None:
-    """Copy bytes [start, end) between descriptors, one chunk at a time."""
-    position = start
-    while position < end:
-        count = min(_COPY_CHUNK, end - position)
-        try:
-            copied = os.copy_file_range(src, dst, count, position, position)
-        except OSError as err:
-            if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO):
-                raise
-            copied = 0
-        except AttributeError:
-            copied = 0
-        if copied <= 0:
-            chunk = os.pread(src, count, position)
-            if not chunk:
-                raise EOFError("the external data file shrank while it was copied")
-            copied = os.pwrite(dst, chunk, position)
-        position += copied
+# --- Copying ------------------------------------------------------------------
 
 
 def copy_out(src: int, dst: int, offset: int, length: int) -> None:
@@ -235,5 +174,6 @@ def data_segments(fd: int, size: int) -> Iterator[tuple[int, int]]:
 def copy_sparse(src: int, dst: int, size: int) -> None:
     """Copy ``size`` bytes from ``src`` to ``dst`` in chunks, keeping holes; no fsync."""
     for start, end in data_segments(src, size):
-        _copy_range(src, dst, start, end)
+        os.lseek(dst, start, os.SEEK_SET)
+        copy_out(src, dst, start, end - start)
     os.ftruncate(dst, size)

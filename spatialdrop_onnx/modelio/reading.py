@@ -49,21 +49,28 @@ def shown(path: str | os.PathLike) -> str:
     return printable(os.fspath(path), 400)
 
 
-def _too_large(path: Path, size: int) -> UserError:
-    return UserError(
-        f"{shown(path)}: {size} bytes is more than protobuf can parse (2 GiB - 1); store the "
-        "weights as external data (onnx.save_model(..., save_as_external_data=True))")
+_ONNX_LIMIT = ("protobuf can parse (2 GiB - 1); store the weights as external data "
+               "(onnx.save_model(..., save_as_external_data=True))")
 
 
-def _open(path: Path) -> tuple[int, os.stat_result]:
-    """A descriptor of ``path``, refusing by kind and size before anything is read."""
+def open_input(path: str | os.PathLike, *, expected: str = "an .onnx file",
+               limit: str = _ONNX_LIMIT) -> tuple[int, os.stat_result]:
+    """A descriptor of the input file ``path`` and its ``fstat``; one-line errors (exit 3).
+
+    A symlink is followed; anything but a regular file (directory, FIFO,
+    device, socket) is refused before it is opened for reading (``O_PATH``
+    first: no driver is reached, a FIFO never blocks), then an empty file and
+    one above :data:`MAX_MODEL_BYTES` ("more than ``limit``"). Every input
+    file of the tool (ONNX models, Keras files) is opened here.
+    """
+    path = Path(path)
     try:
         fd, info = _fs.open_regular(path, follow=True)
     except FileNotFoundError:
         raise UserError(f"{shown(path)}: no such file") from None
     except _fs.NotRegular as err:
         if stat.S_ISDIR(err.mode):
-            raise UserError(f"{shown(path)}: is a directory, expected an .onnx file") from None
+            raise UserError(f"{shown(path)}: is a directory, expected {expected}") from None
         kind = _fs.describe_kind(err.mode)
         raise UserError(f"{shown(path)}: is {kind}, not a regular file") from None
     except OSError as err:
@@ -72,7 +79,7 @@ def _open(path: Path) -> tuple[int, os.stat_result]:
         if info.st_size == 0:
             raise UserError(f"{shown(path)}: file is empty")
         if info.st_size > MAX_MODEL_BYTES:
-            raise _too_large(path, info.st_size)
+            raise UserError(f"{shown(path)}: {info.st_size} bytes is more than {limit}")
     except BaseException:
         os.close(fd)
         raise
@@ -124,7 +131,7 @@ def load_model(path: str | os.PathLike, *, skeleton: bool = False) -> LoadedMode
     ``LoadedModel.skeleton`` until the result is saved with this as ``source``.
     """
     given = Path(path)
-    fd, info = _open(given)
+    fd, info = open_input(given)
     keep = False
     try:
         if skeleton:
