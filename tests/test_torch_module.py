@@ -19,6 +19,7 @@ import onnx
 import pytest
 from dropout_checks import assert_drop_fraction
 from optional import require
+from torch_checks import assert_varies_along_unshared_axes, keeps
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.errors import UserError
@@ -94,11 +95,12 @@ def test_report_lists_forced_functional_calls_by_module(zoo_exports, exporter) -
         ("blocks.1", "Block", "F.dropout2d", 0.2),
         ("blocks.1", "Block", "torch.feature_dropout", 0.1),
         ("drop2d", "Dropout2d", "F.dropout2d", 0.15),
-        ("", "ZooNet", "F.dropout2d", 0.05),
-        ("", "ZooNet", "F.dropout1d", 0.3),
-        ("", "ZooNet", "torch.dropout", 0.25),
-        ("", "ZooNet", "F.dropout", 0.35),
     ]
+    # The root draws a mask under `if self.training:`: it is exported with its own flag
+    # on, so its calls run in training mode without being forced.
+    report = zoo_exports[exporter].result.report
+    trained = [(m.module, m.module_type, m.what) for m in report.trained]
+    assert trained == [("", "ZooNet", "bernoulli_")]
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)
@@ -107,16 +109,15 @@ def test_what_cannot_be_converted_is_reported_and_warned(zoo_exports, exporter) 
     report = export.result.report
     left = {(x.module, x.what): x for x in report.left_out}
     assert set(left) == {("", "F.alpha_dropout"), ("alpha", "F.alpha_dropout"),
-                         ("blocks.1.drop_path", "DropPath"), ("", "bernoulli_")}
+                         ("blocks.1.drop_path", "DropPath")}
     assert "no SpatialDropout equivalent" in left["alpha", "F.alpha_dropout"].reason
     assert left["alpha", "F.alpha_dropout"].p == pytest.approx(0.1)
     assert "could not be converted" in left["blocks.1.drop_path", "DropPath"].reason
-    assert "train()" in left["", "bernoulli_"].reason
     assert not report.unconvertible and not report.complete
     assert len(export.warnings) == 1
     assert all(f"{name} ({what})" in export.warnings[0]
                for name, what in (("<root>", "F.alpha_dropout"), ("alpha", "F.alpha_dropout"),
-                                  ("blocks.1.drop_path", "DropPath"), ("<root>", "bernoulli_")))
+                                  ("blocks.1.drop_path", "DropPath")))
     assert any("EliminateDropout" in note for note in report.notes)
     json.dumps(report.to_dict(), allow_nan=False)
 
@@ -136,6 +137,7 @@ def test_every_site_is_in_the_model_with_its_axes(zoo_exports, exporter) -> None
         ("drop2d", "spatial", 0.15, (2, 3)),
         ("", "spatial", 0.05, (2, 3)),
         ("", "spatial", 0.3, (2,)),
+        ("", "elementwise", 0.5, ()),  # under `if self.training:`
         ("", "elementwise", 0.25, ()),
         ("", "elementwise", 0.35, ()),
     ])
@@ -271,28 +273,6 @@ def head_runs(zoo) -> dict[str, HeadRuns]:
     return runs
 
 
-def _keeps(data: np.ndarray, outputs: list[np.ndarray], p: float,
-           axes: tuple[int, ...]) -> np.ndarray:
-    """(runs, *noise shape) keep decisions; each shared slice must be all 0 or all data/(1-p)."""
-    found = []
-    for output in outputs:
-        assert output.shape == data.shape
-        zero = (output == 0).all(axis=axes, keepdims=True)
-        kept = np.isclose(output, data / (1 - p), rtol=1e-5, atol=0).all(axis=axes,
-                                                                          keepdims=True)
-        mixed = int((~(zero | kept)).sum())
-        assert mixed == 0, f"{mixed} shared slices are neither all dropped nor all kept"
-        found.append(kept & ~zero)
-    return np.stack(found)
-
-
-def _assert_varies_along_unshared_axes(keeps: np.ndarray, axes: tuple[int, ...]) -> None:
-    for axis in range(1, keeps.ndim):
-        if axis - 1 not in axes and keeps.shape[axis] > 1:
-            varies = bool((keeps != np.take(keeps, [0], axis=axis)).any())
-            assert varies, f"axis {axis - 1} never varies: it is shared"
-
-
 @pytest.mark.parametrize("exporter", EXPORTERS)
 @pytest.mark.parametrize("index", range(len(HEAD_OUTPUTS)),
                          ids=[name for name, *_ in HEAD_OUTPUTS])
@@ -301,11 +281,11 @@ def test_structure_and_rate_match_pytorch(head_runs, exporter, index) -> None:
     _, source, p, axes = HEAD_OUTPUTS[index]
     data = runs.inputs[source]
     np.testing.assert_array_equal(runs.onnx_off[index], data)
-    ours = _keeps(data, [outputs[index] for outputs in runs.onnx_on], p, axes)
-    theirs = _keeps(data, [outputs[index] for outputs in runs.torch_on], p, axes)
-    for keeps in (ours, theirs):
-        _assert_varies_along_unshared_axes(keeps, axes)
-        assert_drop_fraction(keeps, p)
+    ours = keeps(data, [outputs[index] for outputs in runs.onnx_on], p, axes)
+    theirs = keeps(data, [outputs[index] for outputs in runs.torch_on], p, axes)
+    for decisions in (ours, theirs):
+        assert_varies_along_unshared_axes(decisions, axes)
+        assert_drop_fraction(decisions, p)
     n, m = ours.size, theirs.size
     gap = abs((1 - ours.mean()) - (1 - theirs.mean()))
     assert gap <= 4 * math.sqrt(p * (1 - p) * (1 / n + 1 / m)), (ours.mean(), theirs.mean())
@@ -386,8 +366,8 @@ def test_register_symbolics_writes_spatial_dropout_in_training_export(zoo) -> No
     for output, source in zip(session.run(None, feeds), [0, 3, 1, 2, 4, 0, 1, 4], strict=True):
         np.testing.assert_array_equal(output, inputs[source])
     on = session.run(None, {**feeds, "training_mode": np.array(True)})
-    _keeps(inputs[3], [on[1]], 0.1, (1,))  # unbatched Dropout1d: channels of (C, L)
-    _keeps(inputs[4], [on[7]], 0.6, (1, 2, 3))  # unbatched F.dropout3d
+    keeps(inputs[3], [on[1]], 0.1, (1,))  # unbatched Dropout1d: channels of (C, L)
+    keeps(inputs[4], [on[7]], 0.6, (1, 2, 3))  # unbatched F.dropout3d
 
 
 def sd_attr(node: onnx.NodeProto, name: str) -> onnx.AttributeProto:

@@ -112,8 +112,8 @@ class ZooNet(nn.Module):
     - ``drop2d``: ``nn.Dropout2d`` 0.15 (axes 2, 3);
     - root: in-place ``F.dropout2d`` 0.05 (axes 2, 3), ``F.dropout1d`` 0.3 on (N, C, L)
       (axis 2), ``torch.dropout`` 0.25, head ``F.dropout(p=self.drop_rate)`` 0.35
-      (element-wise), ``F.alpha_dropout`` 0.125 (left out), a dropout under
-      ``if self.training:`` (missed);
+      (element-wise), ``F.alpha_dropout`` 0.125 (left out), ``F.dropout`` 0.5 under
+      ``if self.training:`` (the root is exported with its own flag on);
     - ``alpha``: ``nn.AlphaDropout`` 0.1 (left out).
     """
 
@@ -182,3 +182,259 @@ class Heads(nn.Module):
             F.dropout2d(x4, 0.5, self.training),
             F.dropout(x3, 0.3, self.training),
         )
+
+
+# --- Found by behaviour: drop path of any class name, drop-connect, attention dropout ---
+
+
+def hf_drop_path(input: torch.Tensor, drop_prob: float = 0.0,  # noqa: A002 - HF's name
+                 training: bool = False) -> torch.Tensor:
+    """Hugging Face's ``drop_path`` (ConvNeXt, DINOv2, Swin, BEiT): ``floor_(keep + rand)``."""
+    if drop_prob == 0.0 or not training:
+        return input
+    keep_prob = 1 - drop_prob
+    shape = (input.shape[0],) + (1,) * (input.ndim - 1)
+    random_tensor = keep_prob + torch.rand(shape, dtype=input.dtype, device=input.device)
+    random_tensor.floor_()  # binarize
+    return input.div(keep_prob) * random_tensor
+
+
+class ConvNextDropPath(nn.Module):
+    """Hugging Face's ``ConvNextDropPath`` (``Dinov2DropPath``, ``SwinDropPath`` are the same)."""
+
+    def __init__(self, drop_prob: float | None = None) -> None:
+        super().__init__()
+        self.drop_prob = drop_prob
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hf_drop_path(hidden_states, self.drop_prob, self.training)
+
+
+def drop_connect(inputs: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """EfficientNet-PyTorch's ``drop_connect``: ``floor(keep + rand)``, then ``x / keep * mask``."""
+    if not training:
+        return inputs
+    batch_size = inputs.shape[0]
+    keep_prob = 1 - p
+    random_tensor = keep_prob
+    random_tensor += torch.rand([batch_size, 1, 1, 1], dtype=inputs.dtype, device=inputs.device)
+    binary_tensor = torch.floor(random_tensor)
+    return inputs / keep_prob * binary_tensor
+
+
+class MBConvBlock(nn.Module):
+    """EfficientNet's block: BN inside, drop-connect written inline in ``forward``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self._depthwise_conv = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self._bn1 = nn.BatchNorm2d(channels)
+        self._project_conv = nn.Conv2d(channels, channels, 1)
+        self._bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, inputs: torch.Tensor, drop_connect_rate: float | None = None
+                ) -> torch.Tensor:
+        x = torch.relu(self._bn1(self._depthwise_conv(inputs)))
+        x = self._bn2(self._project_conv(x))
+        if drop_connect_rate:
+            x = drop_connect(x, p=drop_connect_rate, training=self.training)
+        return x + inputs
+
+
+class ConvNextLayer(nn.Module):
+    """ConvNeXt's layer: depthwise conv, LayerNorm, MLP, a named drop path on the branch."""
+
+    def __init__(self, dim: int, drop_path: float) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.layernorm = nn.LayerNorm(dim)
+        self.pwconv = nn.Linear(dim, dim)
+        self.drop_path = ConvNextDropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        x = self.dwconv(hidden_states).permute(0, 2, 3, 1)
+        x = self.pwconv(self.layernorm(x)).permute(0, 3, 1, 2)
+        return hidden_states + self.drop_path(x)
+
+
+class DropPathNet(nn.Module):
+    """Drop path under other names, with BatchNorm whose eval form must be kept.
+
+    Sites, for (N, C, H, W) input: ``stages.0`` ConvNeXt layer's ``ConvNextDropPath`` 0.3 and
+    ``blocks.{0,1}`` EfficientNet drop-connect at rates 0.2·0/2 (none) and 0.2·1/2 = 0.1 —
+    written as lukemelas' EfficientNet does (``rate * idx / len(blocks)``) — all sharing every
+    axis but the batch.
+    """
+
+    def __init__(self, channels: int = 4, drop_connect_rate: float = 0.2) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1), nn.BatchNorm2d(channels))
+        self.stages = nn.ModuleList([ConvNextLayer(channels, 0.3)])
+        self.blocks = nn.ModuleList([MBConvBlock(channels), MBConvBlock(channels)])
+        self.drop_connect_rate = drop_connect_rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        for idx, block in enumerate(self.blocks):
+            rate = self.drop_connect_rate * float(idx) / len(self.blocks)
+            x = block(x, drop_connect_rate=rate)
+        return x
+
+
+class DropPathProbes(nn.Module):
+    """Each drop path straight on an input, so each mask is visible (one output each).
+
+    Outputs: ``ConvNextDropPath`` 0.3 on (N, L, C) tokens (axes 1, 2 shared); the
+    drop-connect of an ``MBConvBlock``-like module 0.25 on (N, C, H, W) (axes 1, 2, 3).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop_path = ConvNextDropPath(0.3)
+        self.drop_connect_rate = 0.25
+
+    def forward(self, tokens: torch.Tensor, maps: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.drop_path(tokens),
+                drop_connect(maps, p=self.drop_connect_rate, training=self.training))
+
+
+class BertSelfAttention(nn.Module):
+    """Hugging Face's SDPA self-attention (BERT; ViT, DINOv2, Wav2Vec2 write the same call)."""
+
+    def __init__(self, hidden_size: int = 8, num_attention_heads: int = 2,
+                 attention_probs_dropout_prob: float = 0.25) -> None:
+        super().__init__()
+        self.num_attention_heads = num_attention_heads
+        self.attention_head_size = hidden_size // num_attention_heads
+        self.all_head_size = hidden_size
+        self.query = nn.Linear(hidden_size, self.all_head_size)
+        self.key = nn.Linear(hidden_size, self.all_head_size)
+        self.value = nn.Linear(hidden_size, self.all_head_size)
+        self.dropout_prob = attention_probs_dropout_prob
+
+    def transpose_for_scores(self, x: torch.Tensor) -> torch.Tensor:
+        new_x_shape = x.size()[:-1] + (self.num_attention_heads, self.attention_head_size)
+        return x.view(new_x_shape).permute(0, 2, 1, 3)
+
+    def forward(self, hidden_states: torch.Tensor,
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        query_layer = self.transpose_for_scores(self.query(hidden_states))
+        key_layer = self.transpose_for_scores(self.key(hidden_states))
+        value_layer = self.transpose_for_scores(self.value(hidden_states))
+        attn_output = torch.nn.functional.scaled_dot_product_attention(
+            query_layer, key_layer, value_layer, attn_mask=attention_mask,
+            dropout_p=self.dropout_prob if self.training else 0.0, is_causal=False)
+        attn_output = attn_output.transpose(1, 2)
+        return attn_output.reshape(attn_output.size()[:-2] + (self.all_head_size,))
+
+
+class AttentionNet(nn.Module):
+    """A tiny encoder: HF-style SDPA attention (with an additive mask), then a
+    ``nn.TransformerEncoderLayer`` (``nn.MultiheadAttention`` 0.2 with
+    ``need_weights=False``, its own ``nn.Dropout`` 0.1 ×3), LayerNorm, a two-layer
+    ``nn.LSTM`` with dropout 0.15 between its layers.
+
+    Sites: ``attention`` 0.25 and ``encoder.self_attn`` 0.2 on the attention
+    probabilities; ``encoder.dropout``, ``.dropout1``, ``.dropout2`` 0.1 (forced);
+    ``rnn`` 0.15 (dynamo; TorchScript refuses LSTM dropout in training, so it is
+    left out there); all element-wise.
+    """
+
+    def __init__(self, hidden: int = 8) -> None:
+        super().__init__()
+        self.attention = BertSelfAttention(hidden, 2, 0.25)
+        self.encoder = nn.TransformerEncoderLayer(hidden, 2, dim_feedforward=16, dropout=0.1,
+                                                  batch_first=True)
+        self.encoder.self_attn.dropout = 0.2
+        self.norm = nn.LayerNorm(hidden)
+        self.rnn = nn.LSTM(hidden, hidden, num_layers=2, dropout=0.15, batch_first=True)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.rnn(self.norm(self.encoder(x + self.attention(x, mask))))[0]
+
+
+class AttentionProbes(nn.Module):
+    """``F.scaled_dot_product_attention`` as HF writes it, once per way SDPA is called.
+
+    With ``value`` the identity (one value per key) each output is the attention
+    probabilities themselves, so each dropout mask is visible. Outputs: plain
+    (p 0.3), ``is_causal`` (0.2), boolean mask (0.25), float mask (0.35),
+    ``scale=0.5`` (0.3), ``enable_gqa`` with 1 key/value head for 2 query heads (0.4).
+    """
+
+    RATES = (0.3, 0.2, 0.25, 0.35, 0.3, 0.4)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rates = self.RATES
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bool_mask: torch.Tensor,
+                float_mask: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor
+                ) -> tuple[torch.Tensor, ...]:
+        sdpa = F.scaled_dot_product_attention
+        p = [rate if self.training else 0.0 for rate in self.rates]
+        return (sdpa(q, k, v, dropout_p=p[0]),
+                sdpa(q, k, v, dropout_p=p[1], is_causal=True),
+                sdpa(q, k, v, attn_mask=bool_mask, dropout_p=p[2]),
+                sdpa(q, k, v, attn_mask=float_mask, dropout_p=p[3]),
+                sdpa(q, k, v, dropout_p=p[4], scale=0.5),
+                sdpa(q, k1, v1, dropout_p=p[5], enable_gqa=True))
+
+
+class MultiheadProbes(nn.Module):
+    """Two ``nn.MultiheadAttention`` (one head, value and output projections the identity),
+    called as ``nn.Transformer*`` calls it (``need_weights=False``: p 0.3) and by default
+    (``need_weights=True``: p 0.2). With ``value`` the identity each output is the
+    attention probabilities."""
+
+    def __init__(self, dim: int = 6) -> None:
+        super().__init__()
+        self.fused = nn.MultiheadAttention(dim, 1, dropout=0.3, bias=False, batch_first=True)
+        self.weights = nn.MultiheadAttention(dim, 1, dropout=0.2, bias=False, batch_first=True)
+        with torch.no_grad():
+            for mha in (self.fused, self.weights):
+                mha.in_proj_weight[2 * dim:].copy_(torch.eye(dim))
+                mha.out_proj.weight.copy_(torch.eye(dim))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor, value: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.fused(x, memory, value, need_weights=False)[0],
+                self.weights(x, memory, value)[0])
+
+
+class Probes(nn.Module):
+    """:class:`AttentionProbes`, :class:`MultiheadProbes` and :class:`DropPathProbes` in one
+    module (one export per exporter): their outputs in that order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sdpa = AttentionProbes()
+        self.mha = MultiheadProbes()
+        self.paths = DropPathProbes()
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bool_mask: torch.Tensor,
+                float_mask: torch.Tensor, k1: torch.Tensor, v1: torch.Tensor, x: torch.Tensor,
+                memory: torch.Tensor, value: torch.Tensor, tokens: torch.Tensor,
+                maps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (*self.sdpa(q, k, v, bool_mask, float_mask, k1, v1),
+                *self.mha(x, memory, value), *self.paths(tokens, maps))
+
+
+class LayerDrop(nn.Module):
+    """fairseq-style LayerDrop: each layer skipped with probability 0.3 by a Python branch on
+    ``torch.rand(1)`` in training. No dropout op can express it: it must be left out."""
+
+    def __init__(self, width: int = 4, layerdrop: float = 0.3) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(width, width) for _ in range(2)])
+        self.layerdrop = layerdrop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if self.training and torch.rand(1) < self.layerdrop:
+                continue
+            x = layer(x)
+        return x

@@ -4,8 +4,10 @@
   one boolean input ``training_mode`` (default false): eval mode everywhere
   else, functional dropout gated on a module's flag forced into the graph,
   channel dropout written as ``SpatialDropout`` by the exporter, stochastic
-  depth converted by :func:`spatialdrop_onnx.rewrite`; anything that cannot be
-  converted is exported in eval form and reported (``TorchExportReport``).
+  depth (found by behaviour, whatever its class name) converted by
+  :func:`spatialdrop_onnx.rewrite`, attention dropout kept on the attention
+  probabilities; anything that cannot be converted is exported in eval form
+  and reported (``TorchExportReport``).
 - :func:`register_symbolics` teaches torch's TorchScript exporter
   (``dynamo=False``) to write ``nn.Dropout1d/2d/3d`` and ``F.dropout1d/2d/3d``
   in training mode as ``SpatialDropout``, and refuses alpha dropout clearly.
@@ -26,7 +28,13 @@ except ImportError:  # pragma: no cover - depends on the environment
         "(on this project's machines install torch==2.13.0 first)") from None
 
 from ._calls import DropoutCall
-from ._export import STOCHASTIC_DEPTH_MODULES, LeftOut, TorchExportReport, export
+from ._export import (
+    STOCHASTIC_DEPTH_MODULES,
+    LeftOut,
+    TorchExportReport,
+    TrainedModule,
+    export,
+)
 from ._torchscript import register_symbolics
 
 __all__ = [
@@ -34,6 +42,7 @@ __all__ = [
     "DropoutCall",
     "LeftOut",
     "TorchExportReport",
+    "TrainedModule",
     "export",
     "register_symbolics",
 ]

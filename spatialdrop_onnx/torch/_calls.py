@@ -10,7 +10,14 @@ a model in eval mode turns every such call into the identity. :class:`DropoutMod
   mask reaches the exported graph;
 - runs alpha dropout in eval mode (``refused``): it has no channel-wise
   equivalent, and a random op no rule converts would make every inference run
-  random.
+  random;
+- computes ``F.scaled_dot_product_attention`` with ``dropout_p > 0`` explicitly
+  (:func:`explicit_attention`: softmax, element-wise ``F.dropout`` of the
+  attention probabilities, matmul), because every exporter writes the fused op
+  without its dropout; ``F.multi_head_attention_forward`` in training with
+  ``need_weights=False`` (``nn.MultiheadAttention``, ``nn.Transformer*``) is
+  run on its explicit path (``need_weights=True``, weights discarded), which
+  calls ``F.dropout`` itself (``attention``).
 
 :class:`ModuleTracker` keeps the stack of running modules (forward hooks), so
 each call is recorded with the qualified name of the module whose ``forward``
@@ -84,6 +91,64 @@ def dropout_functions() -> dict[Callable[..., Any], DropoutFunction]:
             table[getattr(torch, name)] = DropoutFunction(f"torch.{name}", family,
                                                           ("input", "p", "train"))
     return table
+
+
+#: ``F.scaled_dot_product_attention``'s parameters in positional order, with defaults
+#: (a C builtin: ``inspect.signature`` cannot read it). ``enable_gqa`` exists since torch 2.5.
+SDPA_PARAMS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
+               "enable_gqa")
+SDPA_DEFAULTS: Mapping[str, Any] = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False,
+                                    "scale": None, "enable_gqa": False}
+
+
+def explicit_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attn_mask: torch.Tensor | None = None, dropout_p: float = 0.0,
+                       is_causal: bool = False, scale: float | None = None,
+                       enable_gqa: bool = False) -> torch.Tensor:
+    """``F.scaled_dot_product_attention`` as ops an exporter writes, dropout included.
+
+    As torch defines it: scores ``q @ kᵀ · scale`` (default ``1/√E``), a causal
+    mask aligned top-left (``tril`` of an (L, S) matrix of ones), a boolean
+    ``attn_mask`` (true: take part) or a float one (added), softmax (a row
+    with every score masked gives zeros, as torch's ``_safe_softmax``), then
+    ``F.dropout(p, training=True)`` on the probabilities, then ``@ v``.
+    ``enable_gqa`` repeats each key/value head for its group of query heads.
+    With the dropout off it equals torch's fused op (float rounding aside).
+    """
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("scaled_dot_product_attention: attn_mask and is_causal cannot "
+                           "both be set")  # as torch's own check
+    length, source = query.size(-2), key.size(-2)
+    # ``size ** -0.5``, not math.sqrt: under the TorchScript tracer the size is a
+    # traced value, and converting it to a Python float would warn and freeze it.
+    factor = query.size(-1) ** -0.5 if scale is None else scale
+    if enable_gqa and key.dim() >= 3 and key.size(-3) != query.size(-3):
+        groups = query.size(-3) // key.size(-3)
+        key = key.repeat_interleave(groups, dim=-3)
+        value = value.repeat_interleave(groups, dim=-3)
+    scores = torch.matmul(query, key.transpose(-2, -1)) * factor
+    mask = attn_mask
+    if is_causal:
+        mask = torch.ones(length, source, dtype=torch.bool, device=query.device).tril()
+    if mask is not None:
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(mask.logical_not(), float("-inf"))
+        else:
+            scores = scores + mask
+    probabilities = torch.softmax(scores, dim=-1)
+    if attn_mask is not None:  # a causal mask never masks a whole row
+        masked = (scores == float("-inf")).all(dim=-1, keepdim=True)
+        probabilities = probabilities.masked_fill(masked, 0.0)
+    if dropout_p > 0.0:
+        probabilities = torch.nn.functional.dropout(probabilities, dropout_p, True)
+    return torch.matmul(probabilities, value)
+
+
+@functools.cache
+def _attention_functions() -> tuple[Callable[..., Any], Callable[..., Any], inspect.Signature]:
+    functional = torch.nn.functional
+    return (functional.scaled_dot_product_attention, functional.multi_head_attention_forward,
+            inspect.signature(functional.multi_head_attention_forward))
 
 
 @dataclass(frozen=True)
@@ -172,6 +237,8 @@ class DropoutMode(TorchFunctionMode):
         self.policy = policy
         self.forced: list[DropoutCall] = []
         self.refused: list[DropoutCall] = []
+        #: Attention calls with dropout, computed explicitly so that it is exported.
+        self.attention: list[DropoutCall] = []
 
     def __torch_function__(self, func: Callable[..., Any], types: Any,  # noqa: ANN401
                            args: tuple[Any, ...] = (),
@@ -179,7 +246,7 @@ class DropoutMode(TorchFunctionMode):
         kwargs = kwargs or {}
         spec = dropout_functions().get(func)
         if spec is None:
-            return func(*args, **kwargs)
+            return self._attention(func, args, kwargs)
         values = spec.bind(args, kwargs)
         key = spec.training_param
         if "p" not in values or key not in values or float(values["p"]) == 0.0:
@@ -194,6 +261,38 @@ class DropoutMode(TorchFunctionMode):
             self.forced.append(call)
             values[key] = True
         return func(**values)
+
+    def _attention(self, func: Callable[..., Any], args: tuple[Any, ...],
+                   kwargs: Mapping[str, Any]) -> Any:  # noqa: ANN401
+        """Attention with dropout on a path that exports it; anything else as it is."""
+        sdpa, mha, mha_signature = _attention_functions()
+        if func is sdpa:
+            values = dict(SDPA_DEFAULTS)
+            values.update(zip(SDPA_PARAMS, args, strict=False))
+            values.update(kwargs)
+            p = values["dropout_p"]
+            if isinstance(p, (int, float)) and p > 0 and set(values) <= set(SDPA_PARAMS):
+                self.attention.append(DropoutCall(*self.tracker.current,
+                                                  "F.scaled_dot_product_attention", float(p)))
+                return explicit_attention(**values)
+        elif func is mha:
+            try:
+                bound = mha_signature.bind(*args, **kwargs)
+            except TypeError:
+                return func(*args, **kwargs)  # torch reports the bad call
+            bound.apply_defaults()
+            values = bound.arguments
+            p = values["dropout_p"]
+            if (values["training"] and not values["need_weights"]
+                    and isinstance(p, (int, float)) and p > 0):
+                # The fused path (need_weights=False) calls SDPA out of this mode's
+                # sight; the explicit one applies F.dropout to the probabilities.
+                self.attention.append(DropoutCall(*self.tracker.current,
+                                                  "F.multi_head_attention_forward", float(p)))
+                values["need_weights"] = True
+                output, _ = func(**values)
+                return output, None
+        return func(*args, **kwargs)
 
 
 class RandomOpCounter(TorchDispatchMode):

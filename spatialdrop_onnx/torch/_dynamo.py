@@ -28,6 +28,7 @@ import torch
 from .. import spec
 from ..graph import is_onnx_dropout, is_spatial_dropout, iter_nodes
 from ._calls import Policy
+from ._quiet import quiet_exporter
 from ._tracing import dropout_training
 
 #: The custom op traced channel dropout is pointed at (``namespace::name``).
@@ -110,19 +111,26 @@ def untag(model: onnx.ModelProto) -> int:
 
 
 def export_dynamo(module: torch.nn.Module, args: Sequence[Any], *, dynamic_batch: bool,
-                  opset: int | None, train: frozenset[str], skip: frozenset[str]
-                  ) -> onnx.ModelProto:
-    """Trace with functional dropout forced (``skip``: modules left alone), export to ONNX."""
+                  opset: int | None, train: frozenset[str], own: frozenset[str],
+                  skip: frozenset[str]) -> onnx.ModelProto:
+    """Trace with functional dropout forced (``skip``: modules left alone), export to ONNX.
+
+    ``train``: modules traced in ``train()``; ``own``: modules traced with their
+    own flag on (see :func:`~._tracing.dropout_training`).
+    """
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
         dynamic_shapes = tuple({0: batch} if isinstance(a, torch.Tensor) else None for a in args)
-    with dropout_training(module, Policy(force=True, skip=skip), train=train - skip):
-        program = torch.export.export(module, tuple(args), dynamic_shapes=dynamic_shapes,
-                                      strict=False)
-    route_channel_dropout(program)
-    onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset, verbose=False,
-                                     custom_translation_table=translation_table())
+    with quiet_exporter():
+        with dropout_training(module, Policy(force=True, skip=skip), train=train - skip,
+                              own=own - skip):
+            program = torch.export.export(module, tuple(args), dynamic_shapes=dynamic_shapes,
+                                          strict=False)
+        route_channel_dropout(program)
+        onnx_program = torch.onnx.export(program, dynamo=True, opset_version=opset,
+                                         verbose=False,
+                                         custom_translation_table=translation_table())
     model = onnx_program.model_proto
     untag(model)
     return model

@@ -24,6 +24,7 @@ from torch.onnx import symbolic_helper
 
 from .. import spec
 from ._calls import Policy
+from ._quiet import quiet_exporter, set_domain_version
 from ._tracing import dropout_training
 
 #: The first default-domain opset the symbolics apply to (torch's own are registered at 9).
@@ -88,19 +89,20 @@ def register_symbolics() -> None:
 
 
 def export_torchscript(module: torch.nn.Module, args: Sequence[Any], *, dynamic_batch: bool,
-                       opset: int | None, train: frozenset[str], skip: frozenset[str]
-                       ) -> onnx.ModelProto:
+                       opset: int | None, train: frozenset[str], own: frozenset[str],
+                       skip: frozenset[str]) -> onnx.ModelProto:
     """Trace with functional dropout forced (``skip``: modules left alone), export to ONNX.
 
     ``TrainingMode.PRESERVE`` keeps every module's flag as set: BatchNorm (in
     eval) is written in inference form, the forced dropout calls in training form.
+    ``train``/``own``: as in :func:`~._tracing.dropout_training`.
     """
     register_symbolics()
     names = _input_names(module, args)
     dynamic_axes = {name: {0: "batch"} for name in names} if dynamic_batch and names else None
     buffer = io.BytesIO()
-    with dropout_training(module, Policy(force=True, skip=skip), train=train - skip), \
-            warnings.catch_warnings():
+    with dropout_training(module, Policy(force=True, skip=skip), train=train - skip,
+                          own=own - skip), quiet_exporter(), warnings.catch_warnings():
         # Dropout in training mode is the point here, and constant folding only
         # touches BatchNorm/Conv weights (BatchNorm is in eval mode).
         warnings.filterwarnings("ignore", message=".*training.?mode", category=UserWarning)
@@ -111,9 +113,13 @@ def export_torchscript(module: torch.nn.Module, args: Sequence[Any], *, dynamic_
                                 category=DeprecationWarning)  # torch's own logging setup
         torch.onnx.export(module, tuple(args), buffer, dynamo=False, opset_version=opset,
                           training=torch.onnx.TrainingMode.PRESERVE, input_names=names,
-                          dynamic_axes=dynamic_axes,
-                          custom_opsets={spec.DOMAIN: spec.OPSET_VERSION})
-    return onnx.load_from_string(buffer.getvalue())
+                          dynamic_axes=dynamic_axes)
+    # No custom_opsets: torch then prints "Custom opset domain ... is not used" for
+    # every model without channel dropout; it imports the domain at version 1 when
+    # a SpatialDropout is written, and this sets the version the spec declares.
+    model = onnx.load_from_string(buffer.getvalue())
+    set_domain_version(model, spec.DOMAIN, spec.OPSET_VERSION)
+    return model
 
 
 def _input_names(module: torch.nn.Module, args: Sequence[Any]) -> list[str] | None:
