@@ -11,8 +11,17 @@ model. Design choices forced by the runtimes (see docs/function-body.md):
   made explicit: default ``ratio``/``training_mode`` become Constant nodes, an
   unused ``mask`` output gets a private name, and the default ``shared_axes``
   is written out when the rank is known. What the node computes is unchanged.
-* When the rank is unknown, the function's ``shared_axes`` default is a
-  sentinel that the body resolves to axes 2..rank-1 at run time.
+* The body is written with the plainest ops, so that runtimes with static
+  shapes (tract) and converters (onnx2tf) follow it once inlined: no ``If``, no
+  subgraph, no shape that depends on the value of ``training_mode`` (the switch
+  is folded into arithmetic: keep iff u >= ratio*t, scale 1/(1 - ratio*t)), no
+  double tensors unless the model computes in double, every node named.
+* Each node gets the variant its inputs allow (:class:`Variant`): its seed, its
+  data type (float16/bfloat16 multiply through float), and, when the rank is
+  known, its shared axes (the noise-shaped tensor is a ``Slice`` of the data).
+  When the rank is unknown, the generic body computes the noise shape at run time
+  (the function's ``shared_axes`` default is a sentinel resolved there to axes
+  2..rank-1).
 * Errors (bad ratio, bad axes for the rank) surface as a failing ``Gather``
   in a node named after the rule it checks.
 """
@@ -21,9 +30,10 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass, replace
 
 import onnx
-from onnx import AttributeProto, FunctionProto, GraphProto, NodeProto, TensorProto
+from onnx import AttributeProto, FunctionProto, NodeProto, TensorProto
 from onnx import helper as oh
 
 from . import spec
@@ -157,146 +167,200 @@ def runtime_noise_shape(data: str, noise: str, axes: list[int] | None,
     return nodes
 
 
-def _ratio_nodes() -> list[NodeProto]:
-    """``ratio_d`` (double), ``active`` (training and ratio > 0), with the ratio check."""
-    return [
-        _const("zero_vec", [0], _INT64),
-        _const("zero_d", 0.0, _DOUBLE),
-        _const("one_d", 1.0, _DOUBLE),
-        oh.make_node("Cast", ["ratio"], ["ratio_raw"], to=_DOUBLE),
-        oh.make_node("GreaterOrEqual", ["ratio_raw", "zero_d"], ["ratio_ge0"]),
-        oh.make_node("LessOrEqual", ["ratio_raw", "one_d"], ["ratio_le1"]),
-        oh.make_node("And", ["ratio_ge0", "ratio_le1"], ["ratio_ok"]),
-        *_guard("check_ratio_in_0_1", "ratio_ok", "g_ratio"),
-        oh.make_node("Cast", ["g_ratio"], ["g_ratio_d"], to=_DOUBLE),
-        oh.make_node("Add", ["ratio_raw", "g_ratio_d"], ["ratio_d"]),
-        oh.make_node("Greater", ["ratio_d", "zero_d"], ["ratio_pos"]),
-        oh.make_node("And", ["training_mode", "ratio_pos"], ["active"]),
-    ]
 
-
-def _scale_nodes(via_double: bool) -> list[NodeProto]:
-    """``train_output`` = keep ? data * T(1/(1-ratio)) : 0, in T's arithmetic.
-
-    The scale is rounded to T once. ``via_double`` multiplies in double and
-    rounds back: the product of two T values is exact in double, so the result
-    is the same bits, and it works for bfloat16 (onnxruntime's CPU Mul lacks
-    it) and for a T unknown when the model is made portable — at the price of
-    four extra passes over the data.
-    """
-    nodes = [oh.make_node("CastLike", ["scale_exact", "data"], ["scale_t"])]
-    if not via_double:
-        return [*nodes,
-                oh.make_node("CastLike", ["zero_d", "data"], ["zero_t"]),
-                oh.make_node("Mul", ["data", "scale_t"], ["scaled"]),
-                oh.make_node("Where", ["keep", "scaled", "zero_t"], ["train_output"])]
-    return [*nodes,
-            oh.make_node("Cast", ["scale_t"], ["scale_d"], to=_DOUBLE),
-            oh.make_node("Cast", ["data"], ["data_d"], to=_DOUBLE),
-            oh.make_node("Mul", ["data_d", "scale_d"], ["scaled_d"]),
-            oh.make_node("Where", ["keep", "scaled_d", "zero_d"], ["dropped_d"]),
-            oh.make_node("CastLike", ["dropped_d", "data"], ["train_output"])]
-
-
-def _draw_nodes(seed: int | None, uniform: int = _DOUBLE, offset: int = 0) -> list[NodeProto]:
-    """``uniform`` (double, noise-shaped when ``active``, empty otherwise), drawn at the top
-    level of the body, not inside the If.
-
-    onnxruntime seeds an unseeded random op with a process-wide seed plus the node's index in
-    its graph: inside the If's branch every node's draw sits at the same index of its own
-    branch graph, so every SpatialDropout of a model drew the same numbers (equal noise sizes:
-    the same mask). At the top level, the draws of a graph's nodes get distinct indices once
-    onnxruntime inlines the function. The draw is empty when inactive: inference draws nothing.
-    ``uniform`` is the element type of the draws (double, or float for bodies meant to be
-    inlined: OpenVINO converts ``RandomUniformLike`` to float only); they are compared with
-    the ratio in double either way. A non-zero ``offset`` draws from [offset, offset+1) and
-    subtracts it (exact in float for a small offset): the same numbers' distribution from a
-    node that differs from its twin, which OpenVINO would otherwise merge with it (it merges
-    identical subgraphs, random ones included: two sites on one tensor drew one mask).
-    """
-    random_attrs = {"dtype": uniform} | ({} if seed is None else {"seed": float(seed)})
-    if offset:
-        random_attrs |= {"low": float(offset), "high": float(offset + 1)}
-    nodes = [
-        oh.make_node("Cast", ["active"], ["active_i"], to=_INT64),
-        oh.make_node("Mul", ["noise", "active_i"], ["draw_shape"]),
-        oh.make_node("ConstantOfShape", ["draw_shape"], ["noise_zeros"]),
-    ]
-    drawn = "uniform" if uniform == _DOUBLE and not offset else "uniform_t"
-    nodes.append(oh.make_node("RandomUniformLike", ["noise_zeros"], [drawn], **random_attrs))
-    if offset:
-        nodes += [_const("draw_offset", float(offset), uniform),
-                  oh.make_node("Sub", [drawn, "draw_offset"], ["uniform_o"])]
-        drawn = "uniform_o"
-    if drawn != "uniform":
-        nodes.append(oh.make_node("Cast", [drawn], ["uniform"], to=_DOUBLE))
+def _named(nodes: list[NodeProto]) -> list[NodeProto]:
+    """Name every unnamed node after its first output (tract, onnx2tf and error messages
+    read node names; the guards and the draw are named on purpose)."""
+    for node in nodes:
+        if not node.name:
+            node.name = node.output[0]
     return nodes
 
 
-def _train_branch(via_double: bool) -> GraphProto:
-    """Keep where the draw is at least the ratio, and scale the kept values."""
-    nodes = [
-        oh.make_node("GreaterOrEqual", ["uniform", "ratio_d"], ["keep"]),
-        oh.make_node("Sub", ["one_d", "ratio_d"], ["keep_prob"]),
-        oh.make_node("Div", ["one_d", "keep_prob"], ["scale_exact"]),
-        *_scale_nodes(via_double),
-    ]
-    return oh.make_graph(nodes, "train", [], [
-        oh.make_value_info("train_output", onnx.TypeProto()),
-        oh.make_tensor_value_info("keep", TensorProto.BOOL, None),
-    ])
+#: The name of the draw. tract decides whether a random op is a ``*Like`` op from the
+#: node's *name* (it must end in ``Like``), not from its type.
+DRAW_NODE = "draw_RandomUniformLike"
 
 
-def _infer_branch() -> GraphProto:
-    """Training off or ratio 0: output is data, every decision is 'keep'."""
-    true_value = oh.make_tensor("true", TensorProto.BOOL, [1], [True])
-    nodes = [
-        oh.make_node("Identity", ["data"], ["infer_output"]),
-        oh.make_node("ConstantOfShape", ["noise"], ["all_kept"], value=true_value),
-    ]
-    return oh.make_graph(nodes, "infer", [], [
-        oh.make_value_info("infer_output", onnx.TypeProto()),
-        oh.make_tensor_value_info("all_kept", TensorProto.BOOL, None),
-    ])
+@dataclass(frozen=True)
+class Variant:
+    """What one function overload bakes in (see ``build_function``).
 
-
-def overload_name(seed: int | None, via_double: bool, offset: int = 0) -> str:
-    """Function overload for a node's variant.
-
-    The overload-free function ('') is the one that works for every node: unseeded, exact for
-    every T. It must be, because onnxruntime cannot resolve an overload called from inside
-    another function, and ReferenceEvaluator ignores overloads altogether.
+    ``data_type``: T when known (the casts are written as ``Cast(to=T)``, which
+    onnx2tf converts and ``CastLike`` it does not), None for a body that must take
+    every T. ``compute``: the type the ratio, the switch and the scale are computed
+    in, and the product taken in (float or double). ``axes``: the shared axes
+    resolved for a known rank (the noise-shaped tensor is a ``Slice`` of the data),
+    None to read them from the attribute and find the noise shape at run time.
     """
-    parts = []
-    if seed is not None:
-        parts.append(f"seed_{seed}" if seed >= 0 else f"seed_m{-seed}")
-    if not via_double:
-        parts.append("direct")
+
+    seed: int | None = None
+    data_type: int | None = None
+    compute: int = _DOUBLE
+    axes: tuple[int, ...] | None = None
+    offset: int = 0
+
+    @property
+    def name(self) -> str:
+        """The overload name; the generic variant (every T, any rank) is ''."""
+        parts = []
+        if self.seed is not None:
+            parts.append(f"seed_{self.seed}" if self.seed >= 0 else f"seed_m{-self.seed}")
+        if self.data_type is not None:
+            parts.append(_TYPE_NAMES[self.data_type])
+            if self.compute != self.data_type:
+                parts.append(f"in_{_TYPE_NAMES[self.compute]}")
+        elif self.compute != _DOUBLE:
+            parts.append(f"any_in_{_TYPE_NAMES[self.compute]}")
+        if self.axes is not None:
+            parts.append("shared_" + "_".join(map(str, self.axes)) if self.axes else "unshared")
+        if self.offset:
+            parts.append(f"draw{self.offset}")
+        return "_".join(parts)
+
+
+GENERIC = Variant()
+_TYPE_NAMES = {TensorProto.FLOAT16: "float16", TensorProto.FLOAT: "float",
+               TensorProto.DOUBLE: "double", TensorProto.BFLOAT16: "bfloat16"}
+
+
+def choose_arithmetic(data_type: int | None, ratio_type: int | None) -> tuple[int | None, int]:
+    """``(data_type, compute)`` for a node whose data and ratio have these types.
+
+    Float unless the model already computes in double (double data or ratio): a float
+    scale 1/(1-ratio) is within one ulp of the double one rounded to float (identical
+    at most ratios; docs/function-body.md). Unknown types take the generic body.
+    """
+    if data_type not in _TYPE_NAMES or ratio_type not in _TYPE_NAMES:
+        return None, _DOUBLE
+    if _DOUBLE in (data_type, ratio_type):
+        return data_type, _DOUBLE
+    return data_type, TensorProto.FLOAT
+
+
+def _switch_nodes(compute: int) -> list[NodeProto]:
+    """The ratio checked, and the switch folded into arithmetic, all in ``compute``:
+    ``drop`` = ratio when training, 0 otherwise; ``scale`` = 1/(1 - drop);
+    ``threshold`` = drop in float (the draws' type)."""
+    nodes = [
+        _const("zero_vec", [0], _INT64),
+        _const("zero_c", 0.0, compute),
+        _const("one_c", 1.0, compute),
+        oh.make_node("Cast", ["ratio"], ["ratio_raw"], to=compute),
+        oh.make_node("GreaterOrEqual", ["ratio_raw", "zero_c"], ["ratio_ge0"]),
+        oh.make_node("LessOrEqual", ["ratio_raw", "one_c"], ["ratio_le1"]),
+        oh.make_node("And", ["ratio_ge0", "ratio_le1"], ["ratio_ok"]),
+        *_guard("check_ratio_in_0_1", "ratio_ok", "g_ratio"),
+        # The guard's 0 is added in, so no runtime prunes the check as dead code.
+        oh.make_node("Cast", ["g_ratio"], ["g_ratio_c"], to=compute),
+        oh.make_node("Add", ["ratio_raw", "g_ratio_c"], ["ratio_c"]),
+        oh.make_node("Cast", ["training_mode"], ["switch_c"], to=compute),
+        oh.make_node("Mul", ["ratio_c", "switch_c"], ["drop_c"]),
+        oh.make_node("Sub", ["one_c", "drop_c"], ["keep_prob"]),
+        # Reciprocal, not Div(1, .): onnxruntime fuses Div(1, x) -> Mul(d, .) into Div(d, x),
+        # which is not d times the rounded scale.
+        oh.make_node("Reciprocal", ["keep_prob"], ["scale_c"]),
+    ]
+    if compute != TensorProto.FLOAT:
+        nodes.append(oh.make_node("Cast", ["drop_c"], ["threshold"], to=TensorProto.FLOAT))
+    return nodes
+
+
+def _threshold(compute: int) -> str:
+    return "drop_c" if compute == TensorProto.FLOAT else "threshold"
+
+
+def _noise_like_nodes(axes: tuple[int, ...] | None, source: str) -> list[NodeProto]:
+    """``noise_like``: a tensor of the noise shape. For known axes, ``source`` (the data,
+    or the data in the compute type: ``RandomUniformLike`` takes no bfloat16) sliced to
+    length 1 on them (no shape arithmetic: runtimes that need static shapes follow it);
+    otherwise zeros of the noise shape computed at run time from the attribute, with the
+    rank and axes checks (the rank was unknown when the body was chosen)."""
+    if axes is None:
+        return [*_noise_shape_nodes(_axes_from_attribute()),
+                oh.make_node("ConstantOfShape", ["noise"], ["noise_like"])]
+    if not axes:
+        return [oh.make_node("Identity", [source], ["noise_like"])]
+    count = len(axes)
+    return [
+        _const("slice_starts", [0] * count, _INT64),
+        _const("slice_ends", [1] * count, _INT64),
+        _const("slice_axes", list(axes), _INT64),
+        oh.make_node("Slice", [source, "slice_starts", "slice_ends", "slice_axes"],
+                     ["noise_like"]),
+    ]
+
+
+def _draw_nodes(seed: int | None, offset: int, threshold: str) -> list[NodeProto]:
+    """``mask`` = u >= threshold, u uniform float over the noise shape.
+
+    Float draws: OpenVINO converts ``RandomUniformLike`` to float only. With the switch
+    off the threshold is 0 and every decision is 'keep'. A non-zero ``offset`` draws from
+    [offset, offset+1) and subtracts it (exact in float for a small offset): the same
+    numbers' distribution from a node that differs from its twin, which OpenVINO would
+    otherwise merge with it (it merges identical subgraphs, random ones included: two
+    sites on one tensor drew one mask).
+    """
+    attrs = {"dtype": TensorProto.FLOAT} | ({} if seed is None else {"seed": float(seed)})
     if offset:
-        parts.append(f"draw{offset}")
-    return "_".join(parts)
+        attrs |= {"low": float(offset), "high": float(offset + 1)}
+    drawn = "uniform_o" if offset else "uniform"
+    nodes = [oh.make_node("RandomUniformLike", ["noise_like"], [drawn], name=DRAW_NODE,
+                          **attrs)]
+    if offset:
+        nodes += [_const("draw_offset", float(offset), TensorProto.FLOAT),
+                  oh.make_node("Sub", [drawn, "draw_offset"], ["uniform"])]
+    nodes.append(oh.make_node("GreaterOrEqual", ["uniform", threshold], ["mask"]))
+    return nodes
 
 
-def build_function(opset: int, seed: int | None = None, via_double: bool = True, *,
-                   uniform: int = _DOUBLE, offset: int = 0) -> FunctionProto:
-    """The SpatialDropout function body for a model importing default-domain ``opset``.
+def _output_nodes(data_type: int | None, compute: int) -> list[NodeProto]:
+    """``output`` = mask ? data * T(scale) : 0, with T's rounding of the scale
+    (``data_c``: the data in the compute type, when that is not T).
 
-    ``uniform``, ``offset``: element type and form of the random draws (see ``_draw_nodes``).
+    The scale is rounded to T once. When T is not the compute type, the product is
+    taken in the compute type and rounded back: the product of two T values is exact
+    there (float16/bfloat16 in float, anything in double), so the result is T
+    arithmetic bit for bit. It is needed for bfloat16 (onnxruntime's CPU ``Mul`` lacks
+    it) and float16 (onnxruntime's InsertCast computes float16 ``Mul`` in float and drops
+    the scale's rounding to float16), and for a T unknown when the body is chosen.
     """
+    if data_type == compute:
+        return [oh.make_node("Mul", ["data", "scale_c"], ["scaled"]),
+                oh.make_node("Where", ["mask", "scaled", "zero_c"], ["output"])]
+
+    def to_data(src: str, dst: str) -> NodeProto:
+        if data_type is None:
+            return oh.make_node("CastLike", [src, "data"], [dst])
+        return oh.make_node("Cast", [src], [dst], to=data_type)
+
+    return [to_data("scale_c", "scale_t"),
+            oh.make_node("Cast", ["scale_t"], ["scale_tc"], to=compute),
+            oh.make_node("Mul", ["data_c", "scale_tc"], ["scaled_c"]),
+            oh.make_node("Where", ["mask", "scaled_c", "zero_c"], ["dropped_c"]),
+            to_data("dropped_c", "output")]
+
+
+def build_function(opset: int, variant: Variant = GENERIC) -> FunctionProto:
+    """The SpatialDropout function body of ``variant`` for a model importing
+    default-domain ``opset``: no ``If``, no subgraph, no shape that depends on a value
+    of ``training_mode``, every node named; double only where ``variant.compute`` is."""
     if opset < MIN_OPSET:
         raise ValueError(
             f"SpatialDropout function bodies need default-domain opset >= {MIN_OPSET}, "
             f"the model imports {opset} (convert it with onnx.version_converter first)"
         )
-    select = oh.make_node("If", ["active"], ["output", "mask"],
-                          then_branch=_train_branch(via_double),
-                          else_branch=_infer_branch())
+    direct = variant.data_type == variant.compute
+    # Not direct: the data in the compute type, for the product (see _output_nodes).
+    data_c = [] if direct else [oh.make_node("Cast", ["data"], ["data_c"], to=variant.compute)]
+    nodes = [*_switch_nodes(variant.compute), *data_c,
+             *_noise_like_nodes(variant.axes, "data" if direct else "data_c"),
+             *_draw_nodes(variant.seed, variant.offset, _threshold(variant.compute)),
+             *_output_nodes(variant.data_type, variant.compute)]
     function = oh.make_function(
-        spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS),
-        [*_ratio_nodes(), *_noise_shape_nodes(_axes_from_attribute()),
-         *_draw_nodes(seed, uniform, offset), select],
+        spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS), _named(nodes),
         [oh.make_opsetid("", opset)],
-        overload=overload_name(seed, via_double, offset),
+        overload=variant.name,
         doc_string="SpatialDropout from standard ops (spatialdrop_onnx.function_body).",
     )
     function.attribute_proto.append(oh.make_attribute(
@@ -307,14 +371,12 @@ def build_function(opset: int, seed: int | None = None, via_double: bool = True,
 # --- Making a model portable ---------------------------------------------------------
 
 
-#: Data types whose body multiplies directly in T. Not float16: onnxruntime's
-#: InsertCast transformer computes float16 Mul/Where in float and drops the
-#: scale's rounding to float16, so float16 takes the exact path through double.
-_DIRECT_TYPES = frozenset({TensorProto.FLOAT, TensorProto.DOUBLE})
+def _make_explicit(scope: Scope, facts: TypeFacts, fresh: NameMaker,
+                   made: dict[str, int]) -> None:
+    """Give every SpatialDropout node all inputs, both outputs and explicit shared_axes.
 
-
-def _make_explicit(scope: Scope, facts: TypeFacts, fresh: NameMaker) -> None:
-    """Give every SpatialDropout node all inputs, both outputs and explicit shared_axes."""
+    The element type of each default input made here is recorded in ``made``.
+    """
     nodes = scope.nodes
     position = 0
     while position < len(nodes):
@@ -333,6 +395,7 @@ def _make_explicit(scope: Scope, facts: TypeFacts, fresh: NameMaker) -> None:
             if not inputs[slot]:
                 value, dtype = defaults[slot]
                 inputs[slot] = fresh(f"{label}_{spec.INPUTS[slot]}_default")
+                made[inputs[slot]] = dtype
                 constants.append(oh.make_node(
                     "Constant", [], [inputs[slot]], name=inputs[slot],
                     value=oh.make_tensor(inputs[slot], dtype, [], [value])))
@@ -352,6 +415,23 @@ def _make_explicit(scope: Scope, facts: TypeFacts, fresh: NameMaker) -> None:
         for constant in reversed(constants):
             nodes.insert(position, constant)
         position += len(constants) + 1
+
+
+def _variant_of(node: NodeProto, scope: Scope, facts: TypeFacts,
+                made: dict[str, int]) -> Variant:
+    """The body a node (made explicit) needs, from what is known of its inputs."""
+    def elem_type(name: str) -> int:
+        return made.get(name) or facts.elem_type_of(scope, name)
+
+    seed_attr = get_attr(node, spec.ATTR_SEED)
+    data_type, compute = choose_arithmetic(elem_type(node.input[0]), elem_type(node.input[1]))
+    rank = facts.rank_of(scope, node.input[0])
+    shared = get_attr(node, spec.ATTR_SHARED_AXES)
+    axes = None
+    if rank is not None and shared is not None and list(shared.ints) != [DEFAULT_AXES_SENTINEL]:
+        axes = spec.resolve_shared_axes(rank, list(shared.ints))
+    return Variant(seed=None if seed_attr is None else int(seed_attr.i),
+                   data_type=data_type, compute=compute, axes=axes)
 
 
 def make_portable(model: onnx.ModelProto | str | os.PathLike, *,
@@ -375,13 +455,12 @@ def bodies_for_inlining(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of ``model`` whose SpatialDropout nodes call bodies meant to be inlined.
 
     It differs from :func:`make_portable` where inlining lifts a runtime's limits:
-    nodes inside model-local functions call their seeded and direct variants
-    (an inliner resolves overloads statically), an absent ``shared_axes`` is
-    written as the default's sentinel (``onnx.inliner`` drops an attribute
-    reference the node does not set instead of taking the function's default),
-    the draws are float (OpenVINO converts ``RandomUniformLike`` to float only), and
-    unseeded nodes of one graph with the same inputs and axes draw through distinct
-    nodes (OpenVINO merges identical subgraphs, random ones too).
+    nodes inside model-local functions call their own variants too (an inliner
+    resolves overloads statically), an absent ``shared_axes`` is written as the
+    default's sentinel (``onnx.inliner`` drops an attribute reference the node does
+    not set instead of taking the function's default), and unseeded nodes of one graph
+    with the same inputs and axes draw through distinct nodes (OpenVINO merges
+    identical subgraphs, random ones too).
     The result is meant for ``onnx.inliner``, not to be run as it is.
     """
     return _with_bodies(_copy_of(model, "bodies_for_inlining"), for_inlining=True)
@@ -400,6 +479,10 @@ def _copy_of(model: onnx.ModelProto | str | os.PathLike, caller: str) -> onnx.Mo
     return result
 
 
+def _variant_order(variant: Variant) -> tuple:
+    return (variant.seed is not None, variant.seed or 0, variant.name)
+
+
 def _with_bodies(result: onnx.ModelProto, for_inlining: bool,
                  types: TypeFacts | None = None,
                  names: NameMaker | None = None) -> onnx.ModelProto:
@@ -409,30 +492,29 @@ def _with_bodies(result: onnx.ModelProto, for_inlining: bool,
         return result
     facts = type_facts(result) if types is None else types
     fresh = NameMaker(all_names(result)) if names is None else names
-    variants: set[tuple[int | None, bool, int]] = set()  # (seed, via_double, offset)
+    variants: set[Variant] = set()
     for scope in scopes:
-        _make_explicit(scope, facts, fresh)
+        made: dict[str, int] = {}
+        _make_explicit(scope, facts, fresh, made)
         # onnxruntime cannot resolve an overload from inside a function: nodes there use the
         # generic body, whose random stream is unseeded. An inliner can.
         generic_only = scope.function is not None and not for_inlining
         twins: Counter[tuple] = Counter()  # unseeded nodes of this scope with the same inputs
         for node in scope.nodes:
-            if is_spatial_dropout(node):
-                if for_inlining and get_attr(node, spec.ATTR_SHARED_AXES) is None:
-                    node.attribute.append(oh.make_attribute(
-                        spec.ATTR_SHARED_AXES, [DEFAULT_AXES_SENTINEL],
-                        attr_type=AttributeProto.INTS))
-                seed_attr = get_attr(node, spec.ATTR_SEED)
-                seed = None if seed_attr is None or generic_only else int(seed_attr.i)
-                elem_type = facts.elem_type_of(scope, node.input[0])
-                via_double = generic_only or elem_type not in _DIRECT_TYPES
-                offset = 0
-                if for_inlining and seed is None:
-                    axes = get_attr(node, spec.ATTR_SHARED_AXES)
-                    key = (*node.input, tuple(axes.ints) if axes is not None else None)
-                    offset, twins[key] = twins[key], twins[key] + 1
-                variants.add((seed, via_double, offset))
-                node.overload = overload_name(seed, via_double, offset)
+            if not is_spatial_dropout(node):
+                continue
+            variant = GENERIC if generic_only else _variant_of(node, scope, facts, made)
+            if for_inlining and get_attr(node, spec.ATTR_SHARED_AXES) is None:
+                node.attribute.append(oh.make_attribute(
+                    spec.ATTR_SHARED_AXES, [DEFAULT_AXES_SENTINEL],
+                    attr_type=AttributeProto.INTS))
+            if for_inlining and variant.seed is None:
+                axes = get_attr(node, spec.ATTR_SHARED_AXES)
+                key = (*node.input, tuple(axes.ints))
+                variant = replace(variant, offset=twins[key])
+                twins[key] += 1
+            variants.add(variant)
+            node.overload = variant.name
 
     opset = default_opset(result.opset_import)
     kept = [f for f in result.functions if f.domain != spec.DOMAIN or f.name != spec.OP_TYPE]
@@ -441,12 +523,9 @@ def _with_bodies(result: onnx.ModelProto, for_inlining: bool,
     # (which ignores overloads, last one wins) and calls from inside functions resolve to.
     # Ours come before the user's functions: ReferenceEvaluator loads a function's callees
     # before it only.
-    variants.discard((None, True, 0))
-    ordered = sorted(variants, key=lambda v: (v[0] is not None, v[0] or 0, v[1], v[2]))
-    uniform = TensorProto.FLOAT if for_inlining else _DOUBLE
-    for seed, via_double, offset in [*ordered, (None, True, 0)]:
-        result.functions.append(build_function(opset, seed, via_double, uniform=uniform,
-                                               offset=offset))
+    variants.discard(GENERIC)
+    for variant in [*sorted(variants, key=_variant_order), GENERIC]:
+        result.functions.append(build_function(opset, variant))
     result.functions.extend(kept)
     import_our_domain(result.opset_import)
     for function in result.functions:

@@ -15,7 +15,11 @@ functions) cannot run ``SpatialDropout``, even with its function body attached.
    and ``onnx.inliner.inline_selected_functions`` splices exactly those bodies in
    (in the main graph, in If/Loop/Scan bodies and in the user's own functions,
    which stay functions); it runs in a forked child (``isolation``).
-3. Our opset import goes; the model's IR version is kept.
+3. Our opset import goes; the model's IR version is kept. Random ops get names
+   tract reads right (:func:`name_random_ops`): tract takes a random op for a
+   ``*Like`` op when its node *name* ends in ``Like`` and for a normal one when it
+   starts with ``RandomNormal``, whatever its type (``onnx.inliner`` suffixes the
+   body's names with ``__1``).
 4. The ``training_mode`` input loses its initializer default and must be fed:
    OpenVINO takes an input that has an initializer for a constant, which would
    freeze the switch at its default (false: dropout could never be turned on).
@@ -25,9 +29,12 @@ With ``all_functions`` the user's own model-local functions are inlined too
 unknown operator.
 
 The result computes what the model computes: channel-wise decisions, the
-``training_mode`` switch (still a graph input with its default), the optional
-``mask`` output. Its random numbers come from the runtime's ``RandomUniformLike``
-(as the function body's do); a seeded node stays seeded.
+``training_mode`` switch (still a graph input, now without default), the optional
+``mask`` output, with the body's plainest form (no ``If``, no double tensors
+unless the model has them, shapes that do not depend on the switch's value: see
+docs/function-body.md), which tract and onnx2tf follow. Its random numbers come
+from the runtime's ``RandomUniformLike`` (as the function body's do); a seeded
+node stays seeded.
 """
 
 from __future__ import annotations
@@ -112,6 +119,38 @@ def dropout_to_spatial(model: onnx.ModelProto) -> int:
     return converted
 
 
+#: Random ops, which tract tells apart by node name (see :func:`name_random_ops`).
+_RANDOM_OPS = ("RandomUniform", "RandomUniformLike", "RandomNormal", "RandomNormalLike")
+
+
+def _tract_reads_right(name: str, op_type: str) -> bool:
+    return (name.endswith("Like") == op_type.endswith("Like")
+            and name.startswith("RandomNormal") == op_type.startswith("RandomNormal"))
+
+
+def name_random_ops(model: onnx.ModelProto) -> int:
+    """Rename (in place) every random op whose name tract would misread; return how many.
+
+    tract 0.23's ONNX parser picks ``RandomUniform``/``RandomNormal`` and the ``*Like``
+    forms from the node's name, not its type: an unnamed ``RandomUniformLike`` fails to
+    load ("expected attribute 'shape'"). The new name is the first of
+    ``<old name>/<op_type>``, ``<op_type>/<old name>``, ``<op_type>/<old name>/<op_type>``
+    that tract reads as the node's type (the output's name stands for a missing name).
+    """
+    renamed = 0
+    for scope in model_scopes(model, include_ours=True):
+        for node in scope.nodes:
+            if node.domain not in ("", "ai.onnx") or node.op_type not in _RANDOM_OPS:
+                continue
+            if _tract_reads_right(node.name, node.op_type):
+                continue
+            base, op = node.name or node.output[0], node.op_type
+            node.name = next(name for name in (f"{base}/{op}", f"{op}/{base}", f"{op}/{base}/{op}")
+                             if _tract_reads_right(name, op))
+            renamed += 1
+    return renamed
+
+
 def _inline(model: onnx.ModelProto, all_functions: bool) -> bytes:
     import onnx.inliner
 
@@ -167,6 +206,7 @@ def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[Inline
             if n.domain == spec.DOMAIN]
     if left or any(f.domain == spec.DOMAIN for f in inlined.functions):
         raise UserError(f"inlining left SpatialDropout nodes in {printable(', '.join(left))}")
+    name_random_ops(inlined)
     # Overloads were needed only until the bodies were spliced in.
     inlined.ir_version = proto.ir_version
     default = _require_switch(inlined)

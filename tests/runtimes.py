@@ -10,12 +10,17 @@ more run in the same session / compiled model, so draws change from call to call
 * ``reference``: ``onnx.reference.ReferenceEvaluator`` on the portable model;
 * ``openvino``: ``inline(model)`` read with ``openvino.Core().read_model`` and
   compiled for the CPU plugin with ``INFERENCE_PRECISION_HINT=f32`` (openvino is
-  required in CI).
+  required in CI);
+* ``tract``: ``inline(model)`` loaded by tract's ONNX front end
+  (``tract.onnx().load(path).into_model().into_runnable()``), every call one run of
+  one state (tract is required in CI).
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,7 +30,10 @@ from optional import require
 
 import spatialdrop_onnx as sd
 
+#: The runtimes that run every model of the table, Loop included.
 RUNTIMES = ("ort_native", "ort_body", "reference", "openvino")
+#: The README's runtime table: the above and tract (no Loop: MC batch strategy only).
+TABLE_RUNTIMES = (*RUNTIMES, "tract")
 Run = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
@@ -53,6 +61,32 @@ def compile_openvino(model: onnx.ModelProto) -> Run:
     return run
 
 
+def load_tract(model: onnx.ModelProto):  # noqa: ANN201 - tract.Runnable
+    """``model`` as it is (no inlining) in tract, optimised and runnable.
+
+    tract's Python API loads ONNX from a path only. Raises ``tract.TractError`` when
+    tract refuses the model.
+    """
+    tract = require("tract")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "model.onnx"
+        onnx.save(model, path)
+        return tract.onnx().load(str(path)).into_model().into_runnable()
+
+
+def compile_tract(model: onnx.ModelProto) -> Run:
+    """``model`` as it is in tract; the calls are runs of one state, as the runs of one
+    onnxruntime session are. Inputs are fed in graph order (tract takes a list)."""
+    state = load_tract(model).spawn_state()
+    names = [i.name for i in model.graph.input
+             if i.name not in {t.name for t in model.graph.initializer}]
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return [t.to_numpy() for t in state.run([np.asarray(feeds[n]) for n in names])]
+
+    return run
+
+
 def runner(kind: str, model: onnx.ModelProto) -> Run:
     """A function running ``model`` in runtime ``kind`` (see the module docstring)."""
     if kind == "ort_native":
@@ -68,4 +102,6 @@ def runner(kind: str, model: onnx.ModelProto) -> Run:
         return lambda feeds: evaluator.run(None, feeds)
     if kind == "openvino":
         return compile_openvino(sd.inline(model).model)
+    if kind == "tract":
+        return compile_tract(sd.inline(model).model)
     raise ValueError(kind)

@@ -32,6 +32,7 @@ from runtimes import compile_openvino, openvino_core
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.cli import main
 from spatialdrop_onnx.graph import model_scopes
+from spatialdrop_onnx.inline import name_random_ops
 
 #: One SpatialDropout, default axes (2, 3), the switch as rewrite writes it (default false).
 CHANNEL = """<ir_version: 10, opset_import: ["": 18, "org.spatialdrop": 1]>
@@ -270,3 +271,34 @@ def test_twin_sites_draw_independent_masks(kind):
         agree.append(float(np.mean((a == 0) == (b == 0))))
     expected = RATIO**2 + (1 - RATIO) ** 2  # both dropped or both kept
     assert abs(np.mean(agree) - expected) < 4 * np.sqrt(expected * (1 - expected) / 768), agree
+
+
+@pytest.mark.parametrize("name", ["channel", "mixed"])
+def test_inlined_form_is_plain_and_named_for_tract(name, models, inlined):
+    """No If, no shape from a value, no double, every node named; tract reads a random
+    op's kind from its name (``*Like`` by the end, ``RandomNormal*`` by the start)."""
+    model = inlined[name].model
+    nodes = list(model.graph.node)
+    assert not {n.op_type for n in nodes} & {"If", "Loop", "ConstantOfShape", "Expand",
+                                              "CastLike"}
+    inferred = onnx.shape_inference.infer_shapes(model, strict_mode=True)
+    assert TensorProto.DOUBLE not in {v.type.tensor_type.elem_type
+                                      for v in inferred.graph.value_info}
+    assert all(n.name for n in nodes if n not in models[name].graph.node)  # ours, not the user's
+    draws = [n for n in nodes if n.op_type == "RandomUniformLike"]
+    assert draws and all(n.name.endswith("Like") for n in draws)
+
+
+@pytest.mark.parametrize("op_type", ["RandomUniform", "RandomUniformLike", "RandomNormal",
+                                     "RandomNormalLike"])
+@pytest.mark.parametrize("name", ["", "RandomNormal_0", "noise_Like", "draw__1"])
+def test_random_ops_renamed_as_tract_reads_them(op_type, name):
+    node = oh.make_node(op_type, ["x"] if op_type.endswith("Like") else [], ["u"], name=name)
+    graph = oh.make_graph([node], "g", [oh.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                          [oh.make_tensor_value_info("u", TensorProto.FLOAT, None)])
+    model = oh.make_model(graph)
+    name_random_ops(model)
+    renamed = model.graph.node[0].name
+    assert renamed.endswith("Like") == op_type.endswith("Like"), renamed
+    assert renamed.startswith("RandomNormal") == op_type.startswith("RandomNormal"), renamed
+    assert renamed == name or (name or "u") in renamed  # kept when tract reads it right
