@@ -15,7 +15,9 @@ Steps (each a ``progress`` step, so the CLI can show the slow ones):
    with a ``training_mode`` input defaulting to false (``passes.rewrite``); a
    layer whose random ops the rewrite could not convert is traced again in
    inference mode and reported by name (:mod:`.keras_attribution`);
-6. ``--strip``: fold every dropout away (``passes.strip``);
+6. ``--strip``: fold every dropout away (``passes.strip``); then give tf2onnx's
+   RNN ``Loop`` bodies the form OpenVINO and onnx.reference read
+   (``passes.portable_loops``);
 7. check the structure and compare with Keras' inference output
    (:mod:`.keras_verify`). If forcing a probed layer to training mode changed
    the model's non-random output, that layer (class by class) is traced in
@@ -194,6 +196,8 @@ class _Converter:
         if self.strip:
             with self.progress("stripping dropout"), self.clock("strip"):
                 final = _strip(rewritten)
+        with self.clock("rewrite"):
+            _portable_loops(final)
         with self.progress("checking the ONNX model"), self.clock("check"):
             check_structure(final, self.strip)
             specs = (self.keras_model.specs if self.is_savedmodel
@@ -375,6 +379,17 @@ def _strip(model: onnx.ModelProto) -> onnx.ModelProto:
         raise
     except Exception as err:  # noqa: BLE001 - report a pass failure in one line
         raise UserError(f"stripping the dropout failed: "
+                        f"{err.__class__.__name__}: {first_line(err)}") from None
+
+
+def _portable_loops(model: onnx.ModelProto) -> None:
+    """tf2onnx's RNN loops in the form OpenVINO and onnx.reference read (in place)."""
+    from ..passes.portable_loops import make_loops_portable
+
+    try:
+        make_loops_portable(model)
+    except Exception as err:  # noqa: BLE001 - report a pass failure in one line
+        raise UserError(f"rewriting the RNN loops failed: "
                         f"{err.__class__.__name__}: {first_line(err)}") from None
 
 
