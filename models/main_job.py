@@ -5,12 +5,14 @@
    function body and, when built, the native kernel — must equal Keras
    ``model.predict`` (max abs diff <= 1e-5) with identical predicted tokens;
 3. Monte-Carlo dropout as one model: ``spatialdrop-onnx mc <dir>/seed_model.onnx
-   -o <dir>/seed_model_mc.onnx --samples N --json`` builds a model whose outputs
-   are the mean and standard deviation of N stochastic passes (dropout on),
-   computed inside the graph; one ``session.run`` gives the per-token
-   uncertainty (the deviation of the predicted class's probability), the reason
-   to keep dropout in an ONNX model. It must be higher on wrongly predicted
-   tokens than on right ones.
+   -o <dir>/seed_model_mc.onnx --samples N --classification --json`` builds a
+   model whose outputs are the mean and standard deviation of N stochastic
+   passes (dropout on) and, the output being per-token class probabilities, the
+   predictive entropy, the expected entropy and their difference, the mutual
+   information (BALD), all computed inside the graph; one ``session.run`` gives
+   the per-token uncertainty, the reason to keep dropout in an ONNX model. The
+   deviation of the predicted class's probability and the mutual information
+   must both be higher on wrongly predicted tokens than on right ones.
 
 Exits non-zero if the conversion or the equality check fails, or if the
 Monte-Carlo model cannot be built, gives a malformed output, does not sample
@@ -104,8 +106,9 @@ def check_equality(keras_model, runs: dict, tokens: np.ndarray) -> bool:  # noqa
 def build_mc_with_cli(onnx_path: Path, mc_path: Path, samples: int) -> dict:
     """``spatialdrop-onnx mc``, run as a user would; return its JSON report."""
     command = [sys.executable, "-m", "spatialdrop_onnx", "mc", str(onnx_path), "-o", str(mc_path),
-               "--samples", str(samples), "--json"]
-    print(f"$ spatialdrop-onnx mc {onnx_path} -o {mc_path} --samples {samples} --json")
+               "--samples", str(samples), "--classification", "--json"]
+    print(f"$ spatialdrop-onnx mc {onnx_path} -o {mc_path} --samples {samples} "
+          "--classification --json")
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         sys.stderr.write(result.stderr)
@@ -113,6 +116,9 @@ def build_mc_with_cli(onnx_path: Path, mc_path: Path, samples: int) -> dict:
                          f"(exit code {result.returncode})")
     report = json.loads(result.stdout)
     print(f"  strategy {report['strategy']}: {report['reason']}")
+    names = [o[k] for o in report["outputs"]
+             for k in ("mean", "std", "entropy", "expected_entropy", "mutual_information")]
+    print(f"  outputs: {', '.join(n for n in names if n)}")
     return report
 
 
@@ -126,7 +132,8 @@ def monte_carlo(mc_path: Path, tokens: np.ndarray, targets: np.ndarray, samples:
 
     session = spatialdrop_onnx.inference_session(mc_path)  # native kernel, bodies as fallback
     start = time.perf_counter()
-    mean, std = session.run(None, {"tokens": tokens})      # [N, T, V] each
+    # mean, std: [N, T, V]; entropy, expected entropy, mutual information: [N, T]
+    mean, std, entropy, expected_entropy, information = session.run(None, {"tokens": tokens})
     elapsed = time.perf_counter() - start
     expected = (len(tokens), tokens.shape[1], mean.shape[-1])
     if mean.shape != expected or std.shape != expected or not (
@@ -154,7 +161,19 @@ def monte_carlo(mc_path: Path, tokens: np.ndarray, targets: np.ndarray, samples:
     right, wrong = float(deviation[correct].mean()), float(deviation[~correct].mean())
     print(f"  mean per-token std: correct tokens {right:.4f}, wrong tokens {wrong:.4f} "
           f"({wrong / right:.1f}x: the model knows when it is unsure)")
-    return wrong > right
+    if any(v.shape != mean.shape[:2] or not np.isfinite(v).all()
+           for v in (entropy, expected_entropy, information)):
+        print(f"  malformed entropies: {entropy.shape}, {expected_entropy.shape}, "
+              f"{information.shape}")
+        return False
+    for label, values in [("predictive entropy", entropy), ("expected entropy", expected_entropy),
+                          ("mutual information", information)]:
+        on_right, on_wrong = float(values[correct].mean()), float(values[~correct].mean())
+        print(f"  mean per-token {label} (nats): correct tokens {on_right:.4f}, "
+              f"wrong tokens {on_wrong:.4f} ({on_wrong / on_right:.1f}x)")
+    mi_right, mi_wrong = (float(information[correct].mean()),
+                          float(information[~correct].mean()))
+    return wrong > right and mi_wrong > mi_right
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -57,23 +57,43 @@ def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: 
                    "(constant memory, any model); auto: batch when valid.")
 @click.option("--keep-samples", is_flag=True,
               help="Also output every sample, as Y_samples stacked on a new axis 0.")
+@click.option("--classification", is_flag=True,
+              help="For every output that is a probability vector (float, last axis declared "
+                   "with size >= 2) also output Y_entropy (of the mean), Y_expected_entropy "
+                   "(mean of the samples') and Y_mutual_information (their difference), over "
+                   "the last axis, natural log.")
+@click.option("--classification-output", "classification_outputs", metavar="NAME",
+              multiple=True,
+              help="Only this output gets the classification statistics (repeatable; implies "
+                   "--classification; its last axis may have a symbolic size).")
+@click.option("--logits", is_flag=True,
+              help="The classification outputs are logits: softmax over the last axis before "
+                   "the entropies.")
 @_IN_PLACE
 @_JSON
 @_QUIET
-def mc(src: str, output: str, samples: int, strategy: str, keep_samples: bool, in_place: bool,
-       as_json: bool, quiet: bool) -> None:
+def mc(src: str, output: str, samples: int, strategy: str, keep_samples: bool,
+       classification: bool, classification_outputs: tuple[str, ...], logits: bool,
+       in_place: bool, as_json: bool, quiet: bool) -> None:
     """Monte-Carlo dropout as one model: for each float output Y, Y_mean and Y_std (population
     standard deviation) over N passes with dropout on, computed inside the graph. The inputs
-    are the model's minus training_mode."""
+    are the model's minus training_mode. With --classification, class-probability outputs
+    also get their predictive entropy, expected entropy and mutual information."""
     from ..passes.monte_carlo import monte_carlo_file
 
+    if logits and not (classification or classification_outputs):
+        raise click.UsageError("--logits needs --classification or --classification-output")
+    chosen: bool | tuple[str, ...] = classification_outputs or classification
     with model_errors(src, "build the Monte-Carlo model of"):
         report = monte_carlo_file(src, output, samples=samples, strategy=strategy,
-                                  keep_samples=keep_samples, in_place=in_place)
+                                  keep_samples=keep_samples, classification=chosen,
+                                  logits=logits, in_place=in_place)
     if as_json:
         emit_json(report.to_dict())
     elif not quiet:
-        names = ", ".join(printable(n) for o in report.outputs
-                          for n in (o.mean, o.std, o.samples) if n)
+        names = ", ".join(printable(n) for o in report.outputs for n in o.names)
+        dropped = ", ".join(printable(n) for n in report.dropped_outputs)
+        left_out = f"; left out (not float): {dropped}" if dropped else ""
         click.echo(f"{printable(output)}: {report.samples} samples, strategy {report.strategy} "
-                   f"({printable(report.reason, limit=300)}); outputs {names}", err=True)
+                   f"({printable(report.reason, limit=300)}); outputs {names}{left_out}",
+                   err=True)

@@ -7,7 +7,9 @@ s*B + b); values that carry the batch otherwise (a ``Shape`` of a batched
 tensor, the arithmetic on it) are recomputed on the stochastic side from the
 repeated tensors; constants are shared. Each sampled output [N*B, ...] is
 reshaped to [N, B, ...] and reduced over axis 0 in double: the mean, then the
-population deviation from it (two passes: no cancellation).
+population deviation from it (two passes: no cancellation). A classification
+output's [N, B, ..., C] probabilities and their per-sample entropies are summed
+over axis 0 in float (:mod:`.classification`).
 
 With dropout late in a model (a classifier head), most of the work is the
 prefix, done once instead of N times. Valid only for models
@@ -22,7 +24,8 @@ import onnx
 from onnx import helper as oh
 
 from ...graph import NameMaker, rename_values, subgraphs
-from .source import PreparedSource
+from . import classification
+from .source import PreparedSource, SampledOutput
 from .stats import DOUBLE, INT64, cast_to, constant, output_infos
 from .stochastic import partition
 
@@ -167,6 +170,10 @@ def _statistics(prepared: PreparedSource, samples: int, keep_samples: bool,
     big, b_node = constant(fresh, "mc/to_end", INT64, [2**62])
     n_double, d_node = constant(fresh, "mc/samples_double", DOUBLE, [float(samples)], [])
     tail = [n_node, m_node, o_node, a_node, b_node, d_node]
+    consts = None
+    if any(o.classification for o in prepared.outputs):
+        consts, nodes = classification.constants(fresh, samples)
+        tail += nodes
     for output in prepared.outputs:
         y = mapping.get(output.value, output.value)
         base = output.source
@@ -194,7 +201,22 @@ def _statistics(prepared: PreparedSource, samples: int, keep_samples: bool,
             cast_to(mean_d, output.elem_type, output.mean, output.mean),
             cast_to(std_d, output.elem_type, output.std, output.std),
         ]
+        if output.classification and consts is not None:
+            tail += _classification(prepared, output, stacked, axis0, consts, fresh)
         if keep_samples:
             tail.append(oh.make_node("Identity", [stacked], [output.samples],
                                      name=output.samples))
     return tail
+
+
+def _classification(prepared: PreparedSource, output: SampledOutput, stacked: str, axis0: str,
+                    consts: classification.Constants, fresh: NameMaker) -> list[onnx.NodeProto]:
+    """Entropies and mutual information of ``stacked`` ([N, B, ..., C]) over its samples."""
+    base = output.source
+    p, nodes = classification.probabilities(stacked, prepared.logits, base, fresh)
+    h, entropy_nodes = classification.entropy(p, base, consts, fresh)
+    sum_p, sum_h = fresh(f"{base}/mc_sum_probabilities"), fresh(f"{base}/mc_sum_entropy")
+    return [*nodes, *entropy_nodes,
+            oh.make_node("ReduceSum", [p, axis0], [sum_p], name=sum_p, keepdims=0),
+            oh.make_node("ReduceSum", [h, axis0], [sum_h], name=sum_h, keepdims=0),
+            *classification.statistics(output, sum_p, sum_h, consts, fresh)]

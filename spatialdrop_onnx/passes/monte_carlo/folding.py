@@ -29,12 +29,14 @@ model that computes batch statistics by hand still passes): such models need
 
 from __future__ import annotations
 
-import os
+import contextlib
+import logging
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import onnx
+from onnx import helper as oh
 
 from ... import spec
 from ...errors import UserError, printable
@@ -107,8 +109,10 @@ def _batched_inputs(inputs: list[onnx.ValueInfoProto]) -> FoldCheck:
         if kind == "unknown":
             return FoldCheck(False, f"input {name} has no declared shape, so no known batch axis")
         if kind == "fixed":
-            return FoldCheck(False, f"input {name} has a fixed batch size {value}: the graph "
-                                    "may have it baked into a shape")
+            return FoldCheck(False, f"input {name} has a fixed size {value} at axis 0, not a "
+                                    "dynamic batch axis to fold the samples into (an "
+                                    "unbatched input, or a batch size the graph may have baked "
+                                    "into a shape)")
         params.add(value if kind == "param" else ("anonymous", info.name))
         batched.append(info.name)
     if not batched:
@@ -119,9 +123,22 @@ def _batched_inputs(inputs: list[onnx.ValueInfoProto]) -> FoldCheck:
     return FoldCheck(True, "", tuple(batched))
 
 
-def _analysis_copy(prepared: PreparedSource, batched: tuple[str, ...]) -> onnx.ModelProto:
+def _declared_ranks(graph: onnx.GraphProto, ranks: dict[str, int]) -> dict[str, int]:
+    """Declared ranks of the values of ``graph`` and its subgraphs (names are unique)."""
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        tensor = info.type.tensor_type
+        if info.type.HasField("tensor_type") and tensor.HasField("shape"):
+            ranks[info.name] = len(tensor.shape.dim)
+    for node in graph.node:
+        for _, sub in subgraphs(node):
+            _declared_ranks(sub, ranks)
+    return ranks
+
+
+def _analysis_copy(prepared: PreparedSource, batched: tuple[str, ...]
+                   ) -> tuple[onnx.ModelProto, dict[str, int]]:
     """The prepared model with the user's functions inlined, our bodies dropped, the batch
-    dim renamed and no declared inner shapes."""
+    dim renamed and no declared inner shapes; and the ranks it declared."""
     model = onnx.ModelProto()
     model.CopyFrom(prepared.model)
     kept = [f for f in model.functions if f.domain != spec.DOMAIN]
@@ -136,10 +153,11 @@ def _analysis_copy(prepared: PreparedSource, batched: tuple[str, ...]) -> onnx.M
             dim = info.type.tensor_type.shape.dim[0]
             dim.Clear()
             dim.dim_param = BATCH_SYMBOL
+    ranks = _declared_ranks(graph, {})
     for info in graph.output:
         info.type.tensor_type.ClearField("shape")
     _clear_value_info(graph)
-    return model
+    return model, ranks
 
 
 def _inline_all(model: onnx.ModelProto) -> bytes:
@@ -159,23 +177,65 @@ def _label(node: onnx.NodeProto, scope: Scope) -> str:
     return f"{node.op_type} {printable(node.name or node.output[0])} ({printable(scope.path)})"
 
 
-def _find_draws(model: onnx.ModelProto) -> tuple[list[_Draw], str | None]:
+def _names_read(model: onnx.ModelProto) -> set[str]:
+    """Every name a node reads or a graph outputs, in any scope."""
+    read: set[str] = set()
+    for scope in model_scopes(model):
+        read.update(scope.output_names)
+        for node in scope.nodes:
+            read.update(node.input)
+    return read
+
+
+def _noise_shaped_mask(node: onnx.NodeProto, axes: tuple[int, ...], mask: str
+                       ) -> list[onnx.NodeProto]:
+    """Nodes giving ``mask`` the noise shape of ``node``'s data (1 at each shared axis):
+    ``Slice`` [0, 1) along those axes, whose constant arguments symbolic inference reads."""
+    data = node.input[0]
+    if not axes:
+        return [oh.make_node("Cast", [data], [mask], to=onnx.TensorProto.BOOL)]
+    names = {k: f"{mask}/mc_noise_{k}" for k in ("starts", "ends", "axes", "slice")}
+    values = {"starts": [0] * len(axes), "ends": [1] * len(axes), "axes": list(axes)}
+    constants = [oh.make_node("Constant", [], [names[k]], value=oh.make_tensor(
+        names[k], onnx.TensorProto.INT64, [len(axes)], v)) for k, v in values.items()]
+    return [*constants,
+            oh.make_node("Slice", [data, names["starts"], names["ends"], names["axes"]],
+                         [names["slice"]]),
+            oh.make_node("Cast", [names["slice"]], [mask], to=onnx.TensorProto.BOOL)]
+
+
+def _find_draws(model: onnx.ModelProto, ranks: Mapping[str, int]
+                ) -> tuple[list[_Draw], str | None]:
     """Every draw whose data must be batched, or the reason folding is refused outright.
 
     SpatialDropout nodes become ONNX Dropout, which symbolic inference knows
-    (output and mask shaped like the data: only the data's shape is asked about).
+    (only the data's shape is asked about). Its mask is data-shaped, while a
+    SpatialDropout's mask has the noise shape (the torch helper's exports declare
+    it so): an unread mask is removed, a read one recomputed with the noise shape
+    (``Slice`` [0, 1) along the shared axes; the default ones need the data's declared
+    rank ``ranks``), so that no declared shape contradicts what inference finds.
     """
     constants = Constants(model)
+    read = _names_read(model)
     draws: list[_Draw] = []
     for scope in model_scopes(model):
-        for node in scope.nodes:
+        added: list[tuple[int, list[onnx.NodeProto]]] = []
+        for index, node in enumerate(scope.nodes):
             label = _label(node, scope)
             if is_spatial_dropout(node):
                 flag = input_at(node, 2)
+                shared = get_attr(node, spec.ATTR_SHARED_AXES)
+                axes = () if shared is None else tuple(int(a) for a in shared.ints)
                 if flag and constants.scalar(scope, flag) not in (False, 0):
-                    shared = get_attr(node, spec.ATTR_SHARED_AXES)
-                    axes = () if shared is None else tuple(int(a) for a in shared.ints)
                     draws.append(_Draw(scope.index, node.input[0], label, axes))
+                mask = node.output[1] if len(node.output) > 1 else ""
+                mask_axes = axes if shared is not None else (
+                    spec.default_shared_axes(ranks[node.input[0]])
+                    if node.input[0] in ranks else None)
+                if mask and (mask not in read or mask_axes is not None):
+                    del node.output[1:]
+                    if mask in read and mask_axes is not None:
+                        added.append((index, _noise_shaped_mask(node, mask_axes, mask)))
                 del node.input[1:]
                 del node.attribute[:]
                 node.op_type, node.domain, node.overload = "Dropout", "", ""
@@ -187,19 +247,104 @@ def _find_draws(model: onnx.ModelProto) -> tuple[list[_Draw], str | None]:
                 mode = get_attr(node, "training_mode")
                 if mode is not None and mode.i:
                     return [], f"{label} computes batch statistics"
+        for index, nodes in reversed(added):  # later positions first: earlier ones stay put
+            for offset, extra in enumerate(nodes):
+                scope.nodes.insert(index + 1 + offset, extra)
     return draws, None
 
 
+class _InferenceStopped(Exception):
+    """Symbolic shape inference gave up; the message says where, in the user's terms."""
+
+
+class _StopRecorder(logging.Handler):
+    """Keeps the node the symbolic inference says it stopped at (it logs it at debug)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.stopped_at: tuple[str, str] | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == _STOP_MESSAGE and len(record.args or ()) == 2:
+            self.stopped_at = (str(record.args[0]), str(record.args[1]))
+
+
+#: The debug message onnxruntime's symbolic_shape_infer logs where it gives up.
+_STOP_MESSAGE = "Stopping at incomplete shape inference at %s: %s"
+
+
+def _node_in_traceback(err: BaseException) -> onnx.NodeProto | None:
+    """The node the symbolic inference was working on when it raised (its frame's ``node``)."""
+    tb = err.__traceback__
+    found = None
+    while tb is not None:
+        candidate = tb.tb_frame.f_locals.get("node")
+        if isinstance(candidate, onnx.NodeProto):
+            found = candidate  # the innermost frame that has one
+        tb = tb.tb_next
+    return found
+
+
+def _described(model: onnx.ModelProto, op: str, name: str) -> str:
+    """``op`` node ``name`` as the user can find it: an unnamed node by its first output."""
+    if not name:
+        node = next((n for scope in model_scopes(model) for n in scope.nodes
+                     if n.op_type == op and not n.name), None)
+        if node is not None and node.output:
+            known = "" if not node.domain or node.domain == "ai.onnx" else \
+                f" (domain {printable(node.domain, 40)}, unknown to it)"
+            return f"the {op} node that makes {printable(node.output[0], 80)}{known}"
+    return f"{op} node {printable(name, 80)}"
+
+
+@contextlib.contextmanager
+def _recording_stops() -> Iterator[_StopRecorder]:
+    """The symbolic inference's logger at debug level for this block, into a recorder only."""
+    logger = logging.getLogger("onnxruntime.tools.symbolic_shape_infer")
+    recorder = _StopRecorder()
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(recorder)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # its debug lines are for us, not for the user's log
+    try:
+        yield recorder
+    finally:
+        logger.removeHandler(recorder)
+        logger.setLevel(level)
+        logger.propagate = propagate
+
+
 def _symbolic_inference(model: onnx.ModelProto) -> bytes:
+    """The model with symbolic shapes, or _InferenceStopped saying where the inference stopped.
+
+    Runs in a forked child inside ``isolated_checks`` and in-process otherwise: the
+    working directory (the tool saves a file there when it gives up) is restored.
+    """
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    with tempfile.TemporaryDirectory() as scratch:
-        os.chdir(scratch)  # a forked child: it may; the tool saves a file here when it gives up
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False)
-        os.chdir("/")
+    with tempfile.TemporaryDirectory() as scratch, contextlib.chdir(scratch), \
+            _recording_stops() as recorder:
+        try:
+            inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=False)
+        except Exception as err:  # noqa: BLE001 - the tool's own errors are internal text
+            node = _node_in_traceback(err)
+            if recorder.stopped_at is not None:
+                op, name = recorder.stopped_at
+                where = f"it cannot follow the shapes through {_described(model, op, name)}"
+            elif node is not None:
+                where = (f"it fails on {node.op_type} node "
+                         f"{printable(node.name or node.output[0], 80)}")
+            else:
+                where = "it fails on this model"
+            raise _InferenceStopped(where) from None
     if inferred is None:
-        raise ValueError("the opset is too old for symbolic shape inference")
+        raise _InferenceStopped(f"the model's opset is older than the {_MIN_SYMBOLIC_OPSET} "
+                                "it supports")
     return inferred.SerializeToString()
+
+
+#: onnxruntime's symbolic shape inference returns None below this default-domain opset.
+_MIN_SYMBOLIC_OPSET = 7
 
 
 def _infer(model: onnx.ModelProto) -> tuple[TypeFacts | None, str]:
@@ -210,17 +355,25 @@ def _infer(model: onnx.ModelProto) -> tuple[TypeFacts | None, str]:
     skeleton_in_place(model)
     try:
         data = run_isolated(_symbolic_inference, model, what="inferring symbolic shapes")
+    except _InferenceStopped as err:
+        return None, f"onnxruntime's symbolic shape inference stops: {err}"
     except UserError as err:
         return None, str(err)
-    except Exception as err:  # noqa: BLE001 - any failure means "cannot tell"
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return None, f"symbolic shape inference failed ({printable(first)})"
+    except Exception:  # noqa: BLE001 - any other failure also means "cannot tell"
+        return None, "onnxruntime's symbolic shape inference fails on this model"
     return declared_types(onnx.ModelProto.FromString(data)), ""
 
 
 def _axis0(facts: TypeFacts, scope: Scope, name: str) -> object:
     found = facts.type_of(scope, name)
     return None if found is None or not found.dims else found.dims[0]
+
+
+def _shown(dims: object) -> str:
+    """Dims as text, the analysis copy's batch symbol written as "batch"."""
+    if not isinstance(dims, tuple | list):
+        return "batch" if dims == BATCH_SYMBOL else printable(dims, 60)
+    return "[" + ", ".join("batch" if d == BATCH_SYMBOL else printable(d, 30) for d in dims) + "]"
 
 
 def _contradiction(facts: TypeFacts, main: Scope, source: onnx.ModelProto) -> str:
@@ -237,8 +390,8 @@ def _contradiction(facts: TypeFacts, main: Scope, source: onnx.ModelProto) -> st
         if len(want.dims) != len(got.dims) or any(
                 isinstance(a, int) and isinstance(b, int) and a != b
                 for a, b in zip(want.dims, got.dims, strict=True)):
-            return (f"{printable(name)} is declared {list(want.dims)}, inferred "
-                    f"{list(got.dims)}")
+            return (f"{printable(name)} is declared {_shown(want.dims)}, inferred "
+                    f"{_shown(got.dims)}")
     return ""
 
 
@@ -248,10 +401,10 @@ def check_folding(prepared: PreparedSource) -> FoldCheck:
     if not inputs.foldable:
         return inputs
     try:
-        model = _analysis_copy(prepared, inputs.batched_inputs)
+        model, ranks = _analysis_copy(prepared, inputs.batched_inputs)
     except UserError as err:  # the inliner crashed on this model: the loop still works
         return FoldCheck(False, f"the batch axis cannot be traced: {err}")
-    draws, refusal = _find_draws(model)
+    draws, refusal = _find_draws(model, ranks)
     if refusal:
         return FoldCheck(False, refusal)
     facts, problem = _infer(model)
@@ -266,7 +419,7 @@ def check_folding(prepared: PreparedSource) -> FoldCheck:
         seen = _axis0(facts, scopes[0], output.value)
         if seen != BATCH_SYMBOL:
             return FoldCheck(False, f"axis 0 of output {printable(output.source)} is not "
-                                    f"provably the batch (inferred: {printable(seen)})")
+                                    f"provably the batch (inferred: {_shown(seen)})")
     for draw in draws:
         scope = scopes[draw.scope_index]
         axes = draw.shared_axes
@@ -281,7 +434,7 @@ def check_folding(prepared: PreparedSource) -> FoldCheck:
         seen = _axis0(facts, scope, draw.data)
         if seen != BATCH_SYMBOL:
             return FoldCheck(False, f"{draw.label}: axis 0 of its data is not provably the "
-                                    f"batch (inferred: {printable(seen)})")
+                                    f"batch (inferred: {_shown(seen)})")
     names = ", ".join(printable(n) for n in inputs.batched_inputs)
     main = scopes[0]
     values = [*(i.name for i in model.graph.input), *(o for n in main.nodes for o in n.output)]

@@ -11,7 +11,9 @@ Welford's update in double for each sampled output ``y``, with ``k`` the
 After the loop, ``y_mean = mean`` and ``y_std = sqrt(m2 / N)`` (population
 deviation), each rounded once to ``y``'s type. Memory is one sample's
 activations plus two double accumulators per output, whatever N; with
-``keep_samples`` the body also emits ``y`` as a scan output ([N, *y]).
+``keep_samples`` the body also emits ``y`` as a scan output ([N, *y]). A
+classification output adds two float accumulators, the sums of the sample's
+probabilities and of its entropy (:mod:`.classification`).
 
 The accumulators start as zeros of shape [1]*rank (rank from the output's
 declared type) and broadcast to ``y``'s shape in the first iteration: the rank
@@ -23,19 +25,22 @@ is omitted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import onnx
 from onnx import helper as oh
 
-from ...graph import names_read
+from ...graph import NameMaker, names_read
+from . import classification
 from .source import PreparedSource, SampledOutput
-from .stats import BOOL, DOUBLE, INT64, cast_to, constant, output_infos
+from .stats import BOOL, DOUBLE, FLOAT, INT64, cast_to, constant, output_infos
 from .stochastic import partition
 
 
-def _state_info(name: str, rank: int | None) -> onnx.ValueInfoProto:
+def _state_info(name: str, rank: int | None, elem_type: int = DOUBLE) -> onnx.ValueInfoProto:
     if rank is None:
-        return oh.make_tensor_value_info(name, DOUBLE, None)
-    return oh.make_tensor_value_info(name, DOUBLE, [None] * rank)
+        return oh.make_tensor_value_info(name, elem_type, None)
+    return oh.make_tensor_value_info(name, elem_type, [None] * rank)
 
 
 def _rank(output: SampledOutput) -> int | None:
@@ -64,6 +69,41 @@ def _take_body_only_initializers(graph: onnx.GraphProto, body_nodes: list[onnx.N
         del graph.initializer[:]
         graph.initializer.extend(kept)
     return moving
+
+
+@dataclass
+class _State:
+    """The Loop's share of one classification output: two float accumulators."""
+
+    head: list[onnx.NodeProto]  # their initial zeros
+    initial: list[str]
+    body: list[onnx.NodeProto]
+    body_inputs: list[onnx.ValueInfoProto]
+    body_outputs: list[onnx.ValueInfoProto]
+    finals: list[str]  # the sums after the loop: probabilities, entropies
+
+
+def _classification_state(prepared: PreparedSource, output: SampledOutput, rank: int | None,
+                          consts: classification.Constants, fresh: NameMaker) -> _State:
+    """Sum of the probabilities (rank of ``y``) and of the entropies (one axis fewer)."""
+    base = output.source
+    h_rank = None if rank is None else rank - 1
+    p_zeros, p_node = constant(fresh, f"{base}/mc_zeros_float", FLOAT, [0.0],
+                               [] if rank is None else [1] * rank)
+    h_zeros, h_node = constant(fresh, f"{base}/mc_zeros_entropy", FLOAT, [0.0],
+                               [] if h_rank is None else [1] * h_rank)
+    p, nodes = classification.probabilities(output.value, prepared.logits, base, fresh)
+    h, entropy_nodes = classification.entropy(p, base, consts, fresh)
+    names = [fresh(f"{base}/mc_{k}") for k in ("sum_p_in", "sum_h_in", "sum_p_out", "sum_h_out")]
+    p_in, h_in, p_out, h_out = names
+    body = [*nodes, *entropy_nodes,
+            oh.make_node("Add", [p_in, p], [p_out], name=p_out),
+            oh.make_node("Add", [h_in, h], [h_out], name=h_out)]
+    return _State(
+        head=[p_node, h_node], initial=[p_zeros, h_zeros], body=body,
+        body_inputs=[_state_info(p_in, rank, FLOAT), _state_info(h_in, h_rank, FLOAT)],
+        body_outputs=[_state_info(p_out, rank, FLOAT), _state_info(h_out, h_rank, FLOAT)],
+        finals=[fresh(f"{base}/mc_sum_probabilities"), fresh(f"{base}/mc_sum_entropy")])
 
 
 def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> onnx.ModelProto:
@@ -96,6 +136,10 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> on
     loop_inputs = [n_samples, cond]
     loop_states, loop_scans, finals = [], [], []
     scan_outputs = []
+    consts = None
+    if any(o.classification for o in prepared.outputs):
+        consts, nodes = classification.constants(fresh, samples)
+        head += nodes
     for output in prepared.outputs:
         base, rank = output.source, _rank(output)
         init, i_node = constant(fresh, f"{base}/mc_zeros", DOUBLE, [0.0],
@@ -127,6 +171,15 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool) -> on
             cast_to(mean_final, output.elem_type, output.mean, output.mean),
             cast_to(std_d, output.elem_type, output.std, output.std),
         ]
+        if output.classification and consts is not None:
+            state = _classification_state(prepared, output, rank, consts, fresh)
+            head += state.head
+            body_nodes += state.body
+            body_inputs += state.body_inputs
+            body_outputs += state.body_outputs
+            loop_inputs += state.initial
+            loop_states += state.finals
+            finals += classification.statistics(output, *state.finals, consts, fresh)
         if keep_samples:
             sample = fresh(f"{base}/mc_sample")
             body_nodes.append(oh.make_node("Identity", [output.value], [sample], name=sample))

@@ -9,11 +9,18 @@
   (onnxruntime's ``EliminateDropout`` deletes an interior ``Dropout`` whatever
   its ``training_mode``, in the main graph and in Loop bodies alike);
 * the names the Monte-Carlo outputs will take (``y_mean``, ``y_std``,
-  ``y_samples``) are free: a value of the model that had one is renamed.
+  ``y_samples``, and for classification outputs ``y_entropy``,
+  ``y_expected_entropy``, ``y_mutual_information``) are free: a value of the
+  model that had one is renamed.
+
+It also decides which outputs are probability vectors (:func:`not_a_probability_vector`)
+when classification statistics are asked for.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import onnx
@@ -21,7 +28,7 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from ... import spec
-from ...errors import UserError, printable
+from ...errors import UsageError, UserError, printable
 from ...graph import (
     RANDOM_OPS,
     TRAINING_MODE,
@@ -31,6 +38,8 @@ from ...graph import (
     check_opset_imports,
     default_opset,
     input_at,
+    is_default_domain,
+    is_onnx_dropout,
     is_spatial_dropout,
     model_scopes,
     rename_values,
@@ -40,8 +49,11 @@ from ...inline import dropout_to_spatial
 #: Output element types that are sampled; other outputs are left out of the MC model.
 FLOAT_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE,
                          TensorProto.BFLOAT16})
-#: Lowest default-domain opset of the statistics nodes (ReduceSum/Squeeze take axes inputs).
+#: Lowest default-domain opset of the statistics nodes (ReduceSum/Squeeze take axes inputs;
+#: Softmax normalises one axis).
 MIN_OPSET = 13
+#: Suffixes of the classification statistics, in output order.
+CLASSIFICATION_SUFFIXES = ("_entropy", "_expected_entropy", "_mutual_information")
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,9 @@ class SampledOutput:
     mean: str
     std: str
     samples: str
+    #: ``y_entropy``, ``y_expected_entropy``, ``y_mutual_information``; None when the
+    #: output is not treated as a probability vector.
+    classification: tuple[str, str, str] | None = None
 
     @property
     def elem_type(self) -> int:
@@ -73,6 +88,7 @@ class PreparedSource:
     inputs: list[onnx.ValueInfoProto]  # the MC model's inputs: the source's minus the switch
     outputs: list[SampledOutput]
     dropped: list[str]  # non-float outputs, not sampled
+    logits: bool  # the classification outputs are logits: softmax before the entropies
     had_switch: bool
     dropout_converted: int
     random_sites: int
@@ -121,6 +137,102 @@ def count_random_sites(model: onnx.ModelProto) -> int:
     return count
 
 
+def not_a_probability_vector(info: onnx.ValueInfoProto, named: bool) -> str:
+    """Why output ``info`` cannot be read as probability vectors along its last axis; "" if it
+    can.
+
+    A probability vector is a float tensor whose last axis is declared with size >= 2 (the
+    classes). An output the user names may also have a last axis of unknown or symbolic size
+    (the user vouches for it); a scalar or a last axis of size 0 or 1 never qualifies.
+    """
+    tensor = info.type.tensor_type
+    if not info.type.HasField("tensor_type") or tensor.elem_type not in FLOAT_TYPES:
+        return "it is not a float tensor"
+    if not tensor.HasField("shape"):
+        return "" if named else "its shape is not declared"
+    if len(tensor.shape.dim) == 0:
+        return "it is a scalar"
+    last = tensor.shape.dim[-1]
+    if last.HasField("dim_value"):
+        size = int(last.dim_value)
+        return "" if size >= 2 else f"its last axis has size {size} (classes need >= 2)"
+    return "" if named else "the size of its last axis is not declared"
+
+
+def _classification_outputs(outputs: list[onnx.ValueInfoProto],
+                            classification: bool | Collection[str]) -> list[str]:
+    """The outputs that get the classification statistics, in output order."""
+    if classification is False:
+        return []
+    if classification is True:
+        chosen = [o.name for o in outputs if not not_a_probability_vector(o, named=False)]
+        if not chosen:
+            why = "; ".join(f"{printable(o.name, 60)}: {not_a_probability_vector(o, False)}"
+                            for o in outputs[:4])
+            raise UserError("classification: no output is a probability vector (a float "
+                            f"output whose last axis is declared with size >= 2) ({why}); "
+                            "name one to use a last axis of symbolic size")
+        return chosen
+    if isinstance(classification, str):
+        raise UsageError("classification must be True or a collection of output names, "
+                         "not one string")
+    names = list(dict.fromkeys(classification))
+    by_name = {o.name: o for o in outputs}
+    for name in names:
+        if not isinstance(name, str):
+            raise UsageError(f"classification output names must be strings, not "
+                             f"{type(name).__name__}")
+        info = by_name.get(name)
+        if info is None:
+            listed = ", ".join(printable(o.name, 60) for o in outputs[:8])
+            raise UsageError(f"classification output {printable(name)} is not an output of the "
+                             f"model (its outputs: {listed})")
+        why = not_a_probability_vector(info, named=True)
+        if why:
+            raise UserError(f"classification output {printable(name)} is not a probability "
+                            f"vector: {why}")
+    if not names:
+        raise UsageError("classification names no output")
+    return [o.name for o in outputs if o.name in names]
+
+
+def _random_looking(node: onnx.NodeProto) -> bool:
+    """An op of another domain whose name says it draws (e.g. com.microsoft.BiasDropout)."""
+    if is_default_domain(node.domain) or node.domain == spec.DOMAIN:
+        return False
+    name = node.op_type.lower()
+    return any(word in name for word in ("dropout", "random", "bernoulli", "multinomial"))
+
+
+def nothing_to_sample(model: onnx.ModelProto) -> str:
+    """The one-line refusal for a model with no site that draws: what was found, what to do."""
+    local = {(f.domain, f.name) for f in model.functions}
+    inference = 0
+    unknown: Counter[str] = Counter()
+    for scope in model_scopes(model):
+        for node in scope.nodes:
+            if is_onnx_dropout(node) or is_spatial_dropout(node):
+                inference += 1  # every dropout that could train was counted as a site
+            elif _random_looking(node) and (node.domain, node.op_type) not in local:
+                unknown[f"{node.domain}.{node.op_type}"] += 1
+    found = "no dropout site that trains and no random op"
+    if unknown:
+        ops = ", ".join(f"{printable(op, 60)} x{count}" for op, count in unknown.most_common(4))
+        return (f"the model has {found} this tool recognises, but it has op(s) that look "
+                f"random and are not recognised: {ops}; Monte-Carlo sampling covers "
+                "SpatialDropout, ONNX Dropout and the ONNX random ops: export the model with "
+                "those (spatialdrop-onnx convert, spatialdrop_onnx.torch.export)")
+    if inference:
+        return (f"the model has {found}: its {inference} dropout node(s) never train "
+                "(training_mode absent or constant false), so every sample would be the same; "
+                "export it with dropout switchable (spatialdrop-onnx convert for Keras, "
+                "spatialdrop_onnx.torch.export for PyTorch, or spatialdrop-onnx rewrite on an "
+                "export whose dropout trains)")
+    return (f"the model has {found} (a stripped model, or one whose exporter removed its "
+            "dropout), so every sample would be the same; export it with dropout kept "
+            "(spatialdrop-onnx convert for Keras, spatialdrop_onnx.torch.export for PyTorch)")
+
+
 def _main_tree_names(model: onnx.ModelProto) -> set[str]:
     names: set[str] = set()
     for scope in model_scopes(model):
@@ -137,9 +249,16 @@ def _main_tree_names(model: onnx.ModelProto) -> set[str]:
     return names
 
 
-def prepare(model: onnx.ModelProto) -> PreparedSource:
-    """A prepared copy of ``model``; see the module docstring. Raises UserError when there is
-    nothing random to sample, no float output, or an opset too old for the statistics."""
+def prepare(model: onnx.ModelProto, classification: bool | Collection[str] = False,
+            logits: bool = False) -> PreparedSource:
+    """A prepared copy of ``model``; see the module docstring.
+
+    ``classification``: True for every output that is a probability vector, or the names
+    of the outputs to treat as one (:func:`not_a_probability_vector` says which may be).
+    Raises UserError when there is nothing random to sample, no float output, no (or a
+    wrong) classification output, or an opset too old for the statistics; UsageError when
+    a named classification output is not an output of the model.
+    """
     check_opset_imports(model)
     opset = default_opset(model.opset_import)
     if opset < MIN_OPSET:
@@ -151,9 +270,7 @@ def prepare(model: onnx.ModelProto) -> PreparedSource:
     converted = dropout_to_spatial(result)
     sites = count_random_sites(result)
     if sites == 0:
-        raise UserError("the model has no dropout that trains and no random op: every sample "
-                        "would be the same (rewrite or convert the model first; a stripped model "
-                        "has nothing left to sample)")
+        raise UserError(nothing_to_sample(result))
     graph = result.graph
     floats = [o for o in graph.output if o.type.tensor_type.elem_type in FLOAT_TYPES]
     dropped = [o.name for o in graph.output if o.type.tensor_type.elem_type not in FLOAT_TYPES]
@@ -161,26 +278,30 @@ def prepare(model: onnx.ModelProto) -> PreparedSource:
         raise UserError("the model has no float output to take the mean and deviation of")
     if len({o.name for o in graph.output}) != len(graph.output):
         raise UserError("the model lists one value as an output twice")
+    classified = _classification_outputs(list(graph.output), classification)
     wanted = {o.name: (o.name + "_mean", o.name + "_std", o.name + "_samples") for o in floats}
+    extra = {name: tuple(name + suffix for suffix in CLASSIFICATION_SUFFIXES)
+             for name in classified}
     input_names = {i.name for i in graph.input}
     taken = _main_tree_names(result)
-    fresh = NameMaker(all_names(result) | {n for names in wanted.values() for n in names})
+    new_names = [*(n for names in wanted.values() for n in names),
+                 *(n for names in extra.values() for n in names)]
+    fresh = NameMaker(all_names(result) | set(new_names))
     renames: dict[str, str] = {}
-    for names in wanted.values():
-        for name in names:
-            if name in input_names:
-                raise UserError(f"the model has an input named {printable(name)}, the name the "
-                                "Monte-Carlo model gives a statistic; rename that input first")
-            if name in taken:
-                renames[name] = fresh(name)
+    for name in new_names:
+        if name in input_names:
+            raise UserError(f"the model has an input named {printable(name)}, the name the "
+                            "Monte-Carlo model gives a statistic; rename that input first")
+        if name in taken:
+            renames[name] = fresh(name)
     outputs = []
     for info in floats:  # before renaming: the statistics are named after the source's outputs
         mean, std, samples = wanted[info.name]
         outputs.append(SampledOutput(info.name, renames.get(info.name, info.name), _copy(info),
-                                     mean, std, samples))
+                                     mean, std, samples, extra.get(info.name)))
     rename_values(graph, renames)
-    return PreparedSource(result, [_copy(i) for i in graph.input], outputs, dropped, had_switch,
-                          converted, sites, fresh)
+    return PreparedSource(result, [_copy(i) for i in graph.input], outputs, dropped,
+                          logits and bool(classified), had_switch, converted, sites, fresh)
 
 
 def _copy(info: onnx.ValueInfoProto) -> onnx.ValueInfoProto:

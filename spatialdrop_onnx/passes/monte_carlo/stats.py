@@ -21,12 +21,23 @@ def constant(fresh: NameMaker, base: str, dtype: int, values: list, dims: list[i
 
 def output_infos(output: SampledOutput, samples: int, keep_samples: bool
                  ) -> list[onnx.ValueInfoProto]:
-    """Declared types of ``y_mean``, ``y_std`` (as ``y``) and ``y_samples`` ([N, *y])."""
+    """Declared types of ``y_mean``, ``y_std`` (as ``y``), the classification statistics
+    (``y`` without its last axis) and ``y_samples`` ([N, *y]), in output order."""
     infos = []
     for name in (output.mean, output.std):
         info = onnx.ValueInfoProto()
         info.CopyFrom(output.info)
         info.name = name
+        infos.append(info)
+    for name in output.classification or ():
+        info = onnx.ValueInfoProto()
+        info.CopyFrom(output.info)
+        info.name = name
+        dims = output.dims
+        if dims is not None:  # a named output of unknown shape keeps none
+            shape = info.type.tensor_type.shape
+            shape.ClearField("dim")
+            shape.dim.extend(dims[:-1])
         infos.append(info)
     if keep_samples:
         info = onnx.ValueInfoProto()
@@ -47,6 +58,7 @@ def cast_to(value: str, elem_type: int, out: str, name: str) -> NodeProto:
     return oh.make_node("Cast", [value], [out], name=name, to=elem_type)
 
 
+FLOAT = TensorProto.FLOAT
 DOUBLE = TensorProto.DOUBLE
 INT64 = TensorProto.INT64
 BOOL = TensorProto.BOOL
