@@ -13,7 +13,8 @@ outputs, so only the op itself is timed - no output is allocated or copied):
   the second costs what the first does;
 * ``typed_mul`` - ORT's broadcast ``Mul`` in a 16-bit data type (float16 and
   bfloat16 only), to show why it is not the floor;
-* ``function_train`` - the same model made portable, run without the library;
+* ``function_train`` / ``function_infer`` - the same models made portable, run
+  without the library;
 * ``dropout_train`` - ORT's built-in ``Dropout`` in training mode (one random
   number per element; the EliminateDropout optimizer disabled);
 * ``extensions_pyop`` - the numpy reference as an onnxruntime-extensions Python
@@ -78,6 +79,7 @@ ROWS = (
     ("chain_infer", "Mul -> native inference -> Mul (in place)"),
     ("typed_mul", "ORT broadcast Mul in the data type"),
     ("function_train", "function body, training (no library)"),
+    ("function_infer", "function body, inference (no library)"),
     ("dropout_train", "ORT Dropout, training"),
     ("extensions_pyop", "onnxruntime-extensions Python op"),
 )
@@ -510,6 +512,8 @@ def run_bench(
         "typed_mul": lambda: (floor_model(shape, noise, elem), options(),
                               {"x": x, "m": mul_by}, elem),
         "function_train": lambda: (make_portable(train), options(), {"x": x}, elem),
+        "function_infer": lambda: (make_portable(spatial_dropout_model(
+            shape, elem, shared_axes, ratio, False)), options(), {"x": x}, elem),
         "dropout_train": lambda: (dropout_model(shape, elem, ratio), options(), {"x": x}, elem,
                                   ("EliminateDropout",)),
         "extensions_pyop": lambda: (extensions_model(shape, dtype, shared_axes, 0, "bench",

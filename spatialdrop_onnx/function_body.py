@@ -11,11 +11,14 @@ model. Design choices forced by the runtimes (see docs/function-body.md):
   made explicit: default ``ratio``/``training_mode`` become Constant nodes, an
   unused ``mask`` output gets a private name, and the default ``shared_axes``
   is written out when the rank is known. What the node computes is unchanged.
-* The body is written with the plainest ops, so that runtimes with static
-  shapes (tract) and converters (onnx2tf) follow it once inlined: no ``If``, no
-  subgraph, no shape that depends on the value of ``training_mode`` (the switch
-  is folded into arithmetic: keep iff u >= ratio*t, scale 1/(1 - ratio*t)), no
-  double tensors unless the model computes in double, every node named.
+* The body ``inline`` splices in is written with the plainest ops, so that
+  runtimes with static shapes (tract) and converters (onnx2tf) follow it: no
+  ``If``, no subgraph, no shape that depends on the value of ``training_mode``
+  (the switch is folded into arithmetic: keep iff u >= ratio*t, scale
+  1/(1 - ratio*t)), no double tensors unless the model computes in double, every
+  node named. ``make_portable`` attaches the same computation with the full-size
+  work inside ``If(training_mode)`` (identity otherwise): onnxruntime then skips
+  it in inference.
 * Each node gets the variant its inputs allow (:class:`Variant`): its seed, its
   data type (float16/bfloat16 multiply through float), and, when the rank is
   known, its shared axes (the noise-shaped tensor is a ``Slice`` of the data).
@@ -29,7 +32,6 @@ model. Design choices forced by the runtimes (see docs/function-body.md):
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass, replace
 
 import onnx
@@ -192,13 +194,15 @@ class Variant:
     in, and the product taken in (float or double). ``axes``: the shared axes
     resolved for a known rank (the noise-shaped tensor is a ``Slice`` of the data),
     None to read them from the attribute and find the noise shape at run time.
+    ``twin``: the site's number among the unseeded sites of its graph, for inlining
+    (its draw's range, see ``_draw_nodes``).
     """
 
     seed: int | None = None
     data_type: int | None = None
     compute: int = _DOUBLE
     axes: tuple[int, ...] | None = None
-    offset: int = 0
+    twin: int = 0
 
     @property
     def name(self) -> str:
@@ -214,8 +218,8 @@ class Variant:
             parts.append(f"any_in_{_TYPE_NAMES[self.compute]}")
         if self.axes is not None:
             parts.append("shared_" + "_".join(map(str, self.axes)) if self.axes else "unshared")
-        if self.offset:
-            parts.append(f"draw{self.offset}")
+        if self.twin:
+            parts.append(f"twin{self.twin}")
         return "_".join(parts)
 
 
@@ -291,27 +295,36 @@ def _noise_like_nodes(axes: tuple[int, ...] | None, source: str) -> list[NodePro
     ]
 
 
-def _draw_nodes(seed: int | None, offset: int, threshold: str) -> list[NodeProto]:
+#: The largest power of two a twin draws up to (``_draw_nodes``): 2**126 * u stays finite
+#: in float and 2**-126 is normal, so scaling back is exact.
+MAX_TWIN_EXPONENT = 126
+
+
+def _draw_nodes(seed: int | None, twin: int, threshold: str) -> list[NodeProto]:
     """``mask`` = u >= threshold, u uniform float over the noise shape.
 
     Float draws: OpenVINO converts ``RandomUniformLike`` to float only. With the switch
-    off the threshold is 0 and every decision is 'keep'. A non-zero ``offset`` draws from
-    [offset, offset+1) and subtracts it (exact in float for a small offset): the same
-    numbers' distribution from a node that differs from its twin, which OpenVINO would
-    otherwise merge with it (it merges identical subgraphs, random ones included: two
-    sites on one tensor drew one mask).
+    off the threshold is 0 and every decision is 'keep'. A ``twin`` k > 0 draws from
+    [0, 2**k) and compares with threshold * 2**k (both exact in float: the decisions of a
+    draw from [0, 1)), so that its node differs from every other draw of its graph:
+    OpenVINO gives every unseeded draw the same seeds and merges draws with equal
+    attributes whose shapes are equal (symbolically: a shared dynamic batch suffices), so
+    without it every site of a graph drew one mask. The draw itself is not scaled back:
+    OpenVINO folds a constant ``Mul`` after a draw into the draw's range
+    (``RandomUniformFusion``), which made the twins equal again.
     """
     attrs = {"dtype": TensorProto.FLOAT} | ({} if seed is None else {"seed": float(seed)})
-    if offset:
-        attrs |= {"low": float(offset), "high": float(offset + 1)}
-    drawn = "uniform_o" if offset else "uniform"
-    nodes = [oh.make_node("RandomUniformLike", ["noise_like"], [drawn], name=DRAW_NODE,
-                          **attrs)]
-    if offset:
-        nodes += [_const("draw_offset", float(offset), TensorProto.FLOAT),
-                  oh.make_node("Sub", [drawn, "draw_offset"], ["uniform"])]
-    nodes.append(oh.make_node("GreaterOrEqual", ["uniform", threshold], ["mask"]))
-    return nodes
+    exponent = (twin - 1) % MAX_TWIN_EXPONENT + 1 if twin else 0
+    nodes = []
+    if exponent:
+        attrs |= {"low": 0.0, "high": float(2**exponent)}
+        nodes += [_const("twin_range", float(2**exponent), TensorProto.FLOAT),
+                  oh.make_node("Mul", [threshold, "twin_range"], ["twin_threshold"])]
+        threshold = "twin_threshold"
+    return [*nodes,
+            oh.make_node("RandomUniformLike", ["noise_like"], ["uniform"], name=DRAW_NODE,
+                         **attrs),
+            oh.make_node("GreaterOrEqual", ["uniform", threshold], ["mask"])]
 
 
 def _output_nodes(data_type: int | None, compute: int) -> list[NodeProto]:
@@ -341,22 +354,77 @@ def _output_nodes(data_type: int | None, compute: int) -> list[NodeProto]:
             to_data("dropped_c", "output")]
 
 
-def build_function(opset: int, variant: Variant = GENERIC) -> FunctionProto:
+def _plain_nodes(variant: Variant) -> list[NodeProto]:
+    """The body without a branch: the switch folded into arithmetic (for ``inline``)."""
+    direct = variant.data_type == variant.compute
+    # Not direct: the data in the compute type, for the product (see _output_nodes).
+    data_c = [] if direct else [oh.make_node("Cast", ["data"], ["data_c"], to=variant.compute)]
+    return [*_switch_nodes(variant.compute), *data_c,
+            *_noise_like_nodes(variant.axes, "data" if direct else "data_c"),
+            *_draw_nodes(variant.seed, variant.twin, _threshold(variant.compute)),
+            *_output_nodes(variant.data_type, variant.compute)]
+
+
+def _branched_nodes(variant: Variant) -> list[NodeProto]:
+    """The same computation with the data's work in ``If(training_mode)``, whose else
+    branch is the identity (for onnxruntime and ``ReferenceEvaluator``).
+
+    The plain form runs the full-size product and ``Where`` also with the switch off
+    (onnxruntime: ~20 ms where a copy takes 2; docs/function-body.md). The draw stays
+    at the top level, over a shape that is empty with the switch off: onnxruntime seeds
+    an unseeded random op by its node's index in its graph, and a draw inside each
+    node's branch sits at the same index of every branch (every site drew one mask).
+    """
+    direct = variant.data_type == variant.compute
+    data_c = [] if direct else [oh.make_node("Cast", ["data"], ["data_c"], to=variant.compute)]
+    if variant.axes == ():  # the noise shape is the data's: no copy of it
+        shape_nodes = [oh.make_node("Shape", ["data"], ["noise_dims"])]
+    else:
+        shape_nodes = [*_noise_like_nodes(variant.axes, "data"),
+                       oh.make_node("Shape", ["noise_like"], ["noise_dims"])]
+    *draw, decide = _draw_nodes(variant.seed, 0, _threshold(variant.compute))
+    gate = [oh.make_node("Cast", ["training_mode"], ["switch_i"], to=_INT64),
+            oh.make_node("Mul", ["noise_dims", "switch_i"], ["draw_dims"]),
+            oh.make_node("ConstantOfShape", ["draw_dims"], ["draw_zeros"])]
+    for node in draw:  # the draw reads the gated zeros
+        node.input[:] = ["draw_zeros" if n == "noise_like" else n for n in node.input]
+    train = _named([*data_c, decide, *_output_nodes(variant.data_type, variant.compute)])
+    renamed = {"output": "train_output", "mask": "train_mask"}
+    for node in train:
+        node.output[:] = [renamed.get(n, n) for n in node.output]
+        node.input[:] = [renamed.get(n, n) for n in node.input]
+        node.name = renamed.get(node.name, node.name)
+    true = oh.make_tensor("true", TensorProto.BOOL, [1], [True])
+    infer = [oh.make_node("Identity", ["data"], ["infer_output"], name="infer_output"),
+             oh.make_node("ConstantOfShape", ["noise_dims"], ["all_kept"], name="all_kept",
+                          value=true)]
+    select = oh.make_node(
+        "If", ["training_mode"], ["output", "mask"], name="if_training",
+        then_branch=oh.make_graph(train, "train", [], [
+            oh.make_value_info("train_output", onnx.TypeProto()),
+            oh.make_tensor_value_info("train_mask", TensorProto.BOOL, None)]),
+        else_branch=oh.make_graph(infer, "infer", [], [
+            oh.make_value_info("infer_output", onnx.TypeProto()),
+            oh.make_tensor_value_info("all_kept", TensorProto.BOOL, None)]))
+    return [*_switch_nodes(variant.compute), *shape_nodes, *gate, *draw, select]
+
+
+def build_function(opset: int, variant: Variant = GENERIC, *,
+                   branched: bool = False) -> FunctionProto:
     """The SpatialDropout function body of ``variant`` for a model importing
-    default-domain ``opset``: no ``If``, no subgraph, no shape that depends on a value
-    of ``training_mode``, every node named; double only where ``variant.compute`` is."""
+    default-domain ``opset``: every node named, double only where ``variant.compute`` is.
+
+    By default the plain form (what ``inline`` splices in): no ``If``, no subgraph, no
+    shape that depends on a value of ``training_mode``. ``branched``: the same training
+    computation inside ``If(training_mode)`` with the identity otherwise (what
+    ``make_portable`` attaches: onnxruntime then skips the work in inference).
+    """
     if opset < MIN_OPSET:
         raise ValueError(
             f"SpatialDropout function bodies need default-domain opset >= {MIN_OPSET}, "
             f"the model imports {opset} (convert it with onnx.version_converter first)"
         )
-    direct = variant.data_type == variant.compute
-    # Not direct: the data in the compute type, for the product (see _output_nodes).
-    data_c = [] if direct else [oh.make_node("Cast", ["data"], ["data_c"], to=variant.compute)]
-    nodes = [*_switch_nodes(variant.compute), *data_c,
-             *_noise_like_nodes(variant.axes, "data" if direct else "data_c"),
-             *_draw_nodes(variant.seed, variant.offset, _threshold(variant.compute)),
-             *_output_nodes(variant.data_type, variant.compute)]
+    nodes = _branched_nodes(variant) if branched else _plain_nodes(variant)
     function = oh.make_function(
         spec.DOMAIN, spec.OP_TYPE, list(spec.INPUTS), list(spec.OUTPUTS), _named(nodes),
         [oh.make_opsetid("", opset)],
@@ -458,9 +526,9 @@ def bodies_for_inlining(model: onnx.ModelProto) -> onnx.ModelProto:
     nodes inside model-local functions call their own variants too (an inliner
     resolves overloads statically), an absent ``shared_axes`` is written as the
     default's sentinel (``onnx.inliner`` drops an attribute reference the node does
-    not set instead of taking the function's default), and unseeded nodes of one graph
-    with the same inputs and axes draw through distinct nodes (OpenVINO merges
-    identical subgraphs, random ones too).
+    not set instead of taking the function's default), the bodies are the plain form
+    (no ``If``), and the unseeded nodes of one graph draw through distinct nodes (OpenVINO
+    merges draws of equal shape and attributes, whatever tensors they read).
     The result is meant for ``onnx.inliner``, not to be run as it is.
     """
     return _with_bodies(_copy_of(model, "bodies_for_inlining"), for_inlining=True)
@@ -499,7 +567,7 @@ def _with_bodies(result: onnx.ModelProto, for_inlining: bool,
         # onnxruntime cannot resolve an overload from inside a function: nodes there use the
         # generic body, whose random stream is unseeded. An inliner can.
         generic_only = scope.function is not None and not for_inlining
-        twins: Counter[tuple] = Counter()  # unseeded nodes of this scope with the same inputs
+        twins = 0  # unseeded nodes of this scope so far: each draws through its own node
         for node in scope.nodes:
             if not is_spatial_dropout(node):
                 continue
@@ -509,10 +577,8 @@ def _with_bodies(result: onnx.ModelProto, for_inlining: bool,
                     spec.ATTR_SHARED_AXES, [DEFAULT_AXES_SENTINEL],
                     attr_type=AttributeProto.INTS))
             if for_inlining and variant.seed is None:
-                axes = get_attr(node, spec.ATTR_SHARED_AXES)
-                key = (*node.input, tuple(axes.ints))
-                variant = replace(variant, offset=twins[key])
-                twins[key] += 1
+                variant = replace(variant, twin=twins)
+                twins += 1
             variants.add(variant)
             node.overload = variant.name
 
@@ -525,7 +591,8 @@ def _with_bodies(result: onnx.ModelProto, for_inlining: bool,
     # before it only.
     variants.discard(GENERIC)
     for variant in [*sorted(variants, key=_variant_order), GENERIC]:
-        result.functions.append(build_function(opset, variant))
+        result.functions.append(build_function(opset, variant,
+                                               branched=not for_inlining))
     result.functions.extend(kept)
     import_our_domain(result.opset_import)
     for function in result.functions:

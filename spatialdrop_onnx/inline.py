@@ -4,6 +4,9 @@ OpenVINO (and other runtimes that accept neither a custom domain nor model-local
 functions) cannot run ``SpatialDropout``, even with its function body attached.
 ``inline(model)`` writes the model with each node replaced by the body itself:
 
+0. Loop/Scan bodies get the portable form (``passes.portable_loops``: OpenVINO
+   refuses pass-through body outputs, onnx.reference concatenates rank-2 scan
+   outputs), also when there is nothing to inline (e.g. a stripped model).
 1. Dropout nodes that train are brought along: an ONNX ``Dropout`` whose
    ``training_mode`` input is not a constant false becomes
    ``SpatialDropout(shared_axes=[])`` first (the same computation: one decision
@@ -11,7 +14,8 @@ functions) cannot run ``SpatialDropout``, even with its function body attached.
    training ``Dropout`` and onnxruntime deletes an interior one whatever its
    ``training_mode``.
 2. :func:`~spatialdrop_onnx.function_body.bodies_for_inlining` gives every node
-   its body variant (seed and arithmetic path, also inside model-local functions),
+   its body variant (seed, arithmetic path, and a draw of its own among the unseeded
+   sites of its graph; also inside model-local functions),
    and ``onnx.inliner.inline_selected_functions`` splices exactly those bodies in
    (in the main graph, in If/Loop/Scan bodies and in the user's own functions,
    which stay functions); it runs in a forked child (``isolation``).
@@ -26,7 +30,8 @@ functions) cannot run ``SpatialDropout``, even with its function body attached.
 
 With ``all_functions`` the user's own model-local functions are inlined too
 (``onnx.inliner.inline_local_functions``): OpenVINO takes a call of one for an
-unknown operator.
+unknown operator. They are inlined first, so that the sites of two calls of one
+function draw through distinct nodes (step 2).
 
 The result computes what the model computes: channel-wise decisions, the
 ``training_mode`` switch (still a graph input, now without default), the optional
@@ -63,6 +68,7 @@ from .graph import (
     scalar_of,
 )
 from .isolation import run_isolated
+from .passes.portable_loops import make_loops_portable
 from .passes.result import ModelArg, PassResult, load_argument
 
 
@@ -178,6 +184,8 @@ def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[Inline
     result = onnx.ModelProto()
     result.CopyFrom(proto)
     lowered = dropout_to_spatial(result)
+    # Loop/Scan bodies OpenVINO reads and onnx.reference stacks right (also with no site left).
+    make_loops_portable(result)
     sites = [(scope, node) for scope in model_scopes(result) for node in scope.nodes
              if is_spatial_dropout(node)]
     users = sum(1 for f in result.functions if f.domain != spec.DOMAIN) if all_functions else 0
@@ -193,15 +201,25 @@ def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[Inline
     if sites and opset < MIN_OPSET:
         raise UserError(f"the model imports default-domain opset {opset}; inlining SpatialDropout "
                         f"needs >= {MIN_OPSET} (spatialdrop-onnx rewrite converts it)")
+    user_domains = {f.domain for f in result.functions}
+    if users:
+        # The user's functions first: each call's sites then get draws of their own
+        # (OpenVINO merges equal draws; bodies_for_inlining tells apart the sites of a graph).
+        # Bodies of ours the model may carry go: bodies_for_inlining writes the ones to splice.
+        ours = [f for f in result.functions if f.domain == spec.DOMAIN]
+        for function in ours:
+            result.functions.remove(function)
+        result = onnx.ModelProto.FromString(
+            run_isolated(_inline, result, True, what="inlining the model's functions"))
     try:
         prepared = bodies_for_inlining(result)
     except (ValueError, spec.SpatialDropoutError) as err:
         raise UserError(f"cannot inline SpatialDropout: {printable(err)}") from None
     inlined = onnx.ModelProto.FromString(
-        run_isolated(_inline, prepared, all_functions, what="inlining SpatialDropout"))
+        run_isolated(_inline, prepared, False, what="inlining SpatialDropout"))
     drop_our_unused_functions(inlined)
     if all_functions:
-        _drop_unused_imports(inlined, {f.domain for f in result.functions})
+        _drop_unused_imports(inlined, user_domains)
     left = [s.path for s in model_scopes(inlined, include_ours=True) for n in s.nodes
             if n.domain == spec.DOMAIN]
     if left or any(f.domain == spec.DOMAIN for f in inlined.functions):

@@ -27,7 +27,9 @@ from onnx import TensorProto
 from onnx import helper as oh
 from onnx.reference import ReferenceEvaluator
 from passes_helpers import parse
-from runtimes import compile_openvino, openvino_core
+from runtimes import OPENVINO_CONFIG, compile_openvino, openvino_core
+from test_portable_loops import FEEDS as LOOP_FEEDS
+from test_portable_loops import rnn_model
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.cli import main
@@ -271,6 +273,87 @@ def test_twin_sites_draw_independent_masks(kind):
         agree.append(float(np.mean((a == 0) == (b == 0))))
     expected = RATIO**2 + (1 - RATIO) ** 2  # both dropped or both kept
     assert abs(np.mean(agree) - expected) < 4 * np.sqrt(expected * (1 - expected) / 768), agree
+
+
+#: Sites OpenVINO merged when only identical input lists got distinct draws: the same data
+#: with different ratio inputs (a Keras RNN's gate masks), different data of one shape
+#: (a shared dynamic batch makes the shapes equal), and two calls of one user function.
+SIBLINGS = {
+    "ratios": """a = org.spatialdrop.SpatialDropout(x, r, training_mode)
+                 b = org.spatialdrop.SpatialDropout(x, q, training_mode)""",
+    "tensors": """n = Neg(x)
+                  a = org.spatialdrop.SpatialDropout(x, r, training_mode)
+                  b = org.spatialdrop.SpatialDropout(n, q, training_mode)""",
+    "calls": """a = user.Drop(x, training_mode)
+                b = user.Drop(x, training_mode)""",
+}
+
+
+def _siblings(body: str) -> onnx.ModelProto:
+    return parse(f"""<ir_version: 10, opset_import: ["": 18, "org.spatialdrop": 1, "user": 1]>
+        g (float[N,16,4,4] x, bool training_mode) => (float[N,16,4,4] a, float[N,16,4,4] b)
+          <float r = {{0.5}}, float q = {{0.5}}> {{
+            {body}
+        }}
+        <domain: "user", opset_import: ["": 18, "org.spatialdrop": 1]>
+        Drop (v, t) => (w) {{
+            h = Constant <value = float {{0.5}}> ()
+            w = org.spatialdrop.SpatialDropout(v, h, t)
+        }}""")
+
+
+@pytest.mark.parametrize("case", list(SIBLINGS))
+def test_sibling_sites_draw_independent_masks_in_openvino(case, tmp_path: Path):
+    """OpenVINO seeds every unseeded draw alike and merges draws whose shapes are equal
+    (symbolically), whatever their inputs: every site of a graph draws through a node
+    of its own (read from a file, as users do)."""
+    path = tmp_path / "siblings.onnx"
+    onnx.save(sd.inline(_siblings(SIBLINGS[case]), all_functions=True).model, path)
+    core = openvino_core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU")
+    x = sample_data((64, 16, 4, 4), np.dtype(np.float32))
+    agree = []
+    for _ in range(3):
+        results = compiled.create_infer_request().infer({"x": x, "training_mode": True})
+        a, b = (np.array(results[output]) for output in compiled.outputs)
+        keep_a = assert_structurally_valid(x, a, 0.5, None)
+        keep_b = assert_structurally_valid(-x if case == "tensors" else x, b, 0.5, None)
+        agree.append(float(np.mean(keep_a == keep_b)))
+    # Independent masks agree on half the 3 x 1024 decisions; one mask on all of them.
+    assert abs(np.mean(agree) - 0.5) < 4 * np.sqrt(0.25 / 3072), agree
+
+
+@pytest.mark.parametrize("site", [False, True])
+def test_tf2onnx_like_loop_becomes_openvino_loadable(site: bool, tmp_path: Path):
+    """A tf2onnx-like RNN Loop (a weight passed through, the state a rank-2 scan output),
+    which OpenVINO refuses from a file, loads after ``inline`` and agrees with onnxruntime
+    and onnx.reference; without a site too (a stripped model: the early return)."""
+    raw = rnn_model()
+    if site:  # a channel dropout on the initial state [N, C], one decision per row
+        raw.graph.node.append(oh.make_node(
+            sd.OP_TYPE, ["h0", "", "training_mode"], ["h0_drop"], domain=sd.DOMAIN,
+            shared_axes=[1]))
+        raw.graph.input.append(oh.make_tensor_value_info("training_mode", TensorProto.BOOL, []))
+        raw.graph.output.append(oh.make_tensor_value_info("h0_drop", TensorProto.FLOAT, None))
+        raw.opset_import.append(oh.make_opsetid(sd.DOMAIN, 1))
+    feeds = LOOP_FEEDS | ({"training_mode": np.array(False)} if site else {})
+    path = tmp_path / "loop.onnx"
+    onnx.save(raw, path)
+    with pytest.raises(Exception, match="canonical inputs size"):
+        openvino_core().read_model(str(path))
+    expected = sd.inference_session(raw).run(None, feeds)
+    model, report = sd.inline(raw)
+    assert report.inlined == int(site)
+    onnx.save(model, path)
+    core = openvino_core()
+    compiled = core.compile_model(core.read_model(str(path)), "CPU", OPENVINO_CONFIG)
+    results = compiled.create_infer_request().infer(feeds)
+    runs = {"openvino": [np.array(results[output]) for output in compiled.outputs],
+            "reference": ReferenceEvaluator(model).run(None, feeds)}
+    for kind, got in runs.items():
+        assert [g.shape for g in got] == [e.shape for e in expected], kind
+        for g, e in zip(got, expected, strict=True):
+            np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5, err_msg=kind)
 
 
 @pytest.mark.parametrize("name", ["channel", "mixed"])

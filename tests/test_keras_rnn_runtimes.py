@@ -37,15 +37,7 @@ from spatialdrop_onnx.passes.loop_scan_outputs import MARK
 Run = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 RUNTIMES = ("reference", "openvino")
 TOLERANCE = 1e-5
-#: Known bug outside the loops (function_body.bodies_for_inlining): inlined twin sites — the
-#: gate masks a Keras RNN draws from one ``ones_like`` tensor — get the [k, k+1) offset only
-#: when their whole input lists match, but each site reads its own ratio constant, so every
-#: one draws at offset 0 and OpenVINO gives all gates one mask (measured: equal masks, the
-#: seed model's training spread 0.53x onnxruntime's). Keying twins on (data input,
-#: shared_axes) fixes it (with the ratios deduplicated: spread 1.00x, mean |z| 0.85).
-OPENVINO_TWIN_MASKS = pytest.mark.xfail(
-    strict=True, reason="inline gives an RNN's gate masks one draw in OpenVINO (twin key)")
-RANDOM_RUNTIMES = ("reference", pytest.param("openvino", marks=OPENVINO_TWIN_MASKS))
+RANDOM_RUNTIMES = ("reference", "openvino")
 
 
 def _openvino_from_file(model: onnx.ModelProto, path: Path) -> Run:
@@ -270,8 +262,7 @@ def test_zoo_training_mode_matches_onnxruntime_statistically(zoo: dict[str, Any]
                                        atol=TOLERANCE, err_msg=name)
 
 
-@pytest.mark.parametrize("kind", ["ort", "reference",
-                                  pytest.param("openvino", marks=OPENVINO_TWIN_MASKS)])
+@pytest.mark.parametrize("kind", ["ort", "reference", "openvino"])
 def test_zoo_gate_masks_are_drawn_independently(zoo: dict[str, Any], kind: str,
                                                 workdir: Path) -> None:
     """The GRU's three recurrent-dropout masks (one per gate, one ``ones_like`` tensor) differ

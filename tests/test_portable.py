@@ -273,15 +273,14 @@ def test_float_scale_within_one_ulp_of_the_reference(dtype):
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))
-def test_body_is_written_with_plain_ops(dtype):
-    """What runtimes with static shapes and converters need: no If or subgraph, no shape
-    computed from a value (the noise-shaped tensor is a Slice of the data), no double
-    tensor unless the data is double, every node named; the generic body keeps what only
-    it needs (run-time noise shape and double, for unknown types and ranks)."""
+def test_inlined_body_is_written_with_plain_ops(dtype):
+    """What runtimes with static shapes and converters need from the body ``inline``
+    splices in: no If or subgraph, no shape computed from a value (the noise-shaped tensor
+    is a Slice of the data), no double tensor unless the data is double, every node named."""
     model = dropout_model((3, 6, 4, 4), dtype)
     model.graph.input[1].type.tensor_type.elem_type = TensorProto.FLOAT
-    portable = sd.make_portable(model)
-    (specific,) = [f for f in portable.functions if f.overload]
+    prepared = function_body.bodies_for_inlining(model)
+    (specific,) = [f for f in prepared.functions if f.overload]
     ops = {n.op_type for n in specific.node}
     assert not ops & {"If", "Loop", "Scan", "ConstantOfShape", "Expand", "CastLike", "Shape"}
     assert not any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
@@ -294,3 +293,52 @@ def test_body_is_written_with_plain_ops(dtype):
     assert len({n.name for n in specific.node}) == len(specific.node)
     (slice_node,) = [n for n in specific.node if n.op_type == "Slice"]
     assert slice_node.input[0] in ("data", "data_c")
+
+
+def _branch(node: onnx.NodeProto, name: str) -> onnx.GraphProto:
+    return next(a.g for a in node.attribute if a.name == name)
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_portable_body_skips_the_work_with_training_off(dtype):
+    """make_portable's body (onnxruntime, ReferenceEvaluator only) puts the full-size work
+    in If(training_mode), whose else branch is the identity: with the plain form onnxruntime
+    ran the product and a broadcasting Where in inference (docs/function-body.md). The draw
+    stays outside the branch, over a shape made empty when the switch is off."""
+    model = dropout_model((3, 6, 4, 4), dtype)
+    model.graph.input[1].type.tensor_type.elem_type = TensorProto.FLOAT
+    portable = sd.make_portable(model)
+    for function in portable.functions:
+        (select,) = [n for n in function.node if n.op_type == "If"]
+        assert select.input[0] == "training_mode"
+        assert [n.op_type for n in function.node].count("RandomUniformLike") == 1
+        train, infer = _branch(select, "then_branch"), _branch(select, "else_branch")
+        train_ops = [n.op_type for n in train.node]
+        assert "Mul" in train_ops and "Where" in train_ops and "RandomUniformLike" not in train_ops
+        assert [n.op_type for n in infer.node] == ["Identity", "ConstantOfShape"]
+        assert infer.node[0].input[0] == "data"
+        assert all(n.name for n in [*function.node, *train.node, *infer.node])
+
+
+def test_portable_special_values_bit_for_bit():
+    """Inference: negative zeros, infinities and NaN payloads come out as they went in;
+    training: a dropped value is +0 whatever it was, a kept one twice it (ratio 0.5)."""
+    data = np.array([-0.0, np.inf, -np.inf, np.nan, -1.5, 3.0], np.float32).reshape(1, 6, 1)
+    data = np.concatenate([data, -data], axis=0)
+    for runner in ("onnxruntime", "reference_evaluator"):
+        output, mask = _runner(runner, dropout_model((2, 6, 1), "float32"))(
+            feeds(data, 0.5, False))
+        np.testing.assert_array_equal(output.view(np.int32), data.view(np.int32))
+        assert mask.shape == (2, 6, 1) and mask.all()
+        output, mask = _runner(runner, dropout_model((2, 6, 1), "float32"))(
+            feeds(data, 1.0, True))
+        assert not mask.any() and not output.view(np.int32).any()  # every bit zero: +0
+        run = _runner(runner, dropout_model((64, 6, 1), "float32"))
+        tiled = np.tile(data, (32, 1, 1))
+        output, mask = run(feeds(tiled, 0.5, True))
+        kept = np.broadcast_to(mask, tiled.shape)
+        assert not output[~kept].view(np.int32).any()  # dropped: +0, even for NaN and inf
+        # Kept: data * 2 (onnxruntime's Where returns a kept -0 as +0: it adds its two
+        # selections; the values compare equal, NaN included).
+        np.testing.assert_array_equal(output[kept], tiled[kept] * np.float32(2))
+        assert mask.any() and not mask.all()
