@@ -195,7 +195,7 @@ def test_seed_training_mode_is_random(seed: dict[str, Any], native: bool) -> Non
     np.testing.assert_allclose(first.sum(-1), 1.0, rtol=1e-5)  # still a softmax
 
 
-def test_seed_strip_is_bit_identical_to_inference(seed: dict[str, Any]) -> None:
+def test_seed_strip_equals_inference(seed: dict[str, Any]) -> None:
     stripped = onnx.load(seed["stripped"])
     onnx.checker.check_model(stripped, full_check=True)
     assert not any(n.domain == sd.DOMAIN for n in all_nodes(stripped))
@@ -205,7 +205,10 @@ def test_seed_strip_is_bit_identical_to_inference(seed: dict[str, Any]) -> None:
     feeds = {"tokens": seed["tokens"]}
     inference = run(session(str(seed["path"])), feeds, False)["probs"]
     got = run(session(str(seed["stripped"])), feeds, None)["probs"]
-    np.testing.assert_array_equal(got.view(np.uint32), inference.view(np.uint32))
+    # The stripped encoder is the fused GRU op; in the full model its recurrent dropout keeps
+    # tf2onnx's loop (docs/keras.md): equal to float rounding, no longer bit for bit.
+    assert (got != inference).any()
+    np.testing.assert_allclose(got, inference, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("strategy", ["batch", "loop"])
@@ -310,50 +313,27 @@ def test_zoo_lstm_masks_change_between_runs(zoo: dict[str, Any]) -> None:
     assert zoo["sites"]["lstm"]["training"] == "kept"
 
 
-def _noise_site(zoo: dict[str, Any], name: str) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(input, training-mode output, kept?) for a Gaussian/Alpha layer of the zoo."""
+#: The zoo's noise layers no rewrite rule converts, with the random TensorFlow op each
+#: leaves (normal noise has no rule; alpha dropout's affine form none either).
+ZOO_NOISE_OPS = {"gauss_drop": "StatelessRandomNormalV2", "gauss_noise": "StatelessRandomNormalV2",
+                 "alpha_drop": "StatelessRandomUniformV2"}
+
+
+@pytest.mark.parametrize("name", sorted(ZOO_NOISE_OPS))
+def test_zoo_noise_layer_is_exported_inference_only_and_reported(zoo: dict[str, Any],
+                                                                  name: str) -> None:
+    """GaussianDropout/GaussianNoise/AlphaDropout: no rule converts them, so the layer is
+    traced in inference mode, named in the report with the op and the reason, and the
+    conversion is partial (the fixture checks exit 5 and the error naming the layer)."""
     site = zoo["sites"][name]
-    assert site["training"] in ("kept", "inference-only"), site
-    if site["training"] == "inference-only":
-        # Never silently wrong: reported in the summary/JSON with the reason.
-        assert site["note"] and any(name in w for w in zoo["report"]["warnings"])
-    feeds = km.zoo_inputs(400, seed=4)
+    assert site["training"] == "inference-only" and site["converted_to"] == [], site
+    assert ZOO_NOISE_OPS[name] in site["note"] and "inference only" in site["note"], site
+    assert any(w.startswith(f"{name} (") for w in zoo["report"]["warnings"])
+    assert zoo["report"]["partial"] is True
+    # What really happens: the identity, with training_mode true as well.
+    feeds = km.zoo_inputs(64, seed=4)
     got = run(session(str(zoo["path"]), keep_dropout=True), feeds, True)[name]
-    return feeds["seq"], got, site["training"] == "kept"
-
-
-def test_zoo_gaussian_dropout_training(zoo: dict[str, Any]) -> None:
-    x, y, kept = _noise_site(zoo, "gauss_drop")
-    if not kept:
-        np.testing.assert_array_equal(y, x)
-        return
-    factor = y / x  # multiplicative N(1, rate/(1-rate)) noise
-    assert factor.mean() == pytest.approx(1.0, abs=0.02)
-    assert factor.std() == pytest.approx(math.sqrt(0.3 / 0.7), rel=0.03)
-
-
-def test_zoo_gaussian_noise_training(zoo: dict[str, Any]) -> None:
-    x, y, kept = _noise_site(zoo, "gauss_noise")
-    if not kept:
-        np.testing.assert_array_equal(y, x)
-        return
-    noise = y - x  # additive N(0, 0.5)
-    assert noise.mean() == pytest.approx(0.0, abs=0.02)
-    assert noise.std() == pytest.approx(0.5, rel=0.03)
-
-
-def test_zoo_alpha_dropout_training(zoo: dict[str, Any]) -> None:
-    x, y, kept = _noise_site(zoo, "alpha_drop")
-    if not kept:
-        np.testing.assert_array_equal(y, x)
-        return
-    rate, alpha_p = 0.2, -1.6732632423543772 * 1.0507009873554805
-    a = ((1 - rate) * (1 + rate * alpha_p**2)) ** -0.5
-    b = -a * alpha_p * rate
-    dropped = np.isclose(y, a * alpha_p + b, atol=1e-5)
-    kept_ok = np.isclose(y, a * x + b, rtol=1e-5, atol=1e-5)
-    assert np.all(dropped | kept_ok)
-    assert_drop_fraction(~dropped, rate)
+    np.testing.assert_array_equal(got, feeds["seq"])
 
 
 # --- Conv2D + BatchNormalization + SpatialDropout2D, with tf2onnx's Transpose -----------

@@ -15,9 +15,10 @@ Steps (each a ``progress`` step, so the CLI can show the slow ones):
    with a ``training_mode`` input defaulting to false (``passes.rewrite``); a
    layer whose random ops the rewrite could not convert is traced again in
    inference mode and reported by name (:mod:`.keras_attribution`);
-6. ``--strip``: fold every dropout away (``passes.strip``); then give tf2onnx's
-   RNN ``Loop`` bodies the form OpenVINO and onnx.reference read
-   (``passes.portable_loops``);
+6. ``--strip``: fold every dropout away (``passes.strip``); then replace the
+   ``Loop`` of each Keras GRU/LSTM the ONNX ``GRU``/``LSTM`` op can compute by that
+   op (:mod:`.keras_rnn`) and give the remaining RNN ``Loop`` bodies the form
+   OpenVINO and onnx.reference read (``passes.portable_loops``);
 7. check the structure and compare with Keras' inference output
    (:mod:`.keras_verify`). If forcing a probed layer to training mode changed
    the model's non-random output, that layer (class by class) is traced in
@@ -44,7 +45,7 @@ import numpy as np
 import onnx
 
 from ..errors import RefusedError, UserError, printable
-from ..graph import TRAINING_MODE, iter_nodes
+from ..graph import TRAINING_MODE, iter_nodes, set_training_default
 from ..modelio import check_output_path, save_model
 from ..sessions import ORT_DROPOUT_NOTE
 from ..sites import Site
@@ -60,10 +61,10 @@ from .keras_input import (
 from .keras_layers import LayerKind, RandomLayer, iter_sublayers, survey_layers
 from .keras_probe import probe_random_layers
 from .keras_report import ConversionReport, layer_report, value_info_dict
+from .keras_rnn import RnnFusion, fuse_keras_rnns
 from .keras_stack import DEFAULT_OPSET, KerasStack, check_opset, first_line, import_keras_stack
 from .keras_trace import keras_input_specs, trace_callable, trace_keras
 from .keras_verify import (
-    SENSITIVITY_FACTOR,
     Verification,
     VerificationMismatch,
     check_structure,
@@ -111,6 +112,8 @@ class _Attempt:
     stray: list[Site] = field(default_factory=list)
     """Random ops the rewrite left that no layer in training mode owns."""
     check: Verification = Verification(0.0)
+    rnns: list[RnnFusion] = field(default_factory=list)
+    """Each Keras GRU/LSTM: fused into the ONNX op, or why its Loop stays."""
 
 
 class _Converter:
@@ -131,9 +134,8 @@ class _Converter:
     def random_layers(self, warnings: list[str]) -> list[RandomLayer]:
         """Dropout-family and augmentation layers, then the probe's random layers."""
         if self.is_savedmodel:
-            warnings.append("a SavedModel holds no Keras layers: dropout layers cannot be "
-                            "found; the exported graph is converted as it is")
-            return []
+            warnings.append(self.keras_model.layers_warning())
+            return list(self.keras_model.random_layers)
         survey = survey_layers(self.keras_model, self.stack.keras)
         layers = list(survey.random_layers)
         if survey.probe_candidates:
@@ -197,14 +199,16 @@ class _Converter:
             with self.progress("stripping dropout"), self.clock("strip"):
                 final = _strip(rewritten)
         with self.clock("rewrite"):
+            rnns = ([] if self.is_savedmodel
+                    else fuse_keras_rnns(final, self.keras_model, self.stack.keras, raw.scopes))
             _portable_loops(final)
         with self.progress("checking the ONNX model"), self.clock("check"):
             check_structure(final, self.strip)
             specs = (self.keras_model.specs if self.is_savedmodel
                      else keras_input_specs(self.keras_model, self.stack))
             check = verify_against_keras(final, self.keras_model, specs, raw.input_names,
-                                         self.stack)
-        return _Attempt(final, raw, converted, fallback, stray, check)
+                                         self.stack, scopes=raw.scopes)
+        return _Attempt(final, raw, converted, fallback, stray, check, rnns)
 
     def leftovers(self, model: onnx.ModelProto, scopes: dict[str, str],
                   training: list[RandomLayer], unconvertible: list[Site],
@@ -291,8 +295,12 @@ def convert_keras(
     trust_model: bool = False,
     imports: Sequence[str] = (),
     progress: ProgressStep = no_progress,
+    training_default: bool = False,
 ) -> ConversionReport:
     """Convert a Keras 3 model file to ONNX with its dropout kept switchable (see module doc).
+
+    ``training_default`` is the initializer default of the ``training_mode`` input
+    (the self-check always compares the inference output, with it false).
 
     Raises UserError (one line, nothing written) for every expected failure.
     When some randomness could not be kept the model is still written, and the
@@ -320,6 +328,8 @@ def convert_keras(
     result = converter.convert(layers)
 
     _fill_report(report, layers, result)
+    if training_default and not strip:  # a model without the switch is left as it is
+        set_training_default(result.model, True)
     with clock("save"):
         save_model(result.model, output_path)
     return report
@@ -337,17 +347,14 @@ def _fill_report(report: ConversionReport, layers: list[RandomLayer], result: _A
     for site in result.stray:
         report.warnings.append(f"random op '{site.name}' ({site.op_type}) belongs to no layer "
                                f"in training mode and is left as it is: {site.reason}")
+    report.notes += [rnn.note() for rnn in result.rnns]
     model = result.model
     report.inputs = [value_info_dict(v) for v in model.graph.input]
     report.outputs = [value_info_dict(v) for v in model.graph.output]
     report.training_input = None if report.strip else TRAINING_INPUT
     report.max_abs_diff_vs_keras = result.check.max_diff
-    if result.check.sensitivity:
-        report.warnings.append(
-            f"the self-check batch is ill-conditioned: Keras' own output moves by "
-            f"{result.check.sensitivity:.3g} when the inputs change by one float32 rounding "
-            f"step, so the ONNX output (max abs diff {result.check.max_diff:.3g}) was "
-            f"accepted within {SENSITIVITY_FACTOR:g}x that movement")
+    report.warnings += result.check.warnings()
+    report.self_check = result.check.to_dict()
     if not report.strip and any(n.op_type == "Dropout" and n.domain in ("", "ai.onnx")
                                 for _, n in iter_nodes(model)):
         report.notes.append(ORT_DROPOUT_NOTE)

@@ -21,6 +21,8 @@ from typing import Any
 from ..errors import RefusedError, UserError, printable
 from ..modelio import open_input
 from .keras_archive import check_keras_archive
+from .keras_layers import RandomLayer, classify_config
+from .keras_legacy import keras_version, translated_h5
 from .keras_stack import KerasStack, first_line
 
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -132,13 +134,31 @@ class SavedModelFunction:
     inference graph).
     """
 
-    def __init__(self, signature: Any, stack: KerasStack, keep_alive: Any = None) -> None:
+    def __init__(self, signature: Any, stack: KerasStack, keep_alive: Any = None,
+                 random_layers: Sequence[RandomLayer] | None = None) -> None:
         self._signature = signature
         self._keep_alive = keep_alive  # the signature needs its object graph alive
         _, kwargs = signature.structured_input_signature
         self.input_names = sorted(kwargs)
         self.specs = [stack.tf.TensorSpec(kwargs[n].shape, kwargs[n].dtype, name=n)
                       for n in self.input_names]
+        #: The random layers a tf-keras SavedModel's ``keras_metadata.pb`` lists (each
+        #: inference-only: the serving signature is the inference graph).
+        self.random_layers: list[RandomLayer] = list(random_layers or [])
+        #: Whether the SavedModel has Keras metadata (Keras 3 ``model.export`` and plain
+        #: TensorFlow SavedModels have none: their layers cannot be known).
+        self.has_keras_metadata = random_layers is not None
+
+    def layers_warning(self) -> str:
+        """What the report says about finding dropout layers in this SavedModel."""
+        if not self.has_keras_metadata:
+            return ("a SavedModel holds no Keras layers and this one no Keras metadata: "
+                    "whether it had dropout layers cannot be known; its serving signature "
+                    "(usually the inference graph) is converted as it is")
+        return (f"a SavedModel is converted from its serving signature, the inference "
+                f"graph: its Keras metadata lists {len(self.random_layers)} random layer(s), "
+                "none of which can be kept random (re-save the model as .keras, or as .h5, "
+                "to keep them)")
 
     def __call__(self, *args: Any) -> dict[str, Any]:
         return self._signature(**dict(zip(self.input_names, args, strict=True)))
@@ -152,12 +172,32 @@ def load_model(path: Path, source_format: str, stack: KerasStack) -> Any:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # Keras' build/compile hints are not the user's concern
-            model = keras.saving.load_model(path, compile=False, safe_mode=True)
+            if source_format == "h5" and _written_by_keras2(path):
+                model = _load_keras2_h5(path, keras)
+            else:
+                model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except UserError as err:
+        raise UserError(f"{path}: {err}") from None
     except Exception as err:  # noqa: BLE001 - Keras raises many types for bad files
         raise _explain_load_error(path, err) from None
     if not isinstance(model, keras.Model):
         raise UserError(f"{path}: holds a {type(model).__name__}, not a Keras model")
     return model
+
+
+def _written_by_keras2(path: Path) -> bool:
+    """Whether an HDF5 model was written by Keras 2 (tf-keras, or standalone Keras 2)."""
+    try:
+        version = keras_version(path)
+    except Exception:  # noqa: BLE001 - not readable by h5py: Keras' own loader explains
+        return False
+    return version is not None and version.split(".")[0] in ("1", "2")
+
+
+def _load_keras2_h5(path: Path, keras: Any) -> Any:
+    """Load a Keras 2 ``.h5`` with Keras 3, its legacy config translated (:mod:`.keras_legacy`)."""
+    with translated_h5(path, keras) as (copy, _):
+        return keras.saving.load_model(copy, compile=False, safe_mode=True)
 
 
 def _load_savedmodel(path: Path, stack: KerasStack) -> SavedModelFunction:
@@ -168,4 +208,71 @@ def _load_savedmodel(path: Path, stack: KerasStack) -> SavedModelFunction:
         raise UserError(f"{path}: the SavedModel has no 'serving_default' signature") from None
     except Exception as err:  # noqa: BLE001 - TensorFlow raises many types for bad folders
         raise UserError(f"{path}: cannot load the SavedModel: {first_line(err)}") from None
-    return SavedModelFunction(signature, stack, keep_alive=loaded)
+    return SavedModelFunction(signature, stack, keep_alive=loaded,
+                              random_layers=savedmodel_random_layers(path))
+
+
+#: tf-keras writes its layers' configs beside ``saved_model.pb`` in this file.
+KERAS_METADATA = "keras_metadata.pb"
+_METADATA_REASON = ("a SavedModel is converted from its serving signature, the inference "
+                    "graph, where this layer draws nothing; exported for inference only")
+
+
+def _saved_metadata_type() -> Any:
+    """The ``SavedMetadata`` protobuf message of tf-keras (``saved_metadata.proto``).
+
+    Declared here (field numbers as tf-keras defines them) because TensorFlow 2.16+
+    no longer ships tf-keras' protobuf modules: ``SavedMetadata { repeated SavedObject
+    nodes = 1; }``, ``SavedObject { int32 node_id = 2; string node_path = 3;
+    string identifier = 4; string metadata = 5; }``.
+    """
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    proto = descriptor_pb2.FileDescriptorProto(name="spatialdrop_saved_metadata.proto",
+                                               package="spatialdrop_keras_metadata")
+    item = proto.message_type.add(name="SavedObject")
+    for number, name, kind in ((2, "node_id", "TYPE_INT32"), (3, "node_path", "TYPE_STRING"),
+                               (4, "identifier", "TYPE_STRING"),
+                               (5, "metadata", "TYPE_STRING")):
+        item.field.add(name=name, number=number, label=1,
+                       type=descriptor_pb2.FieldDescriptorProto.Type.Value(kind))
+    whole = proto.message_type.add(name="SavedMetadata")
+    whole.field.add(name="nodes", number=1, label=3, type=11,
+                    type_name=".spatialdrop_keras_metadata.SavedObject")
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(
+        pool.FindMessageTypeByName("spatialdrop_keras_metadata.SavedMetadata"))
+
+
+def savedmodel_random_layers(path: Path) -> list[RandomLayer] | None:
+    """The random layers a tf-keras SavedModel's metadata lists, or None without metadata.
+
+    Each is inference-only: the converter traces the serving signature, in which
+    tf-keras saved every layer in inference mode.
+    """
+    import json
+
+    metadata_file = path / KERAS_METADATA
+    if not metadata_file.is_file():
+        return None
+    try:
+        metadata = _saved_metadata_type().FromString(metadata_file.read_bytes())
+    except Exception:  # noqa: BLE001 - a damaged metadata file: treat as absent
+        return None
+    found: list[RandomLayer] = []
+    for node in metadata.nodes:
+        try:
+            entry = json.loads(node.metadata)
+        except ValueError:
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            continue
+        classified = classify_config(str(entry.get("class_name", "")), entry["config"])
+        if classified is None:
+            continue
+        kind, rate, details = classified
+        name = str(entry.get("name") or node.node_path)
+        found.append(RandomLayer(name, str(entry["class_name"]), kind, rate, details,
+                                 inference_only=_METADATA_REASON))
+    return [layer for layer in found if layer.active]

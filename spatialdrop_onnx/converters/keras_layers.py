@@ -60,6 +60,9 @@ class RandomLayer:
     """Kind-specific facts: ``shared_axes`` (Keras layout), ``data_format``,
     ``noise_shape``, ``recurrent_dropout``; for probed layers ``random_ops``."""
     layer: Any = field(default=None, repr=False, compare=False)
+    inference_only: str = ""
+    """Why the layer is exported for inference only before any trace (e.g. its
+    training-mode call fails in Keras itself); empty when it is converted."""
 
     @property
     def active(self) -> bool:
@@ -71,7 +74,8 @@ class RandomLayer:
     @property
     def kept_in_training(self) -> bool:
         """Whether the converter traces this layer in training mode (augmentation never)."""
-        return self.active and self.kind is not LayerKind.AUGMENTATION
+        return self.active and self.kind is not LayerKind.AUGMENTATION and \
+            not self.inference_only
 
 
 def iter_sublayers(model: Any) -> Iterator[tuple[str, Any]]:
@@ -134,6 +138,37 @@ def classify_layer(layer: Any, keras: ModuleType) -> tuple[LayerKind, float, dic
         recurrent = [float(getattr(c, "recurrent_dropout", 0.0) or 0.0) for c in cells]
         if max(rates) > 0 or max(recurrent) > 0:
             return LayerKind.RNN, max(rates), {"recurrent_dropout": max(recurrent)}
+    return None
+
+
+#: Dropout-family classes by name, for layers known only by their saved config.
+_CONFIG_KINDS = {"SpatialDropout1D": LayerKind.SPATIAL, "SpatialDropout2D": LayerKind.SPATIAL,
+                 "SpatialDropout3D": LayerKind.SPATIAL, "Dropout": LayerKind.DROPOUT,
+                 "GaussianDropout": LayerKind.GAUSSIAN_DROPOUT,
+                 "GaussianNoise": LayerKind.GAUSSIAN_NOISE,
+                 "AlphaDropout": LayerKind.ALPHA_DROPOUT}
+_CONFIG_RNNS = ("SimpleRNN", "GRU", "LSTM", "ConvLSTM1D", "ConvLSTM2D", "ConvLSTM3D",
+                "GRUV1", "LSTMV1", "CuDNNGRU", "CuDNNLSTM")
+
+
+def classify_config(class_name: str, config: dict[str, Any]
+                    ) -> tuple[LayerKind, float, dict[str, Any]] | None:
+    """:func:`classify_layer` for a layer known only by its saved class name and config
+    (a tf-keras SavedModel's metadata): the dropout family and RNNs with dropout."""
+    kind = _CONFIG_KINDS.get(class_name)
+    if kind is not None:
+        rate = float(config.get("stddev" if kind is LayerKind.GAUSSIAN_NOISE else "rate") or 0)
+        if kind is LayerKind.DROPOUT and config.get("noise_shape") is not None:
+            return LayerKind.NOISE_SHAPE, rate, {"noise_shape": list(config["noise_shape"])}
+        return kind, rate, {}
+    if class_name == "Bidirectional":
+        inner = config.get("layer") or {}
+        return classify_config(inner.get("class_name", ""), inner.get("config") or {})
+    if class_name in _CONFIG_RNNS:
+        rate = float(config.get("dropout") or 0.0)
+        recurrent = float(config.get("recurrent_dropout") or 0.0)
+        if rate > 0 or recurrent > 0:
+            return LayerKind.RNN, rate, {"recurrent_dropout": recurrent}
     return None
 
 

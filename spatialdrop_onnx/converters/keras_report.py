@@ -122,6 +122,8 @@ def layer_report(layer: RandomLayer, sites: tuple[Site, ...], fallback: str | No
                               "training; exported as the identity")
     if not layer.active:
         return LayerReport.of(layer, Training.NONE, note="rate 0: nothing to convert")
+    if fallback is None and layer.inference_only:
+        fallback = layer.inference_only
     if fallback is not None:
         return LayerReport.of(layer, Training.INFERENCE_ONLY, note=fallback)
     if sites:
@@ -160,6 +162,9 @@ class ConversionReport:
     unattributed_sites: list[Site] = field(default_factory=list)
     """Rewrite sites no layer's name scope holds."""
     max_abs_diff_vs_keras: float | None = None
+    self_check: dict[str, Any] | None = None
+    """How the output was compared with Keras: ``method`` ``exact``, ``ill-conditioned``
+    or ``statistical`` (Keras itself random at inference), with the numbers."""
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     """Randomness the model does not keep in training mode (with the reason)."""
@@ -200,6 +205,7 @@ class ConversionReport:
             "sites": [layer.to_dict() for layer in self.layers],
             "unattributed_sites": [s.to_dict() for s in self.unattributed_sites],
             "max_abs_diff_vs_keras": self.max_abs_diff_vs_keras,
+            "self_check": self.self_check,
             "seconds": dict(self.seconds), "warnings": list(self.warnings),
             "notes": list(self.notes), "partial": bool(self.partial_layers),
         }
@@ -213,7 +219,13 @@ class ConversionReport:
         lines.append(f"dropout sites: {len(random)} found, {kept} random in training mode"
                      + ("" if self.strip else f" (input '{self.training_input}', default false)"))
         lines += [f"  {layer.describe()}" for layer in self.layers]
-        if self.max_abs_diff_vs_keras is not None:
+        random = (self.self_check or {}).get("random")
+        if random:
+            lines.append(f"check: Keras is random at inference; onnxruntime with "
+                         f"'{self.training_input}' true compared statistically over "
+                         f"{random['runs']} runs (mean |z| {random['mean_abs_z']:.2f}, std ratio "
+                         f"{random['std_ratio']:.2f})")
+        elif self.max_abs_diff_vs_keras is not None:
             lines.append(f"check: onnxruntime vs Keras inference, max abs diff "
                          f"{self.max_abs_diff_vs_keras:.2e}")
         lines += [f"warning: {printable(w, limit=400)}" for w in self.warnings]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -63,7 +64,42 @@ def check_opset(opset: int) -> int:
     return opset
 
 
-def first_line(err: BaseException, limit: int = 240) -> str:
-    """The first line of an exception's message (its class name if empty), cut to ``limit``."""
-    text = str(err).strip().splitlines()[0] if str(err).strip() else err.__class__.__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+#: Keras' header line before the real reason of an exception raised inside a layer.
+_KERAS_CALL_HEADER = re.compile(r"Exception encountered when calling .*\.")
+_KERAS_ARGUMENTS = "Arguments received by"
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*m")
+#: Longest message :func:`first_line` keeps whole (the CLI prints up to 2000 characters).
+MESSAGE_LIMIT = 1000
+
+
+def first_line(err: BaseException, limit: int = MESSAGE_LIMIT) -> str:
+    """An exception's message as one line (its class name if empty), with its reason.
+
+    The first line; a first line ending in ``:``, or Keras' ``Exception encountered
+    when calling X.call().``, announces the reason on the next line, which is
+    joined to it (terminal colour codes removed). TensorFlow and tf2onnx put the reason
+    last (``… Status Message: <why>``), so a line over ``limit`` keeps its head
+    and its tail and loses the middle (:func:`shorten_middle`).
+    """
+    message = _ANSI_ESCAPE.sub("", str(err))
+    lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
+    if not lines:
+        return err.__class__.__name__
+    text, rest = lines[0], lines[1:]
+    while rest and (text.endswith(":") or _KERAS_CALL_HEADER.fullmatch(lines[0])) and \
+            not rest[0].startswith(_KERAS_ARGUMENTS):
+        text = f"{text} {rest.pop(0)}"
+        if not text.endswith(":"):
+            break
+    return shorten_middle(text, limit)
+
+
+def shorten_middle(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters by dropping its middle: the head says what
+    failed, the tail why."""
+    if len(text) <= limit:
+        return text
+    marker = " ... "
+    head = max(0, (limit - len(marker)) // 3)
+    tail = max(0, limit - len(marker) - head)
+    return text[:head] + marker + (text[-tail:] if tail else "")

@@ -155,12 +155,85 @@ def _input_name(tensor: Any, index: int) -> str:
     return _tf_name(name, f"input_{index}")
 
 
+def _is_shape(value: Any) -> bool:
+    """Whether a build-config entry is one shape (a list of ints/None), not a structure."""
+    return isinstance(value, (list, tuple)) and \
+        all(d is None or isinstance(d, int) for d in value)
+
+
+def _built_input_structure(model: Any) -> Any:
+    """The input structure a subclassed model was built with: a name → shape nest, or None.
+
+    A subclassed ``keras.Model`` called on ``keras.Input`` before saving has no
+    ``model.inputs`` after loading (Keras 3 restores none), but its build config
+    keeps the input shape: one shape, a list of shapes or a dict of them.
+    """
+    getter = getattr(model, "get_build_config", None)
+    config = getter() if callable(getter) else None
+    shapes = (config or {}).get("input_shape")
+    if shapes is None:
+        return None
+    if _is_shape(shapes):
+        return tuple(shapes)
+    if isinstance(shapes, dict) and all(_is_shape(v) for v in shapes.values()):
+        return {str(k): tuple(v) for k, v in shapes.items()}
+    if isinstance(shapes, (list, tuple)) and shapes and all(_is_shape(v) for v in shapes):
+        return [tuple(v) for v in shapes]
+    return None
+
+
+def _built_structure(model: Any) -> Any:
+    """The leaves-by-name nest of a subclassed model's build config (None: no config)."""
+    built = _built_input_structure(model)
+    # Leaves for keras.tree: a shape tuple would itself count as a nest.
+    if isinstance(built, dict):
+        return {name: name for name in built}
+    if isinstance(built, list):
+        return [f"input_{i}" for i in range(len(built))]
+    return None if built is None else "input"
+
+
+def pack_inputs(model: Any, arrays: Sequence[Any], keras: Any) -> Any:
+    """The model's call argument from one tensor per input spec (the specs' order).
+
+    One input: the tensor itself (Sequential models take nothing else); several: the
+    functional model's own input structure (list or dict), or a subclassed model's
+    build-config structure.
+    """
+    if list(getattr(model, "inputs", None) or []):
+        if len(arrays) == 1:
+            return arrays[0]
+        return keras.tree.pack_sequence_as(model.input, list(arrays))
+    structure = _built_structure(model)
+    if len(arrays) == 1 and not isinstance(structure, (dict, list)):
+        return arrays[0]
+    return keras.tree.pack_sequence_as(structure, list(arrays))
+
+
 def keras_input_specs(model: Any, stack: KerasStack) -> list[Any]:
-    """One named ``tf.TensorSpec`` per model input (Keras names, made valid for TensorFlow)."""
+    """One named ``tf.TensorSpec`` per model input (Keras names, made valid for TensorFlow).
+
+    A subclassed model without ``model.inputs`` gets its specs from its build
+    config (:func:`_built_input_structure`): names are the dict keys (else
+    ``input``/``input_i``), the dtype Keras' ``floatx`` (the config keeps none).
+    """
+    tf = stack.tf
     inputs = list(getattr(model, "inputs", None) or [])
     if not inputs:
-        raise UserError("the model has no known inputs (build it with keras.Input before saving)")
-    tf = stack.tf
+        built = _built_input_structure(model)
+        if built is None:
+            raise UserError("the model has no known inputs (build it with keras.Input, or "
+                            "call it once on data, before saving)")
+        dtype = stack.keras.backend.floatx()
+        if isinstance(built, dict):
+            names = sorted(built)  # keras.tree flattens a dict in key order
+            shapes = [built[n] for n in names]
+        elif isinstance(built, list):
+            names, shapes = [f"input_{i}" for i in range(len(built))], built
+        else:
+            names, shapes = ["input"], [built]
+        return [tf.TensorSpec(shape=shape, dtype=dtype, name=_tf_name(n, f"input_{i}"))
+                for i, (n, shape) in enumerate(zip(names, shapes, strict=True))]
     specs = [tf.TensorSpec(shape=tuple(t.shape), dtype=t.dtype, name=_input_name(t, i))
              for i, t in enumerate(inputs)]
     if len({s.name for s in specs}) != len(specs):
@@ -176,10 +249,7 @@ def trace_keras(model: Any, stack: KerasStack, training_layers: Sequence[Any] = 
     out_names: list[str] = []  # known once the model has run (Sequential has no .output)
 
     def forward(*args: Any) -> dict[str, Any]:
-        # One input: the tensor itself (Sequential models take nothing else);
-        # several: the functional model's own input structure (list or dict).
-        packed = args[0] if len(args) == 1 else keras.tree.pack_sequence_as(model.input,
-                                                                            list(args))
+        packed = pack_inputs(model, args, keras)
         outputs = keras.tree.flatten(model(packed, training=training))
         out_names[:] = _output_names(model, len(outputs))
         return dict(zip(out_names, outputs, strict=True))

@@ -8,12 +8,15 @@ scale, or, where the sample is ill-conditioned (Keras' own output moves more tha
 that when the inputs change by one float32 rounding step, as a deep network with
 random weights does on inputs far from its training range), to 10× that movement:
 no comparison can be finer than the model's own conditioning at the sample.
+When Keras itself is random at inference (two calls on the same batch differ:
+Monte-Carlo dropout), the comparison is statistical: means and deviations over
+many runs of Keras and of the ONNX model with those layers' dropout on.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,11 +24,14 @@ import numpy as np
 import onnx
 
 from .. import spec
-from ..errors import UserError
+from ..errors import UserError, printable
 from ..graph import TRAINING_MODE, iter_nodes
+from .keras_attribution import layer_of_node, owner
 from .keras_export import unconverted_nodes
 from .keras_input import SavedModelFunction
+from .keras_probe import random_at_inference
 from .keras_stack import KerasStack, first_line
+from .keras_trace import pack_inputs
 
 #: Largest accepted |ONNX - Keras| on the self-check batch, relative to max(1, |Keras|).
 VERIFY_TOLERANCE = 1e-4
@@ -35,23 +41,75 @@ SENSITIVITY_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
+class RandomCheck:
+    """The statistical self-check of a model whose Keras output is random at inference."""
+
+    layers: tuple[str, ...]
+    """Layers drawing random numbers with ``training=False`` (e.g. Monte-Carlo dropout)."""
+    keras_spread: float
+    """Max |difference| between two Keras inference calls on the same batch."""
+    runs: int
+    mean_abs_z: float
+    """Mean over the random output elements of |mean difference| / its standard error."""
+    std_ratio: float
+    """Median over the random output elements of ONNX / Keras standard deviation."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"layers": list(self.layers), "keras_spread": self.keras_spread,
+                "runs": self.runs, "mean_abs_z": self.mean_abs_z, "std_ratio": self.std_ratio}
+
+
+@dataclass(frozen=True)
 class Verification:
     """The numerical self-check of a converted model."""
 
     max_diff: float
-    """Max |onnxruntime - Keras| over the outputs, in inference mode."""
+    """Max |onnxruntime - Keras| over the outputs, in inference mode (with ``random``:
+    the largest difference of the means over the runs)."""
     sensitivity: float = 0.0
     """Keras' own movement under a one-ulp change of the inputs, where it had to be
     measured (an output beyond the plain tolerance); 0 otherwise."""
+    random: RandomCheck | None = None
+    """Set when Keras' own inference output is random: the comparison was statistical."""
+
+    def warnings(self) -> list[str]:
+        """What the report must say about how the output was checked."""
+        found = []
+        if self.sensitivity:
+            found.append(
+                f"the self-check batch is ill-conditioned: Keras' own output moves by "
+                f"{self.sensitivity:.3g} when the inputs change by one float32 rounding "
+                f"step, so the ONNX output (max abs diff {self.max_diff:.3g}) was "
+                f"accepted within {SENSITIVITY_FACTOR:g}x that movement")
+        if self.random is not None:
+            check = self.random
+            names = ", ".join(f"'{printable(p)}'" for p in check.layers) or "(no layer)"
+            found.append(
+                f"Keras' own output is random at inference (two predict calls differ by "
+                f"{check.keras_spread:.3g}): layer(s) {names} draw random numbers even with "
+                f"training=False (Monte-Carlo dropout); the ONNX model draws them only with "
+                f"'{TRAINING_MODE}' true, so run it that way to reproduce Keras. Compared "
+                f"statistically over {check.runs} runs, those layers random in ONNX: mean "
+                f"|z| {check.mean_abs_z:.2f}, std ratio {check.std_ratio:.2f}")
+        return found
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``self_check`` entry of the ``--json`` report."""
+        method = "statistical" if self.random else (
+            "ill-conditioned" if self.sensitivity else "exact")
+        return {"method": method, "max_abs_diff": self.max_diff,
+                "sensitivity": self.sensitivity or None,
+                "random": None if self.random is None else self.random.to_dict()}
 
 
 class VerificationMismatch(UserError):
     """The converted model's inference output differs from Keras' (nothing is written)."""
 
-    def __init__(self, message: str, difference: str) -> None:
+    def __init__(self, message: str, difference: str = "") -> None:
         super().__init__(message)
         #: What differs, e.g. ``max abs diff 0.725`` or ``output shape (2, 3)``.
-        self.difference = difference
+        #: (Optional: ``errors.prefixed_with`` re-raises the class with the message only.)
+        self.difference = difference or message
 
 
 def sample_inputs(specs: Sequence[Any], batch: int = 2, seed: int = 0) -> list[np.ndarray]:
@@ -76,8 +134,7 @@ def _keras_outputs(keras_model: Any, samples: list[np.ndarray], stack: KerasStac
                    ) -> list[np.ndarray]:
     if isinstance(keras_model, SavedModelFunction):
         return [np.asarray(v) for _, v in sorted(keras_model(*samples).items())]
-    packed = samples[0] if len(samples) == 1 else stack.keras.tree.pack_sequence_as(
-        keras_model.input, samples)
+    packed = pack_inputs(keras_model, samples, stack.keras)
     return [np.asarray(v) for v in stack.keras.tree.flatten(keras_model(packed, training=False))]
 
 
@@ -95,24 +152,33 @@ def _perturbed(samples: list[np.ndarray], seed: int = 1) -> list[np.ndarray]:
     return changed
 
 
+def _session(model: onnx.ModelProto) -> Any:
+    """An onnxruntime session that keeps ONNX Dropout (see ``sessions.ORT_DROPOUT_NOTE``)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: the report says what matters
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"],
+                                disabled_optimizers=["EliminateDropout"])
+
+
 def verify_against_keras(model: onnx.ModelProto, keras_model: Any, input_specs: Sequence[Any],
-                         input_names: Sequence[str], stack: KerasStack) -> Verification:
+                         input_names: Sequence[str], stack: KerasStack,
+                         scopes: Mapping[str, str] | None = None) -> Verification:
     """Max |onnxruntime - Keras| in inference mode on a sample batch.
 
     Raises UserError when the model does not run, VerificationMismatch when the
     outputs differ by more than ``VERIFY_TOLERANCE`` relative to their scale and
     by more than ``SENSITIVITY_FACTOR`` times Keras' own movement under a one-ulp
-    change of the inputs.
+    change of the inputs. When Keras' own inference output is random (two calls
+    differ), the comparison is statistical instead (:func:`_verify_random`);
+    ``scopes`` (TensorFlow name scope → layer path) then tells which ONNX dropout
+    nodes belong to the layers that are random at inference.
     """
-    import onnxruntime as ort
-
     samples = sample_inputs(input_specs)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the report says what matters
     try:
-        session = ort.InferenceSession(model.SerializeToString(), options,
-                                       providers=["CPUExecutionProvider"])
-        got = session.run(None, dict(zip(input_names, samples, strict=True)))
+        got = _session(model).run(None, dict(zip(input_names, samples, strict=True)))
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise UserError(f"the converted model does not run in onnxruntime: "
                         f"{first_line(err)}") from None
@@ -127,6 +193,13 @@ def verify_against_keras(model: onnx.ModelProto, keras_model: Any, input_specs: 
         diff = _max_abs_diff(want, have)
         scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
         accepted = math.isfinite(diff) and diff <= VERIFY_TOLERANCE * scale
+        if not accepted and wobbled is None:
+            # Is Keras itself random at inference? Then no single run can be matched.
+            again = _keras_outputs(keras_model, samples, stack)
+            spread = max(_max_abs_diff(a, b) for a, b in zip(wanted, again, strict=True))
+            if spread > 0 or not math.isfinite(spread):
+                return _verify_random(model, keras_model, samples, input_names, stack,
+                                      scopes, spread)
         if not accepted and math.isfinite(diff):
             if wobbled is None:
                 wobbled = _keras_outputs(keras_model, _perturbed(samples), stack)
@@ -141,6 +214,98 @@ def verify_against_keras(model: onnx.ModelProto, keras_model: Any, input_specs: 
                 f"inference output off by {diff:.3g}")
         worst = max(worst, diff)
     return Verification(worst, sensitivity)
+
+
+#: Keras and onnxruntime runs compared when Keras' inference output is random.
+RANDOM_RUNS = 32
+#: Largest accepted mean |z| of the output means (equal distributions: about 0.8).
+RANDOM_MAX_MEAN_Z = 1.6
+#: Accepted range of the median ONNX / Keras standard deviation per output element.
+RANDOM_STD_RATIO = (0.6, 1.6)
+_VERIFY_OFF = "spatialdrop_verify_training_off"
+
+
+def _verify_random(model: onnx.ModelProto, keras_model: Any, samples: list[np.ndarray],
+                   input_names: Sequence[str], stack: KerasStack,
+                   scopes: Mapping[str, str] | None, spread: float) -> Verification:
+    """Compare a model whose Keras inference output is random, statistically.
+
+    The layers random at inference (:func:`.keras_probe.random_at_inference`)
+    are random in the ONNX model with ``training_mode`` true; every other
+    dropout node is switched off in a copy (its ``training_mode`` operand a
+    constant false), so the copy draws what Keras draws. Over ``RANDOM_RUNS``
+    runs the output means must agree within their standard errors (mean |z|)
+    and the spreads alike (median std ratio); deterministic elements exactly.
+    """
+    if TRAINING_MODE not in {i.name for i in model.graph.input}:
+        raise VerificationMismatch(
+            f"Keras' own inference output is random (two calls differ by {spread:.3g}: a "
+            "layer draws random numbers even with training=False, e.g. Monte-Carlo dropout); "
+            "a stripped model cannot reproduce it: convert without --strip and run it with "
+            f"'{TRAINING_MODE}' true", f"Keras random at inference ({spread:.3g})")
+    layers: list[str] = []
+    if isinstance(keras_model, SavedModelFunction) or scopes is None:
+        variant = model  # nothing to attribute nodes with: every dropout on
+    else:
+        layers = random_at_inference(keras_model, stack)
+        variant = _only_layers_random(model, scopes, layers)
+    session = _session(variant)
+    feeds = dict(zip(input_names, samples, strict=True))
+    feeds[TRAINING_MODE] = np.array(True)
+    onnx_runs = [session.run(None, feeds) for _ in range(RANDOM_RUNS)]
+    keras_runs = [_keras_outputs(keras_model, samples, stack) for _ in range(RANDOM_RUNS)]
+    worst, z_values, ratios = 0.0, [], []
+    for index in range(len(onnx_runs[0])):
+        have = np.stack([run[index] for run in onnx_runs]).astype(np.float64)
+        want = np.stack([run[index] for run in keras_runs]).astype(np.float64)
+        if have.shape != want.shape:
+            raise VerificationMismatch(f"the converted model's output shape {have.shape[1:]} "
+                                       f"differs from Keras' {want.shape[1:]}",
+                                       f"output shape {have.shape[1:]}")
+        difference = np.abs(have.mean(0) - want.mean(0))
+        worst = max(worst, float(np.max(difference, initial=0.0)))
+        var_have, var_want = have.var(0, ddof=1), want.var(0, ddof=1)
+        random = (var_have + var_want) > 0
+        scale = max(1.0, float(np.max(np.abs(want), initial=0.0)))
+        if np.any(difference[~random] > VERIFY_TOLERANCE * scale):
+            raise VerificationMismatch(
+                "the converted model's output differs from Keras where neither is random "
+                f"(by {float(np.max(difference[~random])):.3g}); not written",
+                f"non-random output off by {float(np.max(difference[~random])):.3g}")
+        error = np.sqrt((var_have + var_want)[random] / RANDOM_RUNS)
+        z_values.append(difference[random] / error)
+        both = random & (var_want > 0)
+        ratios.append(np.sqrt(var_have[both] / var_want[both]))
+    z = np.concatenate(z_values) if z_values else np.zeros(0)
+    ratio = np.concatenate(ratios) if ratios else np.zeros(0)
+    mean_z = float(z.mean()) if z.size else 0.0
+    std_ratio = float(np.median(ratio)) if ratio.size else 0.0
+    low, high = RANDOM_STD_RATIO
+    if not (math.isfinite(mean_z) and mean_z <= RANDOM_MAX_MEAN_Z and low <= std_ratio <= high):
+        raise VerificationMismatch(
+            f"Keras' own inference output is random (two calls differ by {spread:.3g}), and "
+            f"the converted model's training-mode output does not match it statistically "
+            f"over {RANDOM_RUNS} runs (mean |z| {mean_z:.2f}, std ratio {std_ratio:.2f}); "
+            "not written", f"random output off (mean |z| {mean_z:.2f}, std ratio "
+            f"{std_ratio:.2f})")
+    return Verification(worst, random=RandomCheck(tuple(layers), spread, RANDOM_RUNS,
+                                                  mean_z, std_ratio))
+
+
+def _only_layers_random(model: onnx.ModelProto, scopes: Mapping[str, str],
+                        layers: Sequence[str]) -> onnx.ModelProto:
+    """A copy whose dropout nodes outside ``layers`` read a constant false training flag."""
+    variant = onnx.ModelProto()
+    variant.CopyFrom(model)
+    paths = {path: path for path in layers}
+    for _, node in iter_nodes(variant):
+        dropout = (node.op_type == "Dropout" and node.domain in ("", "ai.onnx")) or \
+            (node.op_type == spec.OP_TYPE and node.domain == spec.DOMAIN)
+        if dropout and len(node.input) > 2 and node.input[2] == TRAINING_MODE and \
+                owner(layer_of_node(node, scopes), paths) is None:
+            node.input[2] = _VERIFY_OFF
+    variant.graph.initializer.append(onnx.numpy_helper.from_array(np.array(False), _VERIFY_OFF))
+    return variant
 
 
 def _max_abs_diff(want: np.ndarray, have: np.ndarray) -> float:

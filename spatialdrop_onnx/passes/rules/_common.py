@@ -20,17 +20,11 @@ import onnx_ir as ir
 from onnxscript.rewriter import pattern as orp
 
 from ... import spec
-from ...graph import NameMaker
+from ...graph import DEFAULT_DOMAINS, NameMaker
 from ...sites import Kind, Site
 from ..shapes import Dim, ShapeReasoner, WholeShape, shared_axes_for
 
 SPATIAL_OP = spec.OP_TYPE
-#: How element-wise sites are written. "dropout": ONNX Dropout-13 (the standard op).
-#: "spatial": SpatialDropout with shared_axes=[]. onnxruntime's inference builds
-#: remove a Dropout node during session optimisation (EliminateDropout) whatever its
-#: training_mode, unless its output is a graph output or its input a graph input;
-#: SpatialDropout keeps training working there.
-ELEMENTWISE_OPS = ("dropout", "spatial")
 
 
 @dataclass
@@ -49,7 +43,7 @@ class Conversion:
     seed: int | None = None
     random_op: str = ""
     #: Element-wise, but always written as SpatialDropout(shared_axes=[]) (RNN masks:
-    #: onnxruntime would optimise a Dropout node there away, see ``ELEMENTWISE_OPS``).
+    #: onnxruntime would optimise a Dropout node there away, see ``options.ElementwiseOp``).
     force_spatial: bool = False
 
     def writes_dropout(self, elementwise: str) -> bool:
@@ -301,3 +295,74 @@ def keep_ratio_from_threshold(threshold: float, low: float, high: float, keep_be
     fraction = (threshold - low) / (high - low)
     ratio = 1.0 - fraction if keep_below else fraction
     return check_ratio(ratio, random_node)
+
+
+# --- Layout changes between the scaled data and the mask --------------------------
+
+
+def layout_change(ctx: RewriteContext, value: ir.Value, random_node: ir.Node | None
+                  ) -> tuple[list[int], ir.Value] | None:
+    """``(perm, x)`` when ``value`` is ``x`` in another layout, else None.
+
+    Exporters that move a Conv2D to NCHW leave a layout change between the
+    scaled data and the mask: a ``Transpose``, or — when it only moves size-1
+    axes, as after ``GlobalAveragePooling2D(keepdims=True)`` — a ``Reshape``
+    (tf2onnx's optimiser writes ``Transpose<0,2,3,1>`` of ``(N, C, 1, 1)`` as
+    ``Reshape(-1, 1, 1, C)``). ``perm`` follows ``Transpose``: axis ``i`` of
+    ``value`` is axis ``perm[i]`` of ``x``.
+    """
+    node = value.producer()
+    if node is None or node.domain not in DEFAULT_DOMAINS or not node.inputs or \
+            node.inputs[0] is None or value is not node.outputs[0]:
+        return None
+    if node.op_type == "Transpose":
+        attr = node.attributes.get("perm")
+        if attr is None:
+            raise NoMatch("Transpose without perm", random_node)
+        return list(attr.as_ints()), node.inputs[0]
+    if node.op_type == "Reshape" and len(node.inputs) == 2:
+        perm = reshape_as_permutation(ctx, node)
+        if perm is not None:
+            return perm, node.inputs[0]
+    return None
+
+
+def reshape_as_permutation(ctx: RewriteContext, node: ir.Node) -> list[int] | None:
+    """The ``Transpose`` permutation a ``Reshape`` node equals, or None if it is not one.
+
+    A Reshape is a pure layout change when it keeps the rank and only moves
+    size-1 axes: its input's axes that are not known to be 1 appear, in the same
+    order and with provably equal sizes, as the target's entries that are not 1
+    (a ``-1`` stands for the one it leaves, a ``0`` copies the input dim).
+    Element order is then unchanged, so ``Transpose(perm)`` gives the same
+    tensor: axes of size other than 1 keep their relative order, and size-1
+    axes are paired in order.
+    """
+    data, target_value = node.inputs
+    target_array = ctx.shapes.const(target_value)
+    rank = ctx.shapes.rank(data)
+    if target_array is None or target_array.ndim != 1 or rank is None or \
+            rank != target_array.size:
+        return None
+    target = [int(t) for t in target_array]
+    allow_zero = node.attributes.get("allowzero")
+    if allow_zero is not None and allow_zero.as_int() and 0 in target:
+        return None  # a literal 0-sized axis: not a layout change
+    dims = [ctx.shapes.dim(data, k) for k in range(rank)]
+    resolved: list[Dim | None] = [dims[k] if t == 0 else (None if t == -1 else t)
+                                  for k, t in enumerate(target)]  # None: the -1 entry
+    if target.count(-1) > 1:
+        return None
+    in_big = [k for k, d in enumerate(dims) if d != 1]
+    out_big = [k for k, d in enumerate(resolved) if d != 1]
+    if len(in_big) != len(out_big):
+        return None
+    for i, o in zip(in_big, out_big, strict=True):
+        if resolved[o] is not None and resolved[o] != dims[i]:
+            return None  # a different size: not the same axis
+    in_one = [k for k in range(rank) if k not in in_big]
+    out_one = [k for k in range(rank) if k not in out_big]
+    perm = [0] * rank
+    for o, i in [*zip(out_big, in_big, strict=True), *zip(out_one, in_one, strict=True)]:
+        perm[o] = i
+    return perm

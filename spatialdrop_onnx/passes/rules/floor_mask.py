@@ -44,6 +44,7 @@ from ._common import (
     check_scale,
     close,
     float_data,
+    layout_change,
     noise_of_tensor,
     seed_of,
     shared_axes,
@@ -188,15 +189,13 @@ def _uniform_source(ctx: RewriteContext, value: ir.Value) -> tuple[ir.Node, floa
 
 def _unscaled(ctx: RewriteContext, scaled: ir.Value, random_node: ir.Node
               ) -> tuple[list[int] | None, ir.Value, float, ir.Value]:
-    """``(perm, x, multiplier, factor)`` for ``scaled = [Transpose<perm>](x * c | x / c)``."""
+    """``(perm, x, multiplier, factor)`` for ``scaled = [layout change<perm>](x * c | x / c)``."""
     perm = None
     node = scaled.producer()
-    if _default_domain(node) and node.op_type == "Transpose":
-        attr = node.attributes.get("perm")
-        if attr is None:
-            raise NoMatch("Transpose without perm", random_node)
-        perm = list(attr.as_ints())
-        node = node.inputs[0].producer() if node.inputs[0] is not None else None
+    moved = layout_change(ctx, scaled, random_node)  # a Transpose or a layout-only Reshape
+    if moved is not None:
+        perm, inner = moved
+        node = inner.producer()
     if not _default_domain(node) or node.op_type not in ("Mul", "Div") or \
             len(node.inputs) != 2 or None in node.inputs:
         raise NoMatch("the kept values are not a product x * 1/keep or a quotient x / keep",

@@ -3,8 +3,9 @@
 Per dropout layer (SpatialDropout1D/2D/3D, ``Dropout``, ``Dropout(noise_shape=…)``,
 and the ``dropout`` / ``recurrent_dropout`` masks of GRU/LSTM)::
 
-    scaled = Mul(x, 1/(1-rate))                      [Transpose(scaled) when tf2onnx
-    u      = StatelessRandomUniformV2(noise, key, counter, alg)    changed the layout]
+    scaled = Mul(x, 1/(1-rate))                      [Transpose(scaled), or a Reshape
+    u      = StatelessRandomUniformV2(noise, key, counter, alg)    moving size-1 axes,
+                                                     when tf2onnx changed the layout]
              [Add(Mul(u, max-min), min) for some draws]
     keep   = GreaterOrEqual(u, rate)
     out    = Add(Mul(Cast(keep), scaled), Mul(0, Cast(Not(keep))))   # lowered SelectV2
@@ -46,6 +47,7 @@ from ._common import (
     check_scale,
     constant,
     float_data,
+    layout_change,
     shared_axes,
 )
 
@@ -120,15 +122,17 @@ def _uniform_source(ctx: RewriteContext, u: ir.Value) -> tuple[ir.Node, float, f
 
 def _unscaled(ctx: RewriteContext, scaled: ir.Value, random_node: ir.Node | None
               ) -> tuple[list[int] | None, ir.Value, ir.Value]:
-    """``(perm, x, scale)`` for ``scaled = [Transpose<perm>](Mul(x, scale))``."""
+    """``(perm, x, scale)`` for ``scaled = [layout change<perm>](Mul(x, scale))``.
+
+    The layout change is a ``Transpose`` or a ``Reshape`` that only moves size-1
+    axes (:func:`._common.layout_change`).
+    """
     order = None
     node = scaled.producer()
-    if node is not None and node.op_type == "Transpose" and node.domain in DEFAULT_DOMAINS:
-        perm = node.attributes.get("perm")
-        if perm is None:
-            raise NoMatch("Transpose without perm", random_node)
-        order = list(perm.as_ints())
-        node = node.inputs[0].producer() if node.inputs[0] is not None else None
+    moved = layout_change(ctx, scaled, random_node)
+    if moved is not None:
+        order, inner = moved
+        node = inner.producer()
     if node is None or node.op_type != "Mul" or node.domain not in DEFAULT_DOMAINS or \
             len(node.inputs) != 2:
         raise NoMatch("the kept values are not a product x * 1/(1-rate)", random_node)
