@@ -1,19 +1,7 @@
 """Errors a user can act on, each with the exit code the CLI reports it with.
 
-Every command uses the same codes (also listed by ``spatialdrop-onnx --help``):
-
-====  ==========================================================================
-0     done
-2     usage: a bad option or option value
-3     invalid: the input cannot be read or is not a model this tool can handle,
-      or the output path cannot be written
-4     refused for safety: unsafe external data, a format that can run code, an
-      output that would overwrite the input, its data, or a non-regular file
-5     partial: the output was written, but some dropout sites were left as they
-      were (each is named)
-6     environment: a needed optional dependency or the native kernel is missing,
-      or the machine ran out of memory
-====  ==========================================================================
+The exit codes and their meanings are declared once, in :class:`ExitCode`
+(``spatialdrop-onnx --help`` prints them from there).
 """
 
 from __future__ import annotations
@@ -25,7 +13,7 @@ from enum import IntEnum
 
 
 class ExitCode(IntEnum):
-    """Process exit codes of the ``spatialdrop-onnx`` command line."""
+    """Process exit codes of the ``spatialdrop-onnx`` command line (the same for every command)."""
 
     OK = 0
     USAGE = 2
@@ -33,6 +21,28 @@ class ExitCode(IntEnum):
     REFUSED = 4
     PARTIAL = 5
     ENVIRONMENT = 6
+    INTERRUPTED = 130  # 128 + SIGINT
+    TERMINATED = 143  # 128 + SIGTERM
+
+    @property
+    def meaning(self) -> str:
+        return _MEANINGS[self]
+
+
+_MEANINGS = {
+    ExitCode.OK: "done",
+    ExitCode.USAGE: "usage: a bad option or option value",
+    ExitCode.INVALID: "invalid: the input cannot be read or handled, or the output cannot be "
+                      "written",
+    ExitCode.REFUSED: "refused for safety (unsafe external data, a format that can run code, "
+                      "an output that would overwrite the input, its data or a non-regular file)",
+    ExitCode.PARTIAL: "partial: written, but some dropout sites were left unconverted (each "
+                      "is named)",
+    ExitCode.ENVIRONMENT: "environment: an optional dependency or the native kernel is "
+                          "missing, or the machine ran out of memory",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written is left",
+    ExitCode.TERMINATED: "terminated (SIGTERM); nothing half-written is left",
+}
 
 
 class UserError(Exception):
@@ -63,6 +73,28 @@ class MissingDependency(UserError):
     """An optional dependency or the native kernel is not installed."""
 
     exit_code = ExitCode.ENVIRONMENT
+
+
+class OutOfMemory(UserError):
+    """The machine (or the process's address-space limit) has no memory for the work."""
+
+    exit_code = ExitCode.ENVIRONMENT
+
+
+def caused_by_memory(err: BaseException) -> bool:
+    """True when ``err`` or an exception it was raised from or during is a MemoryError.
+
+    Libraries wrap it (onnx_ir raises ``SerdeError`` from the MemoryError of a graph it
+    could not build): it is still the machine running out of memory, not a bad model.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, MemoryError):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def printable(text: object, limit: int = 200) -> str:

@@ -176,7 +176,7 @@ def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[Inline
     default-domain opset is below ``MIN_OPSET`` (convert it first, e.g. with
     ``spatialdrop-onnx rewrite``) or a node is invalid for its data's rank.
     """
-    given = load_argument(model)
+    given = load_argument(model, "inline")
     # Inlining and sampling rebuild tensors: they work on a complete model, not a skeleton.
     proto = given.complete(given.model)
     check_opset_imports(proto)

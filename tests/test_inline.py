@@ -34,7 +34,7 @@ from test_portable_loops import rnn_model
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.cli import main
 from spatialdrop_onnx.graph import model_scopes
-from spatialdrop_onnx.inline import name_random_ops
+from spatialdrop_onnx.inlining import name_random_ops
 
 #: One SpatialDropout, default axes (2, 3), the switch as rewrite writes it (default false).
 CHANNEL = """<ir_version: 10, opset_import: ["": 18, "org.spatialdrop": 1]>

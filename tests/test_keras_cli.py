@@ -58,6 +58,20 @@ def test_keras_file_converts_and_reports(files: dict[str, Path], tmp_path: Path)
     onnx.checker.check_model(onnx.load(out), full_check=True)
 
 
+def test_training_default_sets_the_switch(files: dict[str, Path], tmp_path: Path) -> None:
+    """convert takes --training-default as every writer does: the switch's initializer
+    default, false unless asked (the self-check compares inference either way)."""
+    defaults = {}
+    for value in ("true", "false"):
+        out = tmp_path / f"{value}.onnx"
+        result = run_cli("convert", files["keras"], "-o", out, "-q", "--training-default", value)
+        assert result.code == 0, result.stderr
+        model = onnx.load(out)
+        (switch,) = [t for t in model.graph.initializer if t.name == "training_mode"]
+        defaults[value] = bool(onnx.numpy_helper.to_array(switch))
+    assert defaults == {"true": True, "false": False}
+
+
 def test_quiet_prints_nothing(files: dict[str, Path], tmp_path: Path) -> None:
     result = run_cli("convert", files["keras"], "-o", tmp_path / "q.onnx", "-q")
     assert (result.code, result.stdout, result.stderr) == (0, "", "")

@@ -19,17 +19,8 @@ from .process import command_process
 from .runtime_commands import inline, mc
 
 PROG = "spatialdrop-onnx"
-EXIT_CODES = """\b
-Exit codes (every command):
-  0  done
-  2  usage: a bad option or option value
-  3  invalid: the input cannot be read or handled, or the output cannot be written
-  4  refused for safety (unsafe external data, a format that can run code, an
-     output that would overwrite the input, its data or a non-regular file)
-  5  partial: written, but some dropout sites were left unconverted
-  6  environment: an optional dependency or the native kernel is missing, or
-     the machine ran out of memory
-"""
+EXIT_CODES = "\b\nExit codes (every command):\n" + "\n".join(
+    f"  {code.value:<3} {code.meaning}" for code in ExitCode)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=EXIT_CODES)
@@ -81,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             app.main(args=argv, prog_name=PROG, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo(f"{PROG}: aborted", err=True)
-        return 130
+        return ExitCode.INTERRUPTED
     except click.exceptions.ClickException as err:
         if isinstance(err, _NO_ARGS_IS_HELP) and getattr(err, "ctx", None) is not None:
             click.echo(err.ctx.get_help())  # the bare command: its help, as click would
@@ -106,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.ENVIRONMENT
     except KeyboardInterrupt:
         click.echo(f"{PROG}: interrupted", err=True)
-        return 130
+        return ExitCode.INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, previous)
     return ExitCode.OK

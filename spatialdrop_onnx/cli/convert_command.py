@@ -47,6 +47,9 @@ class TerminalProgress:
               help=f"Default-domain ONNX opset ({MIN_OPSET}..{MAX_OPSET}).")
 @click.option("--strip", is_flag=True,
               help="Write the inference model: every dropout removed, no training_mode input.")
+@click.option("--training-default", type=click.BOOL, default=False, show_default=True,
+              help="Initializer default of the training_mode input. false: the model "
+                   "computes its inference output unless training_mode is fed true.")
 @click.option("--trust-model", is_flag=True,
               help="Allow .h5/.hdf5 files and SavedModel directories (they can run code "
                    "when loaded). .keras files always load with safe_mode=True.")
@@ -57,8 +60,9 @@ class TerminalProgress:
 @click.option("-q", "--quiet", is_flag=True, help="No progress and no summary.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Let TensorFlow, absl and oneDNN print their own log lines.")
-def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: bool,
-            imports: tuple[str, ...], as_json: bool, quiet: bool, verbose: bool) -> None:
+def convert(model: Path, output: Path, opset: int, strip: bool, training_default: bool,
+            trust_model: bool, imports: tuple[str, ...], as_json: bool, quiet: bool,
+            verbose: bool) -> None:
     """Convert a Keras 3 MODEL (.keras) to ONNX, keeping its dropout layers.
 
     Dropout layers (SpatialDropout1D/2D/3D, Dropout, GaussianDropout,
@@ -79,7 +83,8 @@ def convert(model: Path, output: Path, opset: int, strip: bool, trust_model: boo
         with prefixed_with(model, also=(output,)):
             report = keras_convert.convert_keras(model, output, opset=opset, strip=strip,
                                                  trust_model=trust_model, imports=imports,
-                                                 progress=progress)
+                                                 progress=progress,
+                                                 training_default=training_default)
     if as_json:
         emit_json(report.to_dict())
     elif not quiet:

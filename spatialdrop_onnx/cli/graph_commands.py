@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from ..errors import PartialResult, printable
+from ..options import ElementwiseOp, values
 from .output import emit_json, model_errors, site_line, summarise_sites
 
 _OUTPUT = click.option("-o", "--output", required=True, metavar="OUT.onnx",
@@ -27,7 +28,8 @@ _QUIET = click.option("-q", "--quiet", is_flag=True, help="No summary line.")
 @click.option("--training-default", type=click.BOOL, default=False, show_default=True,
               help="Initializer default of the training_mode input. false: the model "
                    "computes its inference output unless training_mode is fed true.")
-@click.option("--elementwise", type=click.Choice(["dropout", "spatial"]), default="dropout",
+@click.option("--elementwise", type=click.Choice(values(ElementwiseOp)),
+              default=ElementwiseOp.DROPOUT.value,
               show_default=True,
               help="Write element-wise sites as ONNX Dropout, or as SpatialDropout with no "
                    "shared axis (onnxruntime optimises interior Dropout nodes away even in "

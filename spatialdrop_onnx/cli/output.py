@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from ..errors import UserError, printable
+from ..errors import UserError, caused_by_memory, printable
 from ..sites import Site
 from ..spec import SpatialDropoutError
 
@@ -74,11 +74,11 @@ def model_errors(src: str, action: str) -> Iterator[None]:
     """
     try:
         yield
-    except (UserError, SpatialDropoutError, click.ClickException):
-        raise
-    except OSError:
-        raise
+    except (UserError, SpatialDropoutError, click.ClickException, OSError, MemoryError):
+        raise  # each has its own line and exit code (MemoryError: 6, never a re-load)
     except Exception as err:  # noqa: BLE001 - the safety net for malformed models
+        if caused_by_memory(err):  # wrapped by a library: still exit 6, and no re-load
+            raise MemoryError from err
         if os.environ.get(TRACEBACK_ENV):
             raise
         problem = _checker_verdict(src)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from ..errors import printable
+from ..options import MAX_SAMPLES, Strategy, values
 from .graph_commands import _IN_PLACE, _JSON, _OUTPUT, _QUIET
 from .output import emit_json, model_errors
 
@@ -27,7 +28,7 @@ def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: 
     """Replace every SpatialDropout by standard ONNX ops (no custom domain, no function of
     ours), keeping channel-wise dropout and the training_mode switch: for runtimes such as
     OpenVINO. ONNX Dropout nodes that can train are lowered the same way."""
-    from ..inline import inline_file
+    from ..inlining import inline_file
 
     with model_errors(src, "inline"):
         report = inline_file(src, output, all_functions=all_functions, in_place=in_place)
@@ -48,9 +49,9 @@ def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: 
 @click.command("mc")
 @click.argument("src", metavar="IN.onnx")
 @_OUTPUT
-@click.option("--samples", "-n", type=click.IntRange(min=2, max=1_000_000), required=True,
+@click.option("--samples", "-n", type=click.IntRange(min=2, max=MAX_SAMPLES), required=True,
               help="Stochastic passes the statistics are taken over.")
-@click.option("--strategy", type=click.Choice(["auto", "batch", "loop"]), default="auto",
+@click.option("--strategy", type=click.Choice(values(Strategy)), default=Strategy.AUTO.value,
               show_default=True,
               help="batch: fold the samples into the batch (one run; only for models whose "
                    "rows are independent, checked); loop: a Loop with running statistics "

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import onnx
 
-from ..errors import UserError, printable
+from ..errors import OutOfMemory, UserError, printable
 from . import _fs
 from . import skeleton as skeleton_module
 from .external import ExternalFile, validate_external_data
@@ -92,8 +92,8 @@ def _read_all(fd: int, info: os.stat_result, path: Path) -> bytearray:
     except EOFError:
         raise UserError(f"{shown(path)}: file shrank while it was read") from None
     except MemoryError:
-        raise UserError(f"{shown(path)}: not enough memory to read "
-                        f"{info.st_size} bytes") from None
+        raise OutOfMemory(f"{shown(path)}: not enough memory to read "
+                          f"{info.st_size} bytes") from None
     except OSError as err:
         raise UserError(f"{shown(path)}: cannot be read ({err.strerror})") from None
 
@@ -110,7 +110,7 @@ def _read_skeleton(fd: int, info: os.stat_result, path: Path
     except EOFError:
         raise UserError(f"{shown(path)}: file shrank while it was read") from None
     except MemoryError:
-        raise UserError(f"{shown(path)}: not enough memory to read it") from None
+        raise OutOfMemory(f"{shown(path)}: not enough memory to read it") from None
     except OSError as err:
         raise UserError(f"{shown(path)}: cannot be read ({err.strerror})") from None
     if found is None:

@@ -34,7 +34,7 @@ from .result import ModelArg, load_argument
 
 def inspect(model: ModelArg) -> list[Site]:
     """Every dropout site of ``model`` (a ModelProto or a path)."""
-    given = load_argument(model)
+    given = load_argument(model, "inspect")
     proto, folder = given.model, given.folder
     check_opset_imports(proto)
     sites = _dropout_nodes(proto)

@@ -63,7 +63,7 @@ def make_loops_portable(model: onnx.ModelProto) -> PortableLoopsReport:
 
 def portable_loops(model: ModelArg) -> PassResult[PortableLoopsReport]:
     """A copy of ``model`` (a ModelProto or a path) with portable Loop/Scan bodies."""
-    given = load_argument(model)
+    given = load_argument(model, "portable_loops")
     result = onnx.ModelProto()
     result.CopyFrom(given.complete(given.model))
     return PassResult(result, make_loops_portable(result))

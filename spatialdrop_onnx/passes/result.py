@@ -60,8 +60,9 @@ class PassInput:
         return result
 
 
-def load_argument(model: object) -> PassInput:
-    """The :class:`PassInput` for what a user passed.
+def load_argument(model: object, work: str) -> PassInput:
+    """The :class:`PassInput` for what a user passed, once there is memory for ``work``
+    (a key of :data:`~spatialdrop_onnx.headroom.PEAK_FACTOR`; OutOfMemory otherwise).
 
     Paths load through :func:`spatialdrop_onnx.modelio.load_model` (checked,
     external data validated) as a skeleton: large tensors are not read until
@@ -69,15 +70,19 @@ def load_argument(model: object) -> PassInput:
     skeleton source); a bare ``ModelProto`` has no folder, so its external
     constants are never read.
     """
+    from ..headroom import ensure_headroom
     from ..modelio import LoadedModel, load_model
 
     if isinstance(model, onnx.ModelProto):
-        return PassInput(model, None)
-    if isinstance(model, LoadedModel):
-        return PassInput(model.model, model.folder, model)
-    if isinstance(model, (str, os.PathLike)):
+        given = PassInput(model, None)
+    elif isinstance(model, LoadedModel):
+        given = PassInput(model.model, model.folder, model)
+    elif isinstance(model, (str, os.PathLike)):
         loaded = load_model(model, skeleton=True)
-        return PassInput(loaded.model, loaded.folder, loaded, owned=True)
-    raise TypeError(f"expected an onnx.ModelProto or a path to an ONNX file, "
-                    f"not {type(model).__name__}")
+        given = PassInput(loaded.model, loaded.folder, loaded, owned=True)
+    else:
+        raise TypeError(f"expected an onnx.ModelProto or a path to an ONNX file, "
+                        f"not {type(model).__name__}")
+    ensure_headroom(given.model, work)
+    return given
 

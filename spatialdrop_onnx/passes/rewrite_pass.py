@@ -50,6 +50,7 @@ from ..graph import (
     type_facts,
     unchanged_scopes,
 )
+from ..options import ElementwiseOp, values
 from ..sites import Site
 from .opset import convert_opset
 from .result import ModelArg, PassResult, load_argument
@@ -64,8 +65,6 @@ if TYPE_CHECKING:
 INFER_TYPES_BELOW = 20_000
 #: The most bytes a rule reads from external data (a small constant: threshold, scale).
 _MAX_CONSTANT_BYTES = 512
-#: Accepted values of ``elementwise``.
-ELEMENTWISE_OPS = ("dropout", "spatial")
 
 
 @dataclass(frozen=True)
@@ -103,8 +102,8 @@ class RuleOutcome:
 
 
 def check_elementwise(elementwise: str) -> str:
-    if elementwise not in ELEMENTWISE_OPS:
-        raise ValueError(f"elementwise must be one of {', '.join(ELEMENTWISE_OPS)}, "
+    if elementwise not in values(ElementwiseOp):
+        raise ValueError(f"elementwise must be one of {', '.join(values(ElementwiseOp))}, "
                          f"not {elementwise!r}")
     return elementwise
 
@@ -128,7 +127,7 @@ def rewrite(model: ModelArg | LoadedModel, *, training_default: bool = False,
     check_elementwise(elementwise)
     if not isinstance(training_default, bool):
         raise TypeError(f"training_default must be a bool, not {type(training_default).__name__}")
-    given = load_argument(model)
+    given = load_argument(model, "rewrite")
     proto, folder = given.model, given.folder
     check_opset_imports(proto)
     opset_from = None

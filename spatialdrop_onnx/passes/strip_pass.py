@@ -77,7 +77,7 @@ def strip(model: ModelArg) -> PassResult[StripReport]:
     module docstring. Random-mask sites no rule recognises are left in place and
     listed in ``report.unconvertible``.
     """
-    given = load_argument(model)
+    given = load_argument(model, "strip")
     proto, folder = given.model, given.folder
     check_opset_imports(proto)
     result = onnx.ModelProto()

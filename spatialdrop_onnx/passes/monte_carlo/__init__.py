@@ -20,7 +20,7 @@ Strategies:
 The source is prepared by :mod:`.source` (switch on, element-wise ``Dropout``
 kept from onnxruntime's optimiser, free output names); the result carries the
 SpatialDropout function bodies, so it runs with the native kernel, on the
-bodies alone and in onnx.reference; ``spatialdrop_onnx.inline`` makes it
+bodies alone and in onnx.reference; ``spatialdrop_onnx.inline`` (module ``inlining``) makes it
 OpenVINO-ready.
 """
 
@@ -34,15 +34,14 @@ from ... import spec
 from ...errors import RefusedError, UsageError, UserError, prefixed_with, printable
 from ...function_body import make_portable
 from ...graph import check_acyclic
+from ...options import MAX_SAMPLES, Strategy, values
 from ..result import ModelArg, PassResult, load_argument
 from .batch import build_batch
 from .folding import FoldCheck, check_folding
 from .loop import build_loop
 from .source import our_domain_used, prepare
 
-STRATEGIES = ("auto", "batch", "loop")
-#: More samples than this is surely a typo (and a Loop trip count that large is pointless).
-MAX_SAMPLES = 1_000_000
+STRATEGIES = values(Strategy)
 
 
 @dataclass(frozen=True)
@@ -141,7 +140,7 @@ def monte_carlo(model: ModelArg, *, samples: int, strategy: str = "auto",
     random, no float output, or (with ``classification``) no probability vector.
     """
     _check_arguments(samples, strategy, classification, logits)
-    given = load_argument(model)
+    given = load_argument(model, "monte_carlo")
     # Inlining and sampling rebuild tensors: they work on a complete model, not a skeleton.
     proto = given.complete(given.model)
     check_acyclic(proto)  # sampling follows every path from a random site

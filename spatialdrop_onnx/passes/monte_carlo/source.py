@@ -44,7 +44,7 @@ from ...graph import (
     model_scopes,
     rename_values,
 )
-from ...inline import dropout_to_spatial
+from ...inlining import dropout_to_spatial
 
 #: Output element types that are sampled; other outputs are left out of the MC model.
 FLOAT_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE,
