@@ -54,7 +54,6 @@ from . import spec
 from .errors import UserError, prefixed_with, printable
 from .function_body import MIN_OPSET, bodies_for_inlining
 from .graph import (
-    TRAINING_MODE,
     Constants,
     check_acyclic,
     check_opset_imports,
@@ -65,7 +64,7 @@ from .graph import (
     is_onnx_dropout,
     is_spatial_dropout,
     model_scopes,
-    scalar_of,
+    take_switch_default,
 )
 from .isolation import run_isolated
 from .passes.portable_loops import make_loops_portable
@@ -191,7 +190,7 @@ def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[Inline
     users = sum(1 for f in result.functions if f.domain != spec.DOMAIN) if all_functions else 0
     if not sites and not users:
         drop_our_unused_functions(result)
-        return PassResult(result, InlineReport(switch_default=_require_switch(result)))
+        return PassResult(result, InlineReport(switch_default=take_switch_default(result)))
     report = InlineReport(functions_inlined=users,
         inlined=len(sites), dropout_lowered=lowered,
         seeded=sum(1 for _, n in sites if get_attr(n, spec.ATTR_SEED) is not None),
@@ -227,7 +226,7 @@ def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[Inline
     name_random_ops(inlined)
     # Overloads were needed only until the bodies were spliced in.
     inlined.ir_version = proto.ir_version
-    default = _require_switch(inlined)
+    default = take_switch_default(inlined)
     if default is not None:
         report = replace(report, switch_default=default)
     return PassResult(inlined, report)
@@ -241,18 +240,6 @@ def _drop_unused_imports(model: onnx.ModelProto, domains: set[str]) -> None:
         if len(kept) != len(owner.opset_import):
             del owner.opset_import[:]
             owner.opset_import.extend(kept)
-
-
-def _require_switch(model: onnx.ModelProto) -> bool | None:
-    """Remove the initializer default of the ``training_mode`` input; return what it was."""
-    graph = model.graph
-    if not any(i.name == TRAINING_MODE for i in graph.input):
-        return None
-    default = next((i for i in graph.initializer if i.name == TRAINING_MODE), None)
-    if default is None:
-        return None
-    graph.initializer.remove(default)
-    return bool(scalar_of(default))
 
 
 def inline_file(src: str | os.PathLike, dst: str | os.PathLike, *, all_functions: bool = False,

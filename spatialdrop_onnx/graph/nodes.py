@@ -46,6 +46,8 @@ def get_attr(node: NodeProto, name: str) -> AttributeProto | None:
 def subgraphs(node: NodeProto) -> Iterator[tuple[AttributeProto, GraphProto]]:
     """The (attribute, graph) pairs of a node's graph-valued attributes (If/Loop/Scan bodies)."""
     for attr in node.attribute:
+        if attr.ref_attr_name:  # a function's reference to its caller's attribute: no graph
+            continue
         if attr.type == AttributeProto.GRAPH:
             yield attr, attr.g
         elif attr.type == AttributeProto.GRAPHS:

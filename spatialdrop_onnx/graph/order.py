@@ -9,13 +9,14 @@ producers would walk it forever, so the passes check for one before anything els
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import onnx
 from onnx import NodeProto
 
 from ..errors import UserError, printable
-from .nodes import names_read, subgraphs
+from .nodes import names_read
+from .scopes import model_scopes
 
 
 def _first_node_on_a_cycle(nodes: Iterable[NodeProto]) -> NodeProto | None:
@@ -48,24 +49,13 @@ def _first_node_on_a_cycle(nodes: Iterable[NodeProto]) -> NodeProto | None:
     return next(nodes[index] for index, count in enumerate(waiting) if count > 0)
 
 
-def _containers(model: onnx.ModelProto) -> Iterator[tuple[str, Iterable[NodeProto]]]:
-    def graphs(graph: onnx.GraphProto, label: str) -> Iterator[tuple[str, Iterable[NodeProto]]]:
-        yield label, graph.node
-        for node in graph.node:
-            for _, inner in subgraphs(node):
-                owner = printable(node.name or node.op_type)
-                yield from graphs(inner, f"a subgraph of node {owner}")
-    yield from graphs(model.graph, "the graph")
-    for function in model.functions:
-        yield f"function {printable(function.name)}", function.node
-
-
 def check_acyclic(model: onnx.ModelProto) -> None:
-    """Refuse a model any of whose graphs or function bodies has a dependency cycle."""
-    for label, nodes in _containers(model):
-        node = _first_node_on_a_cycle(nodes)
+    """Refuse a model any of whose scopes (graphs, subgraphs at any depth, function bodies)
+    has a dependency cycle."""
+    for scope in model_scopes(model, include_ours=True):
+        node = _first_node_on_a_cycle(scope.nodes)
         if node is not None:
             which = (f"node {printable(node.name)} ({printable(node.op_type)})" if node.name
                      else f"a {printable(node.op_type)} node")
-            raise UserError(f"{label} has a dependency cycle: {which} depends on its own "
-                            "output")
+            raise UserError(f"the model has a dependency cycle in {printable(scope.path)}: "
+                            f"{which} depends on its own output")

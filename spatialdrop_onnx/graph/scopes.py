@@ -1,8 +1,14 @@
-"""Scopes: every node container of a model (graph, subgraphs, functions) as one record."""
+"""Scopes: every node container of a model (graph, subgraphs, functions) as one record.
+
+A scope is named two ways, both declared here and computed the same way by the
+protobuf walk (:func:`model_scopes`) and the onnx_ir one (``passes.rewrite_engine``):
+its :data:`ScopeKey` (where it sits: unique, the key of facts handed across the seam)
+and its path (what messages and reports show).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -12,6 +18,39 @@ from onnx import FunctionProto, GraphProto, NodeProto
 
 from .. import spec
 from .nodes import default_opset, subgraphs
+
+#: Where a scope sits in its model: its top — ``"main"``, or a model-local function's
+#: ``(domain, name, overload)`` — then one ``(node position, attribute name, graph
+#: position)`` step per level of If/Loop/Scan body. Unique, unlike the path.
+ScopeKey = tuple
+MAIN_KEY: ScopeKey = ("main",)
+
+
+def function_key(domain: str, name: str, overload: str) -> ScopeKey:
+    return ((domain, name, overload),)
+
+
+def subgraph_key(parent: ScopeKey, position: int, attribute: str, index: int) -> ScopeKey:
+    """The key of graph ``index`` of attribute ``attribute`` of node ``position`` of ``parent``."""
+    return (*parent, (position, attribute, index))
+
+
+def subgraph_path(parent: str, node_name: str, op_type: str, attribute: str) -> str:
+    return f"{parent}/{node_name or op_type}/{attribute}"
+
+
+class ScopesDisagree(RuntimeError):
+    """Two walks of one model found different scopes: a bug here, never the user's model."""
+
+
+def check_same_scopes(walked: Iterable[ScopeKey], expected: Iterable[ScopeKey]) -> None:
+    """Raise :class:`ScopesDisagree` unless both walks found the same scopes."""
+    walked, expected = set(walked), set(expected)
+    if walked != expected:
+        raise ScopesDisagree(
+            "internal error: the onnx_ir and protobuf walks of the model found different "
+            f"scopes (only onnx_ir: {sorted(map(str, walked - expected))[:3]}; only protobuf: "
+            f"{sorted(map(str, expected - walked))[:3]})")
 
 
 @dataclass(eq=False)
@@ -28,7 +67,8 @@ class Scope:
     function: FunctionProto | None
     opset: int
     parent: Scope | None = None
-    index: int = 0  # position in model_scopes(): the key of per-scope facts
+    index: int = 0  # position in this model_scopes() list (tables of one walk)
+    key: ScopeKey = MAIN_KEY  # where it sits (facts across walks and dialects)
     children: list[Scope] = field(default_factory=list)
 
     @property
@@ -59,27 +99,24 @@ class Scope:
             yield from child.descendants()
 
 
-def function_path(function: FunctionProto) -> str:
-    overload = f":{function.overload}" if function.overload else ""
-    return f"function {function.domain}.{function.name}{overload}"
-
-
-def _walk_graph(graph: GraphProto, path: str, function: FunctionProto | None, opset: int,
-                parent: Scope | None, found: list[Scope]) -> Scope:
-    scope = Scope(graph.node, path, graph, function, opset, parent, len(found))
-    found.append(scope)
-    _walk_children(scope, found)
-    return scope
+def function_path(domain: str, name: str, overload: str) -> str:
+    return f"function {domain}.{name}" + (f":{overload}" if overload else "")
 
 
 def _walk_children(scope: Scope, found: list[Scope]) -> None:
-    for node in scope.nodes:
+    for position, node in enumerate(scope.nodes):
         if not node.attribute:  # most nodes: skip the attribute scan
             continue
+        previous, index = "", 0
         for attr, sub in subgraphs(node):
-            label = node.name or node.op_type
-            scope.children.append(_walk_graph(sub, f"{scope.path}/{label}/{attr.name}",
-                                              scope.function, scope.opset, scope, found))
+            index = index + 1 if attr.name == previous else 0
+            previous = attr.name
+            child = Scope(sub.node, subgraph_path(scope.path, node.name, node.op_type, attr.name),
+                          sub, scope.function, scope.opset, scope, len(found),
+                          subgraph_key(scope.key, position, attr.name, index))
+            found.append(child)
+            scope.children.append(child)
+            _walk_children(child, found)
 
 
 # Models whose scopes are computed once while a caller promises not to change them
@@ -125,14 +162,15 @@ def model_scopes(model: onnx.ModelProto, *, include_ours: bool = False) -> list[
 
 def _walk_model(model: onnx.ModelProto, include_ours: bool) -> list[Scope]:
     opset = default_opset(model.opset_import)
-    found: list[Scope] = []
-    _walk_graph(model.graph, "main", None, opset, None, found)
+    found = [Scope(model.graph.node, "main", model.graph, None, opset)]
+    _walk_children(found[0], found)
     for function in model.functions:
         if function.domain == spec.DOMAIN and not include_ours:
             continue
         fopset = default_opset(function.opset_import) or opset
-        scope = Scope(function.node, function_path(function), None, function, fopset, None,
-                      len(found))
+        identifier = (function.domain, function.name, function.overload)
+        scope = Scope(function.node, function_path(*identifier), None, function, fopset, None,
+                      len(found), function_key(*identifier))
         found.append(scope)
         _walk_children(scope, found)
     return found

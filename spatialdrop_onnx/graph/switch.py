@@ -1,12 +1,22 @@
-"""The ``training_mode`` switch: defined where nodes read it, threaded, defaulted, removed."""
+"""The ``training_mode`` switch: found, defined where nodes read it, threaded, defaulted,
+turned on, removed — for every pass (rewrite, strip, mc, inline), in one place.
+
+The switch is the main-graph input named ``training_mode`` whose type is a boolean
+scalar or a boolean tensor of undeclared shape (:func:`is_switch_type`). An input of
+that name and another type is the model's own value: every pass leaves it alone
+(rewrite refuses to add its switch next to it, see :func:`check_training_switch_name`).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import numpy as np
 import onnx
 from onnx import FunctionProto, TensorProto
 
 from ..errors import UserError, printable
+from .constants import scalar_of
 from .scopes import Scope, model_scopes, top_scopes
 
 #: The boolean scalar that switches every dropout of a rewritten model.
@@ -21,21 +31,40 @@ def _produced_names(scope: Scope) -> set[str]:
     return {out for s in scope.descendants() for node in s.nodes for out in node.output}
 
 
-def _is_bool_scalar(info: onnx.ValueInfoProto) -> bool:
+def is_switch_type(info: onnx.ValueInfoProto) -> bool:
+    """Whether a value of this declared type can be the switch: a boolean tensor of rank 0
+    or of undeclared shape."""
     tensor = info.type.tensor_type
     return (info.type.HasField("tensor_type") and tensor.elem_type == TensorProto.BOOL
-            and tensor.HasField("shape") and len(tensor.shape.dim) == 0)
+            and (not tensor.HasField("shape") or len(tensor.shape.dim) == 0))
+
+
+def switch_input(model: onnx.ModelProto) -> onnx.ValueInfoProto | None:
+    """The model's switch (see the module docstring), or None."""
+    info = next((i for i in model.graph.input if i.name == TRAINING_MODE), None)
+    return info if info is not None and is_switch_type(info) else None
+
+
+def remove_inputs(graph: onnx.GraphProto, names: Collection[str]) -> None:
+    """Remove these graph inputs and their initializer defaults."""
+    if not names:
+        return
+    for entries in (graph.input, graph.initializer):
+        kept = [i for i in entries if i.name not in names]
+        if len(kept) != len(entries):
+            del entries[:]
+            entries.extend(kept)
 
 
 def check_training_switch_name(model: onnx.ModelProto) -> None:
     """Refuse a model whose own ``training_mode`` value could not serve as the switch.
 
-    Only a boolean scalar main-graph input may already carry the name (it is then
-    reused); anything else named ``training_mode`` would be silently captured.
+    Only the switch itself (:func:`is_switch_type`) may already carry the name (it is
+    then reused); anything else named ``training_mode`` would be silently captured.
     """
     graph = model.graph
     for info in graph.input:
-        if info.name == TRAINING_MODE and not _is_bool_scalar(info):
+        if info.name == TRAINING_MODE and not is_switch_type(info):
             raise UserError(f"the model already has an input {TRAINING_MODE!r} that is not a "
                             "boolean scalar; rename it before adding the dropout switch")
     inputs = {i.name for i in graph.input}
@@ -59,20 +88,42 @@ def _default_tensor(value: bool) -> TensorProto:
 
 
 def set_training_default(model: onnx.ModelProto, value: bool) -> None:
-    """Give the main-graph ``training_mode`` input the initializer default ``value``.
-
-    Only a boolean scalar input is the switch; a model's own ``training_mode`` of
-    another type or shape is left alone (a scalar default would make it invalid).
-    """
-    graph = model.graph
-    flag = next((i for i in graph.input if i.name == TRAINING_MODE), None)
-    if flag is None or not _is_bool_scalar(flag):
+    """Give the switch the initializer default ``value`` (a model without one is left alone)."""
+    if switch_input(model) is None:
         return
+    graph = model.graph
     for init in graph.initializer:
         if init.name == TRAINING_MODE:
             init.CopyFrom(_default_tensor(value))
             return
     graph.initializer.append(_default_tensor(value))
+
+
+def take_switch_default(model: onnx.ModelProto) -> bool | None:
+    """Remove the switch's initializer default (it must then be fed); return what it was."""
+    if switch_input(model) is None:
+        return None
+    graph = model.graph
+    default = next((i for i in graph.initializer if i.name == TRAINING_MODE), None)
+    if default is None:
+        return None
+    graph.initializer.remove(default)
+    return bool(scalar_of(default))
+
+
+def turn_switch_on(model: onnx.ModelProto) -> bool:
+    """Replace the switch by a ``Constant`` true of its name; False if there is none.
+
+    Its readers in subgraphs see the constant, functions get it through their call
+    arguments, as they got the input.
+    """
+    if switch_input(model) is None:
+        return False
+    remove_inputs(model.graph, {TRAINING_MODE})
+    model.graph.node.insert(0, onnx.helper.make_node(
+        "Constant", [], [TRAINING_MODE], name=TRAINING_MODE,
+        value=onnx.helper.make_tensor(TRAINING_MODE, TensorProto.BOOL, [], [True])))
+    return True
 
 
 def add_training_input(model: onnx.ModelProto, default: bool) -> None:
@@ -128,8 +179,7 @@ def drop_unused_training_switch(model: onnx.ModelProto) -> None:
     """Remove ``training_mode`` inputs nothing reads any more (functions, then the graph).
 
     A function input goes together with the argument at every call (repeated:
-    an outer function may free its own in turn); then an unused boolean scalar
-    graph input ``training_mode`` and its default.
+    an outer function may free its own in turn); then the switch and its default.
     """
     changed = True
     while changed:
@@ -150,17 +200,8 @@ def drop_unused_training_switch(model: onnx.ModelProto) -> None:
                             len(node.input) > index:
                         del node.input[index]
             changed = True
-    graph = model.graph
     main = model_scopes(model)[0]
-    flag = next((i for i in graph.input if i.name == TRAINING_MODE), None)
-    if flag is None or not (_is_bool_scalar(flag) or not flag.type.tensor_type.HasField("shape")):
+    if switch_input(model) is None or _reads(main, TRAINING_MODE) or \
+            TRAINING_MODE in main.output_names:
         return
-    if _reads(main, TRAINING_MODE) or TRAINING_MODE in main.output_names:
-        return
-    kept = [i for i in graph.input if i.name != TRAINING_MODE]
-    del graph.input[:]
-    graph.input.extend(kept)
-    kept_init = [i for i in graph.initializer if i.name != TRAINING_MODE]
-    if len(kept_init) != len(graph.initializer):
-        del graph.initializer[:]
-        graph.initializer.extend(kept_init)
+    remove_inputs(model.graph, {TRAINING_MODE})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import onnx
@@ -10,7 +11,7 @@ from onnx import FunctionProto, TensorProto
 from ..errors import UserError
 from ..isolation import in_forked_child, run_isolated
 from .constants import constant_tensor, holds_values
-from .scopes import Scope, model_scopes
+from .scopes import MAIN_KEY, Scope, ScopeKey, model_scopes
 
 Dims = tuple[int | str | None, ...]
 
@@ -37,10 +38,15 @@ class TypeFacts:
         self._per_scope = per_scope
         self._model = model  # inferred from on the first miss, then dropped
         self._inferred: list[dict[str, ValueType]] | None = None
+        self._by_key: dict[ScopeKey, Scope] | None = None
 
-    @classmethod
-    def empty(cls) -> TypeFacts:
-        return cls([], [])
+    def scope(self, key: ScopeKey) -> Scope | None:
+        """The scope at ``key`` of the model these facts describe (None: it has none there)."""
+        if self._by_key is None:
+            self._by_key = {}
+            for scope in self._scopes:
+                self._by_key.setdefault(scope.key, scope)
+        return self._by_key.get(key)
 
     def _lookup(self, tables: list[dict[str, ValueType]], scope: Scope,
                 name: str) -> ValueType | None:
@@ -211,6 +217,19 @@ def _call_site_types(scopes: list[Scope], per_scope: list[dict[str, ValueType]],
     return agreed
 
 
+def _complete(scopes: list[Scope], per_scope: list[dict[str, ValueType]],
+              inferred: list[Scope], key_there: Callable[[ScopeKey], ScopeKey]) -> None:
+    """Add what ``inferred`` (scopes of an inferred copy) declares to ``scopes``' tables,
+    each scope taking the facts of the scope at ``key_there(scope.key)``."""
+    theirs = {s.key: s for s in inferred}
+    for mine in scopes:
+        there = theirs.get(key_there(mine.key))
+        if there is not None:
+            table = per_scope[mine.index]
+            for name, found in _declared_types(there).items():
+                table.setdefault(name, found)
+
+
 def _infer_facts(model: onnx.ModelProto) -> list[dict[str, ValueType]]:
     """Per-scope types (model_scopes order): declared, completed by shape inference."""
     skeleton_in_place(model)
@@ -221,11 +240,7 @@ def _infer_facts(model: onnx.ModelProto) -> list[dict[str, ValueType]]:
     except Exception:  # noqa: BLE001 - inference is a best effort: declared types stay
         inferred = None
     if inferred is not None:
-        inferred_scopes = model_scopes(inferred)
-        if len(inferred_scopes) == len(scopes):
-            for mine, theirs in zip(per_scope, inferred_scopes, strict=True):
-                for name, found in _declared_types(theirs).items():
-                    mine.setdefault(name, found)
+        _complete(scopes, per_scope, model_scopes(inferred), lambda key: key)
     # Functions are typed per call: infer each body with the types its call sites agree on.
     done: set[int] = set()
     for _ in range(len(model.functions)):
@@ -244,11 +259,9 @@ def _infer_facts(model: onnx.ModelProto) -> list[dict[str, ValueType]]:
                 synthetic = _infer(_function_model(model, function, agreed))
             except Exception:  # noqa: BLE001 - best effort, as above
                 continue
-            body_scopes = [s for s in scopes if s.top is top]
-            synthetic_scopes = model_scopes(synthetic)[: len(body_scopes)]
-            for mine, theirs in zip(body_scopes, synthetic_scopes, strict=False):
-                for name, found in _declared_types(theirs).items():
-                    per_scope[mine.index].setdefault(name, found)
+            # The body is the synthetic model's main graph: same steps below the top.
+            _complete([s for s in scopes if s.top is top], per_scope, model_scopes(synthetic),
+                      lambda key: (*MAIN_KEY, *key[1:]))
         if not progress:
             break
     return per_scope

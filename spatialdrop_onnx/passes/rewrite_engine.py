@@ -22,13 +22,21 @@ import onnx_ir as ir
 
 from .. import spec
 from ..graph import (
+    MAIN_KEY,
     RANDOM_OPS,
     TRAINING_MODE,
     NameMaker,
     Scope,
+    ScopeKey,
+    ScopesDisagree,
     TypeFacts,
     all_names,
+    check_same_scopes,
+    function_key,
+    function_path,
     model_scopes,
+    subgraph_key,
+    subgraph_path,
     type_facts,
 )
 from ..sites import Kind, Site
@@ -37,13 +45,16 @@ from .rules._common import RewriteContext
 from .shapes import ShapeReasoner
 
 
-def _subgraphs(node: ir.Node) -> Iterator[tuple[str, ir.Graph]]:
+def _subgraphs(node: ir.Node) -> Iterator[tuple[str, int, ir.Graph]]:
+    """(attribute name, position in it, graph) of every graph a node holds (If/Loop/Scan)."""
     for attr in node.attributes.values():
+        if not isinstance(attr, ir.Attr):  # a reference to a function's attribute
+            continue
         if attr.type == ir.AttributeType.GRAPH:
-            yield attr.name, attr.as_graph()
+            yield attr.name, 0, attr.as_graph()
         elif attr.type == ir.AttributeType.GRAPHS:
-            for graph in attr.as_graphs():
-                yield attr.name, graph
+            for index, graph in enumerate(attr.as_graphs()):
+                yield attr.name, index, graph
 
 
 class RewriteEngine:
@@ -54,14 +65,16 @@ class RewriteEngine:
                  whole: onnx.ModelProto | None = None, facts: TypeFacts | None = None) -> None:
         """``model`` is ``proto`` in onnx_ir form; ``whole`` the model ``proto`` is a region
         of (its names, declared dims and type facts hold for the region's values);
-        ``facts`` the type facts of ``whole`` (made lazily when None)."""
+        ``facts`` the type facts of ``proto`` or ``whole`` (``whole``'s, made lazily, when
+        None)."""
         whole = proto if whole is None else whole
         self.facts = type_facts(whole) if facts is None else facts
         self.model = model
         self.paths: dict[int, str] = {}
         self.owners: dict[int, ir.Function | None] = {}
-        #: (scope, path) in the order of ``graph.model_scopes`` (our own bodies skipped).
+        #: (scope, path) parents first, as ``graph.model_scopes`` (our own bodies skipped).
         self.scopes: list[tuple[ir.Graph | ir.Function, str]] = []
+        self.keys: dict[int, ScopeKey] = {}  # id of a scope -> its key (graph.scopes)
         self._index()
         shapes = ShapeReasoner(self._value_facts(proto, whole, self.facts), read_external)
         self.ctx = RewriteContext(model, shapes, self.paths, self.owners, self._training_value,
@@ -73,38 +86,55 @@ class RewriteEngine:
     # -- indexing -------------------------------------------------------------------
 
     def _index(self) -> None:
-        def walk(graph: ir.Graph | ir.Function, path: str, owner: ir.Function | None) -> None:
-            self.paths[id(graph)] = path
-            self.owners[id(graph)] = owner
-            self.scopes.append((graph, path))
-            for node in graph:
-                for attr_name, sub in _subgraphs(node):
-                    walk(sub, f"{path}/{node.name or node.op_type}/{attr_name}", owner)
-
-        walk(self.model.graph, "main", None)
+        """Every scope with its path, owner and key, found by onnx_ir's own traversal."""
+        self._index_tree(self.model.graph, MAIN_KEY, "main", None)
         for function in self.model.functions.values():
-            if function.domain == spec.DOMAIN:
-                continue  # our own function bodies are never rewritten
-            path = f"function {function.domain}.{function.name}" + (
-                f":{function.overload}" if function.overload else "")
-            self.paths[id(function.graph)] = path
-            self.owners[id(function.graph)] = function
-            walk(function, path, function)
+            if function.domain != spec.DOMAIN:  # our own function bodies are never rewritten
+                identifier = function.identifier()
+                self._index_tree(function, function_key(*identifier),
+                                 function_path(*identifier), function)
+
+    def _index_tree(self, top: ir.Graph | ir.Function, key: ScopeKey, path: str,
+                    owner: ir.Function | None) -> None:
+        """Index ``top`` and its subgraphs (onnx_ir lists them parents first), each labelled
+        from the node holding it as ``graph.model_scopes`` labels it (``graph.scopes``)."""
+        labels = {id(top): (key, path)}
+        graphs = self.model.graphs() if owner is None else [top, *top.subgraphs()]
+        for graph in graphs:
+            found = labels.get(id(graph))
+            if found is None:
+                raise ScopesDisagree(f"internal error: onnx_ir lists a subgraph of {path} "
+                                     "that no node of it holds")
+            self.keys[id(graph)], graph_path = found
+            self.paths[id(graph)] = graph_path
+            self.owners[id(graph)] = owner
+            self.scopes.append((graph, graph_path))
+            for position, node in enumerate(graph):
+                if node.attributes:  # most nodes have none: no subgraph to label
+                    for attr_name, index, sub in _subgraphs(node):
+                        labels[id(sub)] = (
+                            subgraph_key(found[0], position, attr_name, index),
+                            subgraph_path(graph_path, node.name, node.op_type, attr_name))
+        if owner is not None:  # nodes of a function belong to its graph
+            self.paths[id(top.graph)], self.owners[id(top.graph)] = path, owner
 
     def _value_facts(self, proto: onnx.ModelProto, whole: onnx.ModelProto, facts: TypeFacts
                      ) -> Callable[[ir.Value], tuple[int | str | None, ...] | None]:
-        """Per-scope type facts of ``whole`` for this model's IR values (scopes pair up in
-        walk order; a region's scopes are the first scopes of the whole model).
+        """Per-scope type facts for this model's IR values, each scope found by its key.
 
-        Lookups are lazy: a value is looked up (and inference run, once) only
-        when the shape reasoning cannot answer from the graph itself.
+        ``facts`` describe ``proto`` or ``whole`` (a region's scopes have the keys they
+        have in the whole model). A scope the two walks do not agree on is an error, not
+        a scope without facts. Lookups are lazy: a value is looked up (and inference run,
+        once) only when the shape reasoning cannot answer from the graph itself.
         """
-        proto_scopes = model_scopes(proto)
-        if len(proto_scopes) != len(self.scopes):
-            return lambda value: None
+        ir_keys = [self.keys[id(scope)] for scope, _ in self.scopes]
+        check_same_scopes(ir_keys, (s.key for s in model_scopes(proto)))
         declared = _declared_dim_params(whole)
         where: dict[int, Scope] = {}
-        for (scope, _), proto_scope in zip(self.scopes, proto_scopes, strict=True):
+        for (scope, _), key in zip(self.scopes, ir_keys, strict=True):
+            proto_scope = facts.scope(key)
+            if proto_scope is None:
+                raise ScopesDisagree(f"internal error: the type facts have no scope {key}")
             values: list[ir.Value] = list(scope.inputs)
             if isinstance(scope, ir.Graph):
                 values.extend(scope.initializers.values())

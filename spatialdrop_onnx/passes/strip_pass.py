@@ -45,7 +45,9 @@ from ..graph import (
     get_attr,
     is_onnx_dropout,
     is_spatial_dropout,
+    is_switch_type,
     model_scopes,
+    remove_inputs,
     subgraphs,
     type_facts,
 )
@@ -419,23 +421,10 @@ class _Folder:
             graph.initializer.extend(kept)
 
     def _drop_flag_inputs(self, graph: onnx.GraphProto, names: set[str], uses: Counter) -> None:
-        """Remove unused boolean scalar graph inputs that only fed training_mode."""
-        def is_flag(info: onnx.ValueInfoProto) -> bool:
-            tensor = info.type.tensor_type
-            return tensor.elem_type == TensorProto.BOOL and (
-                not tensor.HasField("shape") or len(tensor.shape.dim) == 0)
-
-        dead = {i.name for i in graph.input if i.name in names and uses[i.name] <= 0
-                and is_flag(i)}
-        if not dead:
-            return
-        kept = [i for i in graph.input if i.name not in dead]
-        del graph.input[:]
-        graph.input.extend(kept)
-        kept_init = [i for i in graph.initializer if i.name not in dead]
-        if len(kept_init) != len(graph.initializer):
-            del graph.initializer[:]
-            graph.initializer.extend(kept_init)
+        """Remove unused graph inputs of the switch's type that only fed folded dropouts,
+        whatever their name (an exporter's own flag): their default goes with them."""
+        remove_inputs(graph, {i.name for i in graph.input if i.name in names
+                              and uses[i.name] <= 0 and is_switch_type(i)})
 
     def _drop_value_info(self, graph: onnx.GraphProto) -> None:
         removed = self.removed_values

@@ -2,9 +2,10 @@
 
 :func:`prepare` returns a copy of the model in which
 
-* the ``training_mode`` graph input is gone and a ``Constant`` true of that name
-  takes its place, so every site that read the switch (in subgraphs and, through
-  call arguments, in functions) trains;
+* the ``training_mode`` switch is gone and a ``Constant`` true of that name takes
+  its place (``graph.turn_switch_on``), so every site that read the switch (in
+  subgraphs and, through call arguments, in functions) trains; an input of that
+  name that is not the switch (not a boolean scalar) stays an ordinary input;
 * every ONNX ``Dropout`` that trains is ``SpatialDropout(shared_axes=[])``
   (onnxruntime's ``EliminateDropout`` deletes an interior ``Dropout`` whatever
   its ``training_mode``, in the main graph and in Loop bodies alike);
@@ -25,13 +26,11 @@ from dataclasses import dataclass
 
 import onnx
 from onnx import TensorProto
-from onnx import helper as oh
 
 from ... import spec
 from ...errors import UsageError, UserError, printable
 from ...graph import (
     RANDOM_OPS,
-    TRAINING_MODE,
     Constants,
     NameMaker,
     all_names,
@@ -43,6 +42,7 @@ from ...graph import (
     is_spatial_dropout,
     model_scopes,
     rename_values,
+    turn_switch_on,
 )
 from ...inlining import dropout_to_spatial
 
@@ -93,33 +93,6 @@ class PreparedSource:
     dropout_converted: int
     random_sites: int
     fresh: NameMaker
-
-
-def _is_bool_scalar_or_shapeless(info: onnx.ValueInfoProto) -> bool:
-    tensor = info.type.tensor_type
-    return (info.type.HasField("tensor_type") and tensor.elem_type == TensorProto.BOOL
-            and (not tensor.HasField("shape") or len(tensor.shape.dim) == 0))
-
-
-def _switch_on(model: onnx.ModelProto) -> bool:
-    """Replace the ``training_mode`` graph input by a Constant true; False if there is none."""
-    graph = model.graph
-    flag = next((i for i in graph.input if i.name == TRAINING_MODE), None)
-    if flag is None:
-        return False
-    if not _is_bool_scalar_or_shapeless(flag):
-        raise UserError(f"the model's input {TRAINING_MODE!r} is not a boolean scalar: it is not "
-                        "the dropout switch this tool turns on")
-    kept = [i for i in graph.input if i.name != TRAINING_MODE]
-    del graph.input[:]
-    graph.input.extend(kept)
-    kept_init = [i for i in graph.initializer if i.name != TRAINING_MODE]
-    del graph.initializer[:]
-    graph.initializer.extend(kept_init)
-    constant = oh.make_node("Constant", [], [TRAINING_MODE], name=TRAINING_MODE,
-                            value=oh.make_tensor(TRAINING_MODE, TensorProto.BOOL, [], [True]))
-    graph.node.insert(0, constant)
-    return True
 
 
 def count_random_sites(model: onnx.ModelProto) -> int:
@@ -266,7 +239,7 @@ def prepare(model: onnx.ModelProto, classification: bool | Collection[str] = Fal
                         f"needs >= {MIN_OPSET} (spatialdrop-onnx rewrite converts it)")
     result = onnx.ModelProto()
     result.CopyFrom(model)
-    had_switch = _switch_on(result)
+    had_switch = turn_switch_on(result)
     converted = dropout_to_spatial(result)
     sites = count_random_sites(result)
     if sites == 0:
