@@ -13,8 +13,10 @@ this script is the evidence instead. It
      ``spatialdrop-onnx inline`` (the dropout as standard ops, ``training_mode`` an input);
    * ``cnn_stripped``: the same CNN through ``spatialdrop-onnx strip`` (no dropout left: a
      control that onnx2tf and the interpreter work on this machine);
-   * ``seed_stripped``: ``models/seed_model.keras`` through ``spatialdrop-onnx convert``
-     then ``strip`` (its GRUs are tf2onnx ``Loop`` nodes);
+   * ``seed_stripped``: ``models/seed_model.keras`` through ``spatialdrop-onnx convert
+     --strip`` (the deployment form: both GRUs as the fused ONNX ``GRU`` op);
+   * ``seed_strip_loop``: ``convert`` then ``strip`` (the encoder keeps tf2onnx's ``Loop``:
+     its recurrent dropout needs it in the training model);
 
    and onnxruntime's outputs on the same inputs (``training_mode`` false);
 3. converts each with onnx2tf (in the tflite venv, one process per model) and runs the
@@ -74,7 +76,8 @@ SIGMAS = 4.0
 CASES = {
     "cnn_inlined": "Conv -> SpatialDropout 0.3 -> Conv, spatialdrop-onnx inline",
     "cnn_stripped": "the same CNN, spatialdrop-onnx strip (control: no dropout)",
-    "seed_stripped": "models/seed_model.keras, convert then strip (tf2onnx GRU Loops)",
+    "seed_stripped": "models/seed_model.keras, convert --strip (fused GRU ops)",
+    "seed_strip_loop": "models/seed_model.keras, convert then strip (the encoder's Loop)",
 }
 QUIET_TF = {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -196,6 +199,10 @@ def _build_case(name: str, workdir: Path, python: str) -> dict[str, Any]:
         _cli(python, workdir, "inline" if name == "cnn_inlined" else "strip", str(source),
              "-o", str(target))
         how = f"spatialdrop-onnx {'inline' if name == 'cnn_inlined' else 'strip'}"
+    elif name == "seed_stripped":
+        target = workdir / f"{name}.onnx"
+        _cli(python, workdir, "convert", str(SEED_MODEL), "--strip", "-o", str(target))
+        how = "spatialdrop-onnx convert --strip"
     else:
         converted = workdir / "seed.onnx"
         _cli(python, workdir, "convert", str(SEED_MODEL), "-o", str(converted))
