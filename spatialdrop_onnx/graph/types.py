@@ -288,6 +288,9 @@ def _inferred_tables(model: onnx.ModelProto, scopes: list[Scope]) -> list[dict[s
             source = copy
         return _infer_facts(source)
 
+    from ..schema import register_schema
+
+    register_schema()  # inference follows values through SpatialDropout only with its schema
     try:
         return run_isolated(compute, model, what="inferring shapes")
     except UserError:  # onnx crashed on this model: what it declares is all we know
