@@ -27,7 +27,7 @@ sys.exit(main(["inspect", {model!r}]))
 """
 
 
-@pytest.mark.parametrize("module", ["spatialdrop_onnx.cli.app", "click", "numpy",
+@pytest.mark.parametrize("module", ["spatialdrop_onnx.cli.group", "click", "numpy",
                                     "ml_dtypes", "onnx"])
 def test_interrupt_during_start_up_is_one_line(tmp_path: Path, module: str) -> None:
     model = tmp_path / "m.onnx"

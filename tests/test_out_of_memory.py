@@ -51,7 +51,7 @@ import re, resource, sys
 import onnx, onnx_ir, onnxruntime, onnxscript
 import spatialdrop_onnx.inlining, spatialdrop_onnx.passes.monte_carlo
 from spatialdrop_onnx.cli import main
-import spatialdrop_onnx.cli.app
+import spatialdrop_onnx.cli.group
 size = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, resource.RLIM_INFINITY))
 sys.exit(main({argv!r}))

@@ -13,11 +13,11 @@ import sys
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line (see :func:`spatialdrop_onnx.cli.app.main`)."""
+    """Run the command line (see :func:`spatialdrop_onnx.cli.group.main`)."""
     interrupted: list[int] = []
     previous = signal.signal(signal.SIGINT, lambda signum, frame: interrupted.append(signum))
     try:
-        from .app import main as run
+        from .group import main as run
     finally:
         signal.signal(signal.SIGINT, previous)
     if interrupted:
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def __getattr__(name: str) -> object:
     if name == "app":
-        from .app import app
+        from .group import app
 
         return app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -54,29 +54,33 @@ _DEFAULT_SHAPES = tuple(",".join(str(d) for d in shape) for shape in benchmark.D
 @click.option("--seed-model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="--mc: the converted seed model (spatialdrop-onnx convert "
                    "models/seed_model.keras), run over --sequences token sequences.")
-@click.option("--sequences", type=click.IntRange(min=1), default=512, show_default=True,
-              help="--mc: batch of the seed model.")
-@click.option("--images", type=click.IntRange(min=1), default=128, show_default=True,
-              help="--mc: batch of the CNNs.")
+@click.option("--sequences", default="1,8,64,512", show_default=True,
+              help="--mc: batch(es) of the seed model, comma-separated.")
+@click.option("--images", default="1,128", show_default=True,
+              help="--mc: batch(es) of the CNNs, comma-separated.")
+@click.option("--runs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="--mc: run everything this many times and print the ranges over the runs.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable result.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines.")
 def bench(shape: tuple[str, ...], dtype: str, shared_axes: str, ratio: float, repeat: int,
           warmup: int, threads: int, no_extensions: bool, mc: bool, samples: int,
-          seed_model: str | None, sequences: int, images: int, as_json: bool,
+          seed_model: str | None, sequences: str, images: str, runs: int, as_json: bool,
           quiet: bool) -> None:
     """Time SpatialDropout in onnxruntime: native kernel vs broadcast Mul (the
     memory-bandwidth floor), the kernel in place inside a graph, the portable
     function body, ORT's Dropout and an onnxruntime-extensions Python op, on a
     16 MB and a 64 MB tensor. Prints each row's median time and the median of
     its per-round ratios to the floor, and the goals met. With --mc: Monte-Carlo
-    dropout in one call vs N calls.
+    dropout in one call (batch folding, Loop) vs N calls and vs one call on N x the
+    batch, with peak memory, what --strategy auto builds, and the goals met.
     """
     progress = None if as_json or quiet or not sys.stderr.isatty() else (
         lambda label: click.echo(f"measuring: {label}", err=True))
     if mc:
         explicit = click.get_current_context().get_parameter_source("repeat")
         mc_repeat = repeat if explicit == click.core.ParameterSource.COMMANDLINE else MC_REPEAT
-        _bench_mc(samples, seed_model, sequences, images, mc_repeat, as_json, progress)
+        _bench_mc(samples, seed_model, _batches(sequences, "--sequences"),
+                  _batches(images, "--images"), mc_repeat, runs, as_json, progress)
         return
     shapes = [_parse_ints(text, "--shape") for text in shape]
     dtypes = _parse_dtypes(dtype)
@@ -109,18 +113,26 @@ def _parse_dtypes(text: str) -> list[str]:
     return names
 
 
-def _bench_mc(samples: int, seed_model: str | None, sequences: int, images: int, repeat: int,
-              as_json: bool, progress: Callable[[str], None] | None) -> None:
+def _batches(text: str, option: str) -> tuple[int, ...]:
+    values = _parse_ints(text, option)
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{option} must be positive integers, got {text!r}")
+    return tuple(values)
+
+
+def _bench_mc(samples: int, seed_model: str | None, sequences: tuple[int, ...],
+              images: tuple[int, ...], repeat: int, runs: int, as_json: bool,
+              progress: Callable[[str], None] | None) -> None:
     from .. import bench_mc
     from ..modelio import load_model
 
     extra = []
     if seed_model is not None:
         model = load_model(seed_model).model
-        extra.append(("seed", f"seed model, {sequences} token sequences", model,
-                      bench_mc.token_feeds(model, sequences)))
-    result = bench_mc.run_mc_bench(samples=samples, repeat=repeat, cnn_batch=images,
-                                   extra=extra, progress=progress)
+        extra = [("seed", f"seed model, {batch} token sequences", model,
+                  bench_mc.token_feeds(model, batch)) for batch in sequences]
+    result = bench_mc.run_mc_bench(samples=samples, repeat=repeat, cnn_batches=images,
+                                   extra=extra, runs=runs, progress=progress)
     if as_json:
         emit_json(result.to_dict())
     else:

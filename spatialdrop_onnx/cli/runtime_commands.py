@@ -55,7 +55,8 @@ def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: 
               show_default=True,
               help="batch: fold the samples into the batch (one run; only for models whose "
                    "rows are independent, checked); loop: a Loop with running statistics "
-                   "(constant memory, any model); auto: batch when valid.")
+                   "(constant memory, any model); auto: batch when valid and N folded copies "
+                   "of a row fit a 2 MB cache, else loop (the summary says why).")
 @click.option("--keep-samples", is_flag=True,
               help="Also output every sample, as Y_samples stacked on a new axis 0.")
 @click.option("--classification", is_flag=True,
