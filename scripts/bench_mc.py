@@ -3,12 +3,15 @@
 
 Converts ``models/seed_model.keras`` with the CLI (as the main job does) into a
 temporary folder, then runs ``spatialdrop-onnx bench --mc --seed-model ...``: for
-each model, N=32 samples (512 token sequences for the seed model, 128 images for
-the CNNs) as N ``session.run`` calls from Python vs one call of the MC model,
-batch folding and Loop, with peak memory. Arguments after ``--`` go to
-``bench --mc`` (e.g. ``-- --json``).
+each model, N=32 samples (1, 8, 64 and 512 token sequences for the seed model, 1
+and 128 images for the CNNs) as N ``session.run`` calls from Python vs one call of
+the MC model (batch folding and Loop) vs one call of the source on N x the batch,
+with peak memory, what ``--strategy auto`` builds and the goals met. Every other
+argument goes to ``bench --mc`` (a leading ``--`` is accepted and dropped), e.g.
+``--runs 3 --repeat 11`` for ranges over three runs, or ``--json``.
 
-    .venv/bin/python scripts/bench_mc.py [-- --samples 32 --repeat 7 --json]
+    .venv/bin/python scripts/bench_mc.py [--runs 3] [--repeat 11] [--sequences 1,512] [--json]
+    .venv/bin/python scripts/bench_mc.py --help     # this text and bench's options
 """
 
 from __future__ import annotations
@@ -23,7 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str]) -> int:
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    extra = argv[1:] if argv[:1] == ["--"] else list(argv)
+    if any(arg in ("-h", "--help") for arg in extra):
+        print(__doc__.strip())
+        print("\nOptions of bench (--mc and --seed-model are set by this script):\n")
+        return subprocess.run([sys.executable, "-m", "spatialdrop_onnx", "bench", "--help"],
+                              check=False).returncode
     with tempfile.TemporaryDirectory() as scratch:
         seed = Path(scratch) / "seed_model.onnx"
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")

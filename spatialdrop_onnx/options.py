@@ -21,7 +21,8 @@ class ElementwiseOp(StrEnum):
 
 
 class Strategy(StrEnum):
-    """How ``mc`` takes its samples (``auto``: batch folding when it is valid)."""
+    """How ``mc`` takes its samples (``auto``: batch folding when it is valid and N folded
+    copies of a row fit the cache, else the Loop; ``passes.monte_carlo.choose``)."""
 
     AUTO = "auto"
     BATCH = "batch"

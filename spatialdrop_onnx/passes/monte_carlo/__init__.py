@@ -15,7 +15,9 @@ Strategies:
   says why not);
 * ``loop`` (:mod:`.loop`): a ``Loop`` of N runs with Welford's running mean and
   variance in double; constant memory, any model;
-* ``auto``: ``batch`` when folding is proven valid, else ``loop``.
+* ``auto``: ``batch`` when folding is proven valid and N folded copies of one row
+  fit the budget :data:`FOLD_CACHE_BYTES`, else ``loop`` (:func:`choose`; the
+  report says which and why, and up to how many rows folding stays the faster).
 
 The source is prepared by :mod:`.source` (switch on, element-wise ``Dropout``
 kept from onnxruntime's optimiser, free output names); the result carries the
@@ -30,18 +32,28 @@ import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
+import onnx
+
 from ... import spec
 from ...errors import RefusedError, UsageError, UserError, prefixed_with, printable
 from ...function_body import make_portable
-from ...graph import check_acyclic
+from ...graph import check_acyclic, infer_types, model_scopes
 from ...options import MAX_SAMPLES, Strategy, values
 from ..result import ModelArg, PassResult, load_argument
 from .batch import build_batch
 from .folding import FoldCheck, check_folding
 from .loop import build_loop
-from .source import our_domain_used, prepare
+from .source import PreparedSource, our_domain_used, prepare
+from .stochastic import partition
 
 STRATEGIES = values(Strategy)
+#: Bytes N folded copies of a batch's largest sampled activation may take while batch
+#: folding stays faster than the Loop: one core's L2 cache (2 MiB on the benchmark machine,
+#: 1-2 MiB on most x86 servers). Folding saves the per-node cost of N-1 runs; once the
+#: N x B folded rows outgrow the cache, the Loop, which keeps B rows at a time in it, wins
+#: (measured, ``bench --mc``: the CNNs' crossovers lay between 1 and 4, and 4 and 8 images,
+#: where this budget puts them at 4 and 8 rows; docs/monte-carlo.md).
+FOLD_CACHE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,12 @@ class MonteCarloReport:
     dropout_converted: int  # ONNX Dropout nodes made SpatialDropout(shared_axes=[])
     had_switch: bool  # the source had a training_mode input (now a constant true)
     logits: bool = False  # the classification outputs were read as logits (softmax first)
+    #: Bytes one row of the largest sampled activation takes (None: not known, or not
+    #: looked at because folding is not valid or the Loop was asked for).
+    row_bytes: int | None = None
+    #: Rows per call up to which batch folding is expected to beat the Loop
+    #: (FOLD_CACHE_BYTES // (samples * row_bytes); None when row_bytes is).
+    fold_rows: int | None = None
 
     @property
     def classification(self) -> tuple[str, ...]:
@@ -99,7 +117,89 @@ class MonteCarloReport:
                 "random_sites": self.random_sites,
                 "dropout_converted": self.dropout_converted,
                 "had_switch": self.had_switch, "classification": list(self.classification),
-                "logits": self.logits}
+                "logits": self.logits, "row_bytes": self.row_bytes, "fold_rows": self.fold_rows}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``auto`` builds and why (see :func:`choose`)."""
+
+    strategy: str
+    reason: str
+    row_bytes: int | None = None
+    fold_rows: int | None = None
+
+
+def largest_row(prepared: PreparedSource, check: FoldCheck) -> tuple[str, int] | None:
+    """The batched value of the sampled part (made or read by a stochastic node) whose
+    row takes the most bytes, and that size; None when no such value's size is known.
+
+    Only values whose axis 0 the folding check proved to be the batch count, with every
+    other axis of known size (the model's declarations completed by onnx shape inference).
+    """
+    from ...schema import register_schema
+
+    register_schema()  # shape inference then follows the values through SpatialDropout
+    model = prepared.model
+    facts = infer_types(model)
+    main = model_scopes(model)[0]
+    best: tuple[str, int] | None = None
+    for index in partition(model).stochastic:
+        node = main.nodes[index]
+        for name in (*node.input, *node.output):
+            found = facts.type_of(main, name) if name in check.batched else None
+            if found is None or not found.dims or \
+                    not all(isinstance(d, int) for d in found.dims[1:]):
+                continue
+            try:
+                size = onnx.helper.tensor_dtype_to_np_dtype(found.elem_type).itemsize
+            except (KeyError, TypeError):  # no numpy type (e.g. float8): skip
+                continue
+            for dim in found.dims[1:]:
+                size *= int(dim)
+            if best is None or size > best[1]:
+                best = (name, size)
+    return best
+
+
+def _size(count: float) -> str:
+    """Bytes as KB or MB, for reasons."""
+    return f"{count / 1024:.1f} KB" if count < 1024 * 1024 else f"{count / 2**20:.1f} MB"
+
+
+def choose(prepared: PreparedSource, check: FoldCheck, samples: int) -> Choice:
+    """``auto``'s rule: which strategy is faster, from what is known when the model is built.
+
+    The batch size is not known (it is dynamic: a fixed one already rules folding out).
+    Both strategies run the deterministic prefix once, so where the first dropout sits
+    changes how much each gains over N calls, not which of them is faster. What decides is
+    the size of the folded activations: folding runs each sampled node once on N x B rows,
+    the Loop N times on B rows. While N x B rows of the largest sampled activation fit
+    :data:`FOLD_CACHE_BYTES`, folding saves N-1 runs' per-node cost and wins (up to 18x on
+    the seed model for one sequence); beyond, the Loop's smaller working set wins (1.3-2x
+    on the CNNs at 128 images). So: the Loop when folding is not valid or even one row,
+    folded, is over the budget; else folding, which is right for one request at a time,
+    with the batch size up to which it stays the faster in the reason.
+    """
+    if not check.foldable:
+        return Choice("loop", f"batch folding is not valid: {check.reason}")
+    found = largest_row(prepared, check)
+    if found is None:
+        return Choice("batch", f"{check.reason}; the size of a row is not known, so folding is "
+                               "assumed to fit in the cache (for large batches, the loop "
+                               "strategy keeps memory to one sample's)")
+    name, row = found
+    rows = FOLD_CACHE_BYTES // (samples * row)
+    folded = f"{samples} folded copies of one row of {printable(name, 80)} ({_size(row)} a row)"
+    if rows < 1:
+        return Choice("loop", f"batch folding is valid, but {folded} take "
+                              f"{_size(samples * row)}, more than the "
+                              f"{_size(FOLD_CACHE_BYTES)} a folded run stays fast in; the Loop "
+                              "runs one sample's rows at a time", row, 0)
+    return Choice("batch", f"{check.reason}; {folded} fit in {_size(FOLD_CACHE_BYTES)} up to "
+                           f"about {rows} rows per call: faster than the Loop there (beyond, "
+                           "the loop strategy can be faster, with one sample's memory)",
+                  row, rows)
 
 
 def _check_arguments(samples: object, strategy: object,
@@ -149,13 +249,11 @@ def monte_carlo(model: ModelArg, *, samples: int, strategy: str = "auto",
     if strategy == "batch" and not check.foldable:
         raise RefusedError(f"cannot fold the samples into the batch: {check.reason} "
                            "(use the loop strategy)")
-    if strategy == "loop":
-        built, reason = "loop", "asked for"
-    elif check.foldable:
-        built = "batch"
-        reason = "asked for" if strategy == "batch" else check.reason
+    if strategy == "auto":
+        choice = choose(prepared, check, samples)
     else:
-        built, reason = "loop", f"batch folding is not valid: {check.reason}"
+        choice = Choice(strategy, "asked for")
+    built, reason = choice.strategy, choice.reason
     report = MonteCarloReport(
         samples=samples, strategy=built, requested=strategy, reason=reason,
         foldable=check.foldable,
@@ -165,7 +263,7 @@ def monte_carlo(model: ModelArg, *, samples: int, strategy: str = "auto",
                       for o in prepared.outputs),
         dropped_outputs=tuple(prepared.dropped), random_sites=prepared.random_sites,
         dropout_converted=prepared.dropout_converted, had_switch=prepared.had_switch,
-        logits=prepared.logits)
+        logits=prepared.logits, row_bytes=choice.row_bytes, fold_rows=choice.fold_rows)
     if built == "batch":
         result = build_batch(prepared, samples, keep_samples, check.batched)
     else:
@@ -196,4 +294,5 @@ def monte_carlo_file(src: str | os.PathLike, dst: str | os.PathLike, *, samples:
     return result.report
 
 
-__all__ = ["MonteCarloReport", "SampledStatistics", "monte_carlo", "monte_carlo_file"]
+__all__ = ["FOLD_CACHE_BYTES", "Choice", "MonteCarloReport", "SampledStatistics", "choose",
+           "largest_row", "monte_carlo", "monte_carlo_file"]
