@@ -358,12 +358,16 @@ def test_bidirectional_rnn_every_mask_converts(converted: Any, architectures: An
 
 
 def test_rnn_gates_get_independent_masks(converted: Any) -> None:
-    """Each Loop (one RNN direction) takes a different mask tensor per gate, drawn apart."""
+    """Each Loop (one RNN direction) reads a different mask tensor per gate, drawn apart
+    (as a loop input, or from the outer scope once the loop is portable)."""
+    from spatialdrop_onnx.graph import names_read
+
     c = converted("bidirectional_rnn")
     producers = {o: n for n in c.onnx.graph.node for o in n.output}
     loops = [n for n in c.onnx.graph.node if n.op_type == "Loop"]
     masks_per_loop = sorted(
-        len({i for i in loop.input if i in producers and producers[i].op_type == sd.OP_TYPE})
+        len({i for i in names_read(loop)
+             if i in producers and producers[i].op_type == sd.OP_TYPE})
         for loop in loops)
     assert masks_per_loop == [6, 6, 8, 8]  # GRU: 3 + 3 gates, LSTM: 4 + 4
     nodes, runs = training_runs(c, batch=64, runs=1)

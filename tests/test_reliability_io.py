@@ -1132,8 +1132,10 @@ def _kill_runs(tmp_path: Path, mode: str, kills: int, seed: int) -> list[dict]:
 
 def test_sigkill_at_random_moments_never_leaves_a_partial_output(tmp_path: Path) -> None:
     runs = _kill_runs(tmp_path, "kill", kills=8, seed=9)
-    assert any(run["temps"] or run["others"] for run in runs), runs  # some landed mid-save
-    assert any(run["saved"] for run in runs) or (tmp_path / "out" / "out.onnx").exists()
+    # Some kill landed mid-save (what the test is about). Whether another also landed after a
+    # save completed depends on the machine's load (all 8 landed early once on a busy machine):
+    # not asserted, the per-run checks in _kill_runs hold either way.
+    assert any(run["temps"] or run["others"] for run in runs), runs
 
 
 def test_sigterm_at_random_moments_leaves_nothing_behind(tmp_path: Path) -> None:
