@@ -24,6 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mc_models
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -52,28 +53,8 @@ def _dropout_model(ratio: float, channels: int = 32, size: int = 3, dims: str = 
     }}"""
 
 
-#: A small classifier with dropout between two convolutions: the ratio-0 case.
-CNN = f"""{HEADER}
-    g (float[B,3,6,6] x, bool training_mode) => (float[B,5] p)
-      <float[8,3,3,3] w1, float[5,8,1,1] w2, float r = {{0.0}}, bool training_mode = {{0}},
-       int64[2] hw = {{2, 3}}> {{
-        c = Conv<pads = [1, 1, 1, 1]>(x, w1)
-        d = org.spatialdrop.SpatialDropout(c, r, training_mode)
-        e = Relu(d)
-        f = Conv(e, w2)
-        g = ReduceMean<keepdims = 0>(f, hw)
-        p = Softmax(g)
-    }}"""
-
-
 def _cnn() -> onnx.ModelProto:
-    model = onnx.parser.parse_model(CNN.replace("float[8,3,3,3] w1, float[5,8,1,1] w2, ", ""))
-    rng = np.random.default_rng(3)
-    model.graph.initializer.extend([
-        onnx.numpy_helper.from_array(rng.normal(0, 0.5, (8, 3, 3, 3)).astype(np.float32), "w1"),
-        onnx.numpy_helper.from_array(rng.normal(0, 0.5, (5, 8, 1, 1)).astype(np.float32), "w2")])
-    onnx.checker.check_model(model, full_check=True)
-    return model
+    return mc_models.cnn(ratio=0.0, seed=3)
 
 
 def _positive(shape: tuple[int, ...]) -> np.ndarray:
