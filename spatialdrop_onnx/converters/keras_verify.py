@@ -26,6 +26,7 @@ import onnx
 from .. import spec
 from ..errors import UserError, printable
 from ..graph import TRAINING_MODE, iter_nodes
+from ..reports import JsonReport
 from .keras_attribution import layer_of_node, owner
 from .keras_export import unconverted_nodes
 from .keras_input import SavedModelFunction
@@ -41,7 +42,7 @@ SENSITIVITY_FACTOR = 10.0
 
 
 @dataclass(frozen=True)
-class RandomCheck:
+class RandomCheck(JsonReport):
     """The statistical self-check of a model whose Keras output is random at inference."""
 
     layers: tuple[str, ...]
@@ -53,10 +54,6 @@ class RandomCheck:
     """Mean over the random output elements of |mean difference| / its standard error."""
     std_ratio: float
     """Median over the random output elements of ONNX / Keras standard deviation."""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"layers": list(self.layers), "keras_spread": self.keras_spread,
-                "runs": self.runs, "mean_abs_z": self.mean_abs_z, "std_ratio": self.std_ratio}
 
 
 @dataclass(frozen=True)

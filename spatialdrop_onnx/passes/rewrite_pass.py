@@ -51,6 +51,7 @@ from ..graph import (
     unchanged_scopes,
 )
 from ..options import ElementwiseOp, values
+from ..reports import JsonReport
 from ..sites import Site
 from .opset import convert_opset
 from .result import ModelArg, PassResult, load_argument
@@ -68,7 +69,7 @@ _MAX_CONSTANT_BYTES = 512
 
 
 @dataclass(frozen=True)
-class RewriteReport:
+class RewriteReport(JsonReport):
     """What a rewrite did: sites converted, existing nodes rewired, random sites left."""
 
     converted: tuple[Site, ...] = ()
@@ -79,12 +80,6 @@ class RewriteReport:
     @property
     def modified(self) -> bool:
         return bool(self.converted or self.rewired)
-
-    def to_dict(self) -> dict:
-        return {"converted": [s.to_dict() for s in self.converted],
-                "rewired": [s.to_dict() for s in self.rewired],
-                "unconvertible": [s.to_dict() for s in self.unconvertible],
-                "opset_converted_from": self.opset_converted_from}
 
 
 @dataclass(frozen=True)

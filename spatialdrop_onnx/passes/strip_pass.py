@@ -51,12 +51,13 @@ from ..graph import (
     subgraphs,
     type_facts,
 )
+from ..reports import JsonReport
 from ..sites import Site
 from .result import ModelArg, PassResult, load_argument
 
 
 @dataclass(frozen=True)
-class StripReport:
+class StripReport(JsonReport):
     """What strip did: dropout nodes folded, random subgraphs converted first, sites left."""
 
     folded: int = 0
@@ -66,10 +67,6 @@ class StripReport:
     @property
     def modified(self) -> bool:
         return self.folded > 0
-
-    def to_dict(self) -> dict:
-        return {"folded": self.folded, "random_subgraphs": self.random_subgraphs,
-                "unconvertible": [s.to_dict() for s in self.unconvertible]}
 
 
 def strip(model: ModelArg) -> PassResult[StripReport]:

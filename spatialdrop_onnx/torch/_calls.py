@@ -38,6 +38,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..reports import JsonReport
+
 
 class Family(enum.Enum):
     """What a dropout function drops."""
@@ -152,7 +154,7 @@ def _attention_functions() -> tuple[Callable[..., Any], Callable[..., Any], insp
 
 
 @dataclass(frozen=True)
-class DropoutCall:
+class DropoutCall(JsonReport):
     """One call of a torch dropout function, and the module whose ``forward`` made it."""
 
     #: Qualified name of the module (``""`` is the root, ``"blocks.0.drop"`` a submodule).
@@ -161,10 +163,6 @@ class DropoutCall:
     #: How the call was reached: ``F.dropout2d``, ``torch.feature_dropout``, ...
     function: str
     p: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"module": self.module, "module_type": self.module_type,
-                "function": self.function, "p": self.p}
 
 
 class ModuleTracker:

@@ -19,6 +19,7 @@ from ..errors import printable
 from ..function_body import MIN_OPSET
 from ..graph import is_onnx_dropout, iter_nodes
 from ..passes import PassResult, inspect, rewrite
+from ..reports import JsonReport
 from ..sessions import ORT_DROPOUT_NOTE
 from ..sites import Kind, Site
 from ._calls import DropoutCall, Policy
@@ -41,7 +42,7 @@ EVAL_FORM = "exported in its eval form"
 
 
 @dataclass(frozen=True)
-class LeftOut:
+class LeftOut(JsonReport):
     """Dropout the export writes in its eval form (the identity), and why."""
 
     #: Qualified name of the module (``""`` is the root).
@@ -52,13 +53,9 @@ class LeftOut:
     reason: str
     p: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"module": self.module, "module_type": self.module_type, "what": self.what,
-                "reason": self.reason, "p": self.p}
-
 
 @dataclass(frozen=True)
-class TrainedModule:
+class TrainedModule(JsonReport):
     """A module exported with its own training flag on, found by what it does.
 
     Its ``forward`` draws random numbers in ``train()`` that eval gates off
@@ -73,12 +70,9 @@ class TrainedModule:
     #: The attention calls whose dropout it now exports, else the random ATen ops it draws.
     what: str
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"module": self.module, "module_type": self.module_type, "what": self.what}
-
 
 @dataclass(frozen=True)
-class TorchExportReport:
+class TorchExportReport(JsonReport):
     """What :func:`export` did.
 
     ``sites``: every dropout site of the exported model (``Site`` as
@@ -108,15 +102,6 @@ class TorchExportReport:
     def complete(self) -> bool:
         """True when every dropout of the module is in the model, switchable."""
         return not self.left_out and not self.unconvertible
-
-    def to_dict(self) -> dict[str, Any]:
-        """Strict-JSON value."""
-        return {"exporter": self.exporter,
-                "sites": [s.to_dict() for s in self.sites],
-                "forced": [c.to_dict() for c in self.forced],
-                "trained": [m.to_dict() for m in self.trained],
-                "left_out": [x.to_dict() for x in self.left_out],
-                "notes": list(self.notes)}
 
 
 def export(module: torch.nn.Module, args: Sequence[Any] | torch.Tensor,

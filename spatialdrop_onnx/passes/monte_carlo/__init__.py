@@ -39,6 +39,7 @@ from ...errors import RefusedError, UsageError, UserError, prefixed_with, printa
 from ...function_body import make_portable
 from ...graph import check_acyclic, infer_types, model_scopes
 from ...options import MAX_SAMPLES, Strategy, values
+from ...reports import JsonReport, fields_dict
 from ..result import ModelArg, PassResult, load_argument
 from .batch import build_batch
 from .folding import FoldCheck, check_folding
@@ -57,7 +58,7 @@ FOLD_CACHE_BYTES = 2 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class SampledStatistics:
+class SampledStatistics(JsonReport):
     """The Monte-Carlo outputs made from one source output."""
 
     source: str
@@ -74,12 +75,6 @@ class SampledStatistics:
         """The MC model's outputs made from this source output, in output order."""
         return tuple(n for n in (self.mean, self.std, self.entropy, self.expected_entropy,
                                  self.mutual_information, self.samples) if n)
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, "mean": self.mean, "std": self.std,
-                "samples": self.samples, "entropy": self.entropy,
-                "expected_entropy": self.expected_entropy,
-                "mutual_information": self.mutual_information}
 
 
 @dataclass(frozen=True)
@@ -110,14 +105,8 @@ class MonteCarloReport:
         return tuple(o.source for o in self.outputs if o.entropy)
 
     def to_dict(self) -> dict:
-        return {"samples": self.samples, "strategy": self.strategy,
-                "requested": self.requested, "reason": self.reason,
-                "foldable": self.foldable, "outputs": [o.to_dict() for o in self.outputs],
-                "dropped_outputs": list(self.dropped_outputs),
-                "random_sites": self.random_sites,
-                "dropout_converted": self.dropout_converted,
-                "had_switch": self.had_switch, "classification": list(self.classification),
-                "logits": self.logits, "row_bytes": self.row_bytes, "fold_rows": self.fold_rows}
+        # The fields, and one derived key: the outputs classification statistics were added to.
+        return {**fields_dict(self), "classification": list(self.classification)}
 
 
 @dataclass(frozen=True)
