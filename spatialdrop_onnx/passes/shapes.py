@@ -82,22 +82,12 @@ def small_const(value: ir.Value | None,
     """
     if value is None or value.is_graph_input():
         return None
-    tensor = value.const_value
+    try:  # an initializer or a Constant node
+        tensor = ir.convenience.get_const_tensor(value)
+    except ValueError:  # a malformed Constant (two attributes, sparse_value): unknown
+        return None
     if tensor is None:
-        producer = value.producer()
-        if producer is None or producer.op_type != "Constant" or \
-                producer.domain not in DEFAULT_DOMAINS:
-            return None
-        attr = producer.attributes.get("value")
-        if attr is not None and attr.type == ir.AttributeType.TENSOR:
-            tensor = attr.as_tensor()
-        else:
-            for name in ("value_float", "value_int", "value_floats", "value_ints"):
-                attr = producer.attributes.get(name)
-                if attr is not None:
-                    array = np.asarray(attr.value)
-                    return array if array.size <= MAX_CONSTANT_ELEMENTS else None
-            return None
+        return None
     return small_tensor_values(tensor, read_external)
 
 
