@@ -24,7 +24,6 @@ import onnxruntime as ort
 import pytest
 from dropout_checks import sample_data
 from onnx import TensorProto
-from optional import require
 from passes_helpers import parse
 from runtimes import RUNTIMES, runner
 
@@ -459,33 +458,6 @@ def test_mask_declared_in_the_noise_shape_does_not_stop_folding(read):
     if read:  # z = y + keep: its mean is y's plus the channel's keep rate, from the same k
         expected = outputs[0] + (k / N).reshape(4, 64, 1, 1)
         np.testing.assert_allclose(outputs[2], expected, rtol=1e-5)
-
-
-def test_torch_dynamo_export_with_channel_dropout_folds():
-    """The torch helper's own dynamo export of a DenseNet-like block declares the mask."""
-    torch = require("torch")
-    from torch import nn
-
-    from spatialdrop_onnx.torch import export
-
-    class Dense(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.conv = nn.Conv2d(3, 8, 3, padding=1)
-            self.drop = nn.Dropout2d(0.2)
-            self.head = nn.Linear(11, 5)
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            y = torch.cat([x, self.drop(torch.relu(self.conv(x)))], 1)
-            return torch.softmax(self.head(y.mean((2, 3))), -1)
-
-    torch.manual_seed(0)
-    source, _ = export(Dense().eval(), (torch.randn(2, 3, 8, 8),))
-    masks = {o for n in source.graph.node if n.op_type == "SpatialDropout" for o in n.output[1:]}
-    declared = [v for v in source.graph.value_info if v.name in masks]
-    assert [d.dim_value for d in declared[0].type.tensor_type.shape.dim[2:]] == [1, 1]
-    _, report = sd.monte_carlo(source, samples=4)
-    assert report.strategy == "batch", report.reason
 
 
 def test_unbatched_input_is_not_called_a_batch():

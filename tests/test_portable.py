@@ -267,9 +267,8 @@ def test_float_scale_within_one_ulp_of_the_reference(dtype):
         reference_scale = spec.kept_scale(np.float32(ratio), np_dtype)
         ulps.append(int(scale.view(bits)) - int(reference_scale.view(bits)))
     assert max(map(abs, ulps)) <= 1, ulps
-    assert sum(u != 0 for u in ulps) <= 0.25 * len(ulps), ulps  # measured: 25 of 201
-    if dtype == "float32":
-        assert ulps[ratios.index(np.float32(0.15))] != 0  # the measured example: one ulp
+    # measured on onnxruntime 1.32: 25 of 201 (0.15 among them); 1.21 rounds none of them off
+    assert sum(u != 0 for u in ulps) <= 0.25 * len(ulps), ulps
 
 
 @pytest.mark.parametrize("dtype", list(DTYPES))

@@ -361,3 +361,30 @@ def test_rate_checks_can_fail() -> None:
     with pytest.raises(AssertionError):
         assert_drop_fraction(decisions, 0.3)
     assert math.isclose(1 - decisions.mean(), 0.5, abs_tol=0.02)
+
+
+def test_torch_dynamo_export_with_channel_dropout_folds():
+    """The torch helper's own dynamo export of a DenseNet-like block declares the mask."""
+    torch = require("torch")
+    from torch import nn
+
+    from spatialdrop_onnx.torch import export
+
+    class Dense(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1)
+            self.drop = nn.Dropout2d(0.2)
+            self.head = nn.Linear(11, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = torch.cat([x, self.drop(torch.relu(self.conv(x)))], 1)
+            return torch.softmax(self.head(y.mean((2, 3))), -1)
+
+    torch.manual_seed(0)
+    source, _ = export(Dense().eval(), (torch.randn(2, 3, 8, 8),))
+    masks = {o for n in source.graph.node if n.op_type == "SpatialDropout" for o in n.output[1:]}
+    declared = [v for v in source.graph.value_info if v.name in masks]
+    assert [d.dim_value for d in declared[0].type.tensor_type.shape.dim[2:]] == [1, 1]
+    _, report = sd.monte_carlo(source, samples=4)
+    assert report.strategy == "batch", report.reason

@@ -69,6 +69,9 @@ def translation_table() -> dict[Any, Callable[..., Any]]:
     import onnxscript
     from onnxscript import opset18 as ops
 
+    from ..schema import register_schema
+
+    register_schema()  # onnxscript looks the op up in onnx's schema registry
     ours = onnxscript.values.Opset(spec.DOMAIN, spec.OPSET_VERSION)
     tags = itertools.count(TAG_BASE)
 
