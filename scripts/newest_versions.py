@@ -109,8 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
         subprocess.run([*pip, TORCH], check=True)
-        subprocess.run([*pip, "--upgrade", "--upgrade-strategy", "eager", "-e", f"{ROOT}[all]",
-                        *BUILD_REQUIREMENTS], check=True, cwd=ROOT)
+        # torch stays at the CPU build bootstrap installs: an eager upgrade would take a newer
+        # release, a CUDA build with a dozen nvidia-* packages (see README).
+        keep_torch = Path(temporary) / "torch-constraint.txt"
+        keep_torch.write_text(f"{TORCH}\n")
+        subprocess.run([*pip, "--upgrade", "--upgrade-strategy", "eager", "-c", str(keep_torch),
+                        "-e", f"{ROOT}[all]", *BUILD_REQUIREMENTS], check=True, cwd=ROOT)
         pins = freeze(python)
         changed = drift(pins)
         print("newest_versions: versions that differ from requirements.lock:"
