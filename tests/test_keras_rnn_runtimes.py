@@ -140,7 +140,9 @@ def assert_same_distribution(got: np.ndarray, ours: np.ndarray, label: str) -> N
     """Two stacks of runs [R, ...] of one random output come from one distribution.
 
     Per element, the difference of the two means over its standard error is N(0, 1)
-    when they agree: the mean |z| is then sqrt(2/pi) = 0.80. The spreads agree too.
+    when they agree: no element beyond 5 (the elements of a sequence share masks, so their
+    mean |z| wanders more than independent ones would: a ±0.2 band around sqrt(2/pi) failed
+    one run in a few). The spreads agree too (identical gate masks showed as 0.53x).
     """
     runs = got.shape[0]
     std_got, std_ours = got.std(0), ours.std(0)
@@ -148,7 +150,7 @@ def assert_same_distribution(got: np.ndarray, ours: np.ndarray, label: str) -> N
     assert varying.mean() > 0.3, f"{label}: the output hardly varies from run to run"
     z = (got.mean(0) - ours.mean(0))[varying] / np.sqrt(
         (std_got**2 + std_ours**2)[varying] / runs)
-    assert abs(float(np.mean(np.abs(z))) - math.sqrt(2 / math.pi)) < 0.2, label
+    assert float(np.max(np.abs(z))) < 5, label
     assert 0.8 < float(np.median(std_got[varying] / std_ours[varying])) < 1.25, label
 
 
