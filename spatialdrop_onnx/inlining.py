@@ -48,20 +48,17 @@ import os
 from dataclasses import asdict, dataclass, replace
 
 import onnx
-from onnx import helper as oh
 
 from . import spec
 from .errors import UserError, prefixed_with, printable
 from .function_body import MIN_OPSET, bodies_for_inlining
 from .graph import (
-    Constants,
     check_acyclic,
     check_opset_imports,
     default_opset,
     drop_our_unused_functions,
+    dropout_to_spatial,
     get_attr,
-    input_at,
-    is_onnx_dropout,
     is_spatial_dropout,
     model_scopes,
     take_switch_default,
@@ -94,34 +91,6 @@ class InlineReport:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _trains(node: onnx.NodeProto, constants: Constants, scope: object) -> bool:
-    """An ONNX Dropout that can train: it reads a training_mode that is not a constant false."""
-    flag = input_at(node, 2)
-    return bool(flag) and constants.scalar(scope, flag) not in (False, 0)
-
-
-def dropout_to_spatial(model: onnx.ModelProto) -> int:
-    """Turn every training-capable ONNX Dropout into SpatialDropout(shared_axes=[]), in place."""
-    constants = Constants(model)
-    converted = 0
-    for scope in model_scopes(model):
-        for node in scope.nodes:
-            if not is_onnx_dropout(node) or not _trains(node, constants, scope):
-                continue
-            seed = get_attr(node, "seed")
-            del node.attribute[:]
-            node.attribute.append(oh.make_attribute(spec.ATTR_SHARED_AXES, [],
-                                                    attr_type=onnx.AttributeProto.INTS))
-            if seed is not None:
-                node.attribute.append(oh.make_attribute(spec.ATTR_SEED, int(seed.i)))
-            node.op_type, node.domain = spec.OP_TYPE, spec.DOMAIN
-            converted += 1
-            owner = scope.function if scope.function is not None else model
-            if not any(o.domain == spec.DOMAIN for o in owner.opset_import):
-                owner.opset_import.append(oh.make_opsetid(spec.DOMAIN, spec.OPSET_VERSION))
-    return converted
 
 
 #: Random ops, which tract tells apart by node name (see :func:`name_random_ops`).

@@ -177,10 +177,10 @@ def test_attention_probabilities_dropped_elementwise_at_rate(probe_runs, exporte
     decisions = np.stack(decisions)
     # Element-wise: decisions differ along batch, heads, queries and keys.
     assert_varies_along_unshared_axes(np.where(live, decisions, decisions[:, :1]), ())
-    # The rate: within 4 sd alone, but 2-8 % too many zeros (4.7-7 sd) when the whole file
-    # runs, a different output each time; not understood yet (left open in the issue note).
-    dropped = 1 - decisions[:, live].mean()
-    assert abs(dropped - p) < 0.1, (dropped, p)
+    # The rate, over every run: the runs must be independent samples, which onnxruntime's own
+    # Dropout does not give (successive masks are shifts of each other; inference_session
+    # runs these sites as SpatialDropout, see test_sessions.py).
+    assert_drop_fraction(decisions[:, live], p)
 
 
 @pytest.mark.parametrize("exporter", EXPORTERS)

@@ -27,6 +27,7 @@ from .. import spec
 from ..errors import UserError, printable
 from ..graph import TRAINING_MODE, iter_nodes
 from ..reports import JsonReport
+from ..sessions import inference_session
 from .keras_attribution import layer_of_node, owner
 from .keras_export import unconverted_nodes
 from .keras_input import SavedModelFunction
@@ -150,14 +151,9 @@ def _perturbed(samples: list[np.ndarray], seed: int = 1) -> list[np.ndarray]:
 
 
 def _session(model: onnx.ModelProto) -> Any:
-    """An onnxruntime session that keeps ONNX Dropout (see ``sessions.ORT_DROPOUT_NOTE``)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: the report says what matters
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"],
-                                disabled_optimizers=["EliminateDropout"])
+    """A session that keeps ONNX Dropout and draws each run afresh (``inference_session``),
+    on the function bodies: the check runs where the kernel is not built."""
+    return inference_session(model, native=False)
 
 
 def verify_against_keras(model: onnx.ModelProto, keras_model: Any, input_specs: Sequence[Any],

@@ -17,12 +17,15 @@ work on ``onnx.ModelProto`` directly; this package is their one vocabulary, one 
   (:func:`is_switch_type`), :func:`thread_training_switch` defines it wherever a
   node reads it (graph input with a default; function input passed on by every
   call site), :func:`drop_unused_training_switch` undoes that,
-  :func:`turn_switch_on` and :func:`take_switch_default` serve mc and inline.
+  :func:`turn_switch_on` and :func:`take_switch_default` serve mc and inline;
+* :func:`dropout_to_spatial` writes an ONNX ``Dropout`` that trains as
+  ``SpatialDropout(shared_axes=[])`` (where a runtime's own ``Dropout`` would not do).
 """
 
 from __future__ import annotations
 
 from .constants import Constants, constant_tensor, holds_values, scalar_of
+from .elementwise import dropout_to_spatial, dropout_trains, has_training_dropout
 from .names import NameMaker, all_names, rename_values
 from .nodes import (
     DEFAULT_DOMAINS,
@@ -85,6 +88,7 @@ __all__ = [
     "ValueType", "add_training_input", "all_names", "check_acyclic", "check_opset_imports",
     "check_same_scopes", "check_training_switch_name", "constant_tensor", "declared_types",
     "default_opset", "drop_our_unused_functions", "drop_unused_training_switch",
+    "dropout_to_spatial", "dropout_trains", "has_training_dropout",
     "function_key", "function_path", "get_attr", "holds_values", "import_our_domain",
     "infer_types", "input_at", "is_default_domain", "is_onnx_dropout", "is_random",
     "is_spatial_dropout", "is_switch_type", "iter_nodes", "model_scopes", "names_read",

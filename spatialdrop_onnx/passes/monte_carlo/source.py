@@ -36,6 +36,7 @@ from ...graph import (
     all_names,
     check_opset_imports,
     default_opset,
+    dropout_to_spatial,
     input_at,
     is_default_domain,
     is_onnx_dropout,
@@ -44,7 +45,6 @@ from ...graph import (
     rename_values,
     turn_switch_on,
 )
-from ...inlining import dropout_to_spatial
 
 #: Output element types that are sampled; other outputs are left out of the MC model.
 FLOAT_TYPES = frozenset({TensorProto.FLOAT16, TensorProto.FLOAT, TensorProto.DOUBLE,
