@@ -45,26 +45,22 @@ def assert_one_line_error(result: CliResult, code: int, *fragments: str) -> None
     assert result.stdout == ""
 
 
-#: onnxruntime's EliminateDropout removes every ONNX Dropout whose output is
-#: not a graph output, whatever its training_mode (docs/keras.md): training-mode
-#: sessions must disable it.
-KEEP_DROPOUT = ["EliminateDropout"]
-
-
 def session(model: onnx.ModelProto | str, native: bool = False,
             keep_dropout: bool = False) -> ort.InferenceSession:
     """onnxruntime session through the function body, or with the native kernel registered.
 
-    ``keep_dropout`` disables the optimisation that deletes ONNX ``Dropout``
-    (needed to sample with ``training_mode`` true).
+    ``keep_dropout`` (to sample with ``training_mode`` true) makes it
+    ``sd.inference_session``: onnxruntime's EliminateDropout would delete ONNX ``Dropout``
+    and its CPU masks are not independent from run to run (docs/passes.md).
     """
     import spatialdrop_onnx as sd
 
+    if keep_dropout:
+        return sd.inference_session(model, native=native)
     data = model if isinstance(model, str) else model.SerializeToString()
     options = sd.session_options() if native else ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"],
-                                disabled_optimizers=KEEP_DROPOUT if keep_dropout else None)
+    return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
 
 
 def run(sess: ort.InferenceSession, feeds: dict[str, np.ndarray],

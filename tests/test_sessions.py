@@ -3,12 +3,12 @@ draws a mask independent of the last."""
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import onnx.numpy_helper
+import onnxruntime as ort
 import pytest
+from dropout_checks import assert_drop_fraction
 from onnx import TensorProto
 from onnx import helper as oh
-from dropout_checks import assert_drop_fraction
 from op_models import ort_session
 
 from spatialdrop_onnx.sessions import inference_session
