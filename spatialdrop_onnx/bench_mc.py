@@ -25,9 +25,9 @@ anything yet: the child's high-water resident set (``VmHWM``) after building the
 session and running one unit, minus its resident set when it started.
 
 Each case also says what ``strategy="auto"`` builds for the model and why
-(:func:`~spatialdrop_onnx.passes.monte_carlo.choose`: built for one request, with the
-batch up to which folding stays the faster), and the goals say whether that rule named
-the faster of the two strategies at the case's batch. With ``runs`` > 1 the whole
+(:func:`~spatialdrop_onnx.passes.monte_carlo.choose`; a Loop that folds samples decides
+how many per iteration at run time, from the batch), and the goals say whether it is the
+faster of the two strategies at the case's batch (within 5 %: a tie). With ``runs`` > 1 the whole
 benchmark runs that many times and :func:`format_table` prints ranges over the runs,
 with the machine's load average before each run.
 
@@ -104,18 +104,10 @@ class McCase:
     run: int = 0  # which run of the benchmark (0-based)
     auto: str | None = None  # what strategy="auto" builds for this model (for one request)
     auto_reason: str | None = None
-    fold_rows: int | None = None  # auto's estimate: folding is the faster up to this batch
+    fold_rows: int | None = None  # rows up to which all N folded samples fit the budget
     #: Median over rounds of (mc_batch's time / one_big_call's) and (mc_batch's / mc_loop's).
     batch_vs_yardstick: float | None = None
     batch_vs_loop: float | None = None
-
-    @property
-    def rule_here(self) -> str | None:
-        """What auto's rule says is faster at this case's batch: what it built, except that
-        past ``fold_rows`` rows a folded build is expected to lose to the Loop."""
-        if self.auto == "batch" and self.fold_rows is not None and self.batch > self.fold_rows:
-            return "loop"
-        return self.auto
 
     @property
     def faster(self) -> str | None:
@@ -399,8 +391,7 @@ def format_table(result: McBenchResult) -> str:
             peak = "" if row.peak_mb is None else f"peak +{row.peak_mb:7.1f} MB"
             lines.append(f"    {row.label:<{width}}  min {row.min_ms:8.1f} ms  median "
                          f"{row.median_ms:8.1f} ms  {speed}  {peak}")
-        lines.append(f"    auto builds {case.auto or 'nothing'} (for one request; at "
-                     f"{case.batch} rows its rule says {case.rule_here}): {case.auto_reason}")
+        lines.append(f"    auto builds {case.auto or 'nothing'}: {case.auto_reason}")
         lines.append("    goals: " + "; ".join(text for text, _ in _goals(case)))
     return "\n".join(lines)
 
@@ -441,8 +432,7 @@ def _ranges(result: McBenchResult, width: int) -> list[str]:
             peaks = [r.peak_mb for r in rows if r.peak_mb is not None]
             lines.append(f"    {label:<{width}}  median {_span(medians, '.1f', ' ms'):>17}  "
                          f"{_span(speeds, '.2f', 'x'):>12}  peak +{_span(peaks, '.0f', ' MB')}")
-        lines.append(f"    auto builds {first.auto or 'nothing'} (for one request; at "
-                     f"{first.batch} rows its rule says {first.rule_here}): {first.auto_reason}")
+        lines.append(f"    auto builds {first.auto or 'nothing'}: {first.auto_reason}")
         verdicts = [_goals(case) for case in cases]
         for index, (text, _) in enumerate(verdicts[0]):
             met = sum(1 for goal in verdicts if goal[index][1])
@@ -471,13 +461,13 @@ def _goals(case: McCase) -> list[tuple[str, bool]]:
     else:
         goals.append((f"Loop no slower than the N calls: {loop:.2f}x, "
                       f"{'met' if loop >= LOOP_SPEEDUP else 'NOT met'}", loop >= LOOP_SPEEDUP))
-    faster, rule = case.faster, case.rule_here
-    if faster is None or rule is None:
-        goals.append(("auto's rule picks the faster strategy at this batch: n/a", False))
+    faster, built = case.faster, case.auto
+    if faster is None or built is None:
+        goals.append(("auto builds the faster strategy at this batch: n/a", False))
     else:
-        right = faster in ("tie", rule)
+        right = faster in ("tie", built)
         here = "a tie" if faster == "tie" else f"{faster} is faster"
-        goals.append((f"auto's rule picks the faster strategy at this batch: {rule}, {here} "
+        goals.append((f"auto builds the faster strategy at this batch: {built}, {here} "
                       f"(batch / Loop time {case.batch_vs_loop:.2f}), "
                       f"{'met' if right else 'NOT met'}", right))
     return goals

@@ -21,8 +21,9 @@ class ElementwiseOp(StrEnum):
 
 
 class Strategy(StrEnum):
-    """How ``mc`` takes its samples (``auto``: batch folding when it is valid and N folded
-    copies of a row fit the cache, else the Loop; ``passes.monte_carlo.choose``)."""
+    """How ``mc`` takes its samples (``auto``: the Loop, folding as many samples per
+    iteration as fit the cache at the run's batch size when folding is valid;
+    ``passes.monte_carlo.choose``)."""
 
     AUTO = "auto"
     BATCH = "batch"

@@ -35,8 +35,8 @@ from .native import register_kernel
 #: onnxruntime optimisers that break training-mode dropout.
 DROPOUT_BREAKING_OPTIMIZERS = ("EliminateDropout",)
 #: What a converter says about a model with ONNX Dropout nodes.
-ORT_DROPOUT_NOTE = ("the model has ONNX Dropout nodes: onnxruntime deletes them during graph "
-                    "optimisation even with training_mode true, and its Dropout's masks are not "
+ORT_DROPOUT_NOTE = ("the model has ONNX Dropout nodes: onnxruntime's EliminateDropout deletes "
+                    "them even with training_mode true, and its Dropout's masks are not "
                     "independent from run to run; for training-mode sessions use "
                     "spatialdrop_onnx.inference_session(), or write them as SpatialDropout "
                     "(rewrite --elementwise spatial)")

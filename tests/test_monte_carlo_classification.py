@@ -107,9 +107,10 @@ def test_entropies_match_numpy_on_the_samples(strategy, kind, name, built):
     assert outputs == [f"{source}_{k}" for k in ("mean", "std", "entropy", "expected_entropy",
                                                  "mutual_information", "samples")]
     mean, std, entropy, expected, information, samples = runner(kind, model)(FEEDS[name])
-    if kind == "reference" and strategy == "loop":
+    if kind == "reference" and strategy == "loop" and not report.chunked:
         # onnx.reference joins a Loop's scan outputs with np.vstack ([N*B, ...], onnx 1.23),
-        # where ONNX stacks them on a new axis ([N, B, ...]) as the other runtimes do.
+        # where ONNX stacks them on a new axis ([N, B, ...]) as the other runtimes do (the
+        # folding Loop reshapes its scan output to [N, B, ...] itself).
         assert samples.shape[0] == N * mean.shape[0]
         samples = samples.reshape(N, *mean.shape)
     assert samples.shape[0] == N and entropy.shape == samples.shape[1:-1]
@@ -126,6 +127,31 @@ def test_entropies_match_numpy_on_the_samples(strategy, kind, name, built):
     # The samples differ, so the mean is more uncertain than the samples on average.
     assert (information > 1e-3).mean() > 0.9
     np.testing.assert_allclose(mean, samples.mean(0), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("per_iteration", [1, 4])
+def test_entropies_of_a_loop_folding_several_samples_per_iteration(per_iteration, monkeypatch):
+    """The folding Loop sums each iteration's k samples into the running sums: with the
+    budget shrunk so that k of the N samples fit at this batch, the statistics are still
+    those of the N samples."""
+    from spatialdrop_onnx.passes import monte_carlo as mc
+
+    x = FEEDS["probabilities"]["x"]
+    row = 7 * 4  # the largest sampled activation: the padded [B, 7] probabilities
+    monkeypatch.setattr(mc, "FOLD_CACHE_BYTES", per_iteration * x.shape[0] * row)
+    model, report = sd.monte_carlo(parse(PROBABILITIES), samples=N, strategy="loop",
+                                   keep_samples=True, classification=True)
+    assert report.chunked and report.row_bytes == row
+    mean, std, entropy, expected, information, samples = sd.inference_session(model).run(
+        None, {"x": x})
+    assert samples.shape == (N, *mean.shape)
+    assert len({s.tobytes() for s in samples}) == N  # every sample drawn afresh
+    want = _expected(samples, logits=False)
+    np.testing.assert_allclose(entropy, want[0], rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(expected, want[1], rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(information, want[2], rtol=1e-4, atol=4e-6)
+    np.testing.assert_allclose(mean, samples.mean(0), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(std, samples.std(0, dtype=np.float64), rtol=1e-4, atol=1e-6)
 
 
 def test_certain_samples_have_no_mutual_information():

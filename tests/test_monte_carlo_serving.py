@@ -11,9 +11,9 @@ mean is the source's output and the deviation 0. With SpatialDropout(0.5) on x, 
 sample of a channel is 2x or 0, so with k keeps of N the mean is x*2k/N and the
 deviation x*2*sqrt(k/N*(1-k/N)) with the same integer k, and k is Binomial(N, 0.5).
 
-Also here: ``auto``'s rule (batch folding while N folded copies of a row fit
-``FOLD_CACHE_BYTES``, else the Loop; docs/monte-carlo.md, "Choosing") and the goals the
-benchmark prints (timings are never asserted).
+Also here: ``auto``'s rule (the Loop that folds as many samples per iteration as fit
+``FOLD_CACHE_BYTES`` at the run's batch size; docs/monte-carlo.md, "Choosing") and the goals
+the benchmark prints (timings are never asserted).
 """
 
 from __future__ import annotations
@@ -197,32 +197,79 @@ def test_session_options_are_new_and_register_kernel_changes_yours():
     assert sd.register_kernel(so) is so  # a second registration would fail session creation
 
 
-# --- auto's rule: folding while N folded copies of a row fit the cache budget -------------
+# --- auto's rule: the Loop folds as many samples per iteration as fit the cache budget ---
 
 
 @pytest.mark.parametrize(("channels", "size", "samples"), [(8, 4, 16), (32, 8, 32), (16, 16, 8)])
-def test_auto_folds_while_the_folded_rows_fit(channels, size, samples):
-    """One row of x is channels*size*size floats; folding holds N of them per batch row."""
+def test_auto_builds_the_loop_that_folds_what_fits(channels, size, samples):
+    """One row of x is channels*size*size floats; all N samples fit one iteration up to
+    budget // (N x row) rows."""
     model = parse(_dropout_model(0.5, channels, size))
     row = channels * size * size * 4
     report = sd.monte_carlo(model, samples=samples).report
-    assert (report.strategy, report.foldable, report.row_bytes) == ("batch", True, row)
+    assert (report.strategy, report.foldable, report.chunked, report.row_bytes) == (
+        "loop", True, True, row)
     assert report.fold_rows == FOLD_CACHE_BYTES // (samples * row) >= 1
-    assert f"up to about {report.fold_rows} rows per call" in report.reason
+    assert f"all {samples} in one iteration up to {report.fold_rows} rows" in report.reason
     assert report.to_dict()["fold_rows"] == report.fold_rows
+    assert report.to_dict()["chunked"] is True
 
 
-def test_auto_takes_the_loop_when_one_folded_row_is_too_big():
-    """64 channels of 32x32: 256 KB a row, 16 folded copies 4 MB, over the 2 MB budget."""
-    model = parse(_dropout_model(0.5, 64, 32))
-    report = sd.monte_carlo(model, samples=16).report
-    assert (report.strategy, report.foldable, report.fold_rows) == ("loop", True, 0)
-    assert report.row_bytes == 64 * 32 * 32 * 4
-    assert "256.0 KB a row" in report.reason and "take 4.0 MB" in report.reason
-    # Asked for, folding is still built: the rule is auto's only.
-    assert sd.monte_carlo(model, samples=16, strategy="batch").report.strategy == "batch"
-    # Fewer samples fit: 4 copies are 1 MB.
-    assert sd.monte_carlo(model, samples=4).report.strategy == "batch"
+def _with_trip_count(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose extra last output is the MC Loop's trip count."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    loop = next(n for n in copy.graph.node if n.op_type == "Loop")
+    copy.graph.output.append(onnx.helper.make_tensor_value_info(loop.input[0],
+                                                                onnx.TensorProto.INT64, []))
+    return copy
+
+
+def _per_iteration(samples: int, batch: int, row: int) -> int:
+    """The largest divisor d of N whose d x batch rows of ``row`` bytes fit the budget, or 1."""
+    fitting = [d for d in range(1, samples + 1)
+               if samples % d == 0 and d * batch * row <= FOLD_CACHE_BYTES]
+    return max(fitting, default=1)
+
+
+# 256 KB a row (64 channels of 32x32): 8 of 16 samples fit at batch 1, 4 at batch 2, 1 at 8
+# and beyond; 8 KB a row (32 of 8x8): all 16 up to 16 rows.
+@pytest.mark.parametrize(("channels", "size", "batch", "per_iteration"),
+                         [(64, 32, 1, 8), (64, 32, 2, 4), (64, 32, 5, 1), (64, 32, 9, 1),
+                          (32, 8, 1, 16), (32, 8, 16, 16), (32, 8, 17, 8), (32, 8, 300, 1)])
+def test_loop_takes_as_many_samples_per_iteration_as_fit_the_batch(channels, size, batch,
+                                                                   per_iteration, tmp_path):
+    """The count is decided at run time from the batch: the trip count is N / k, and the
+    statistics are those of the N samples whatever k (keep_samples against numpy)."""
+    samples = 16
+    row = channels * size * size * 4
+    assert _per_iteration(samples, batch, row) == per_iteration  # the rule, worked by hand
+    built = sd.monte_carlo(parse(_dropout_model(0.5, channels, size)), samples=samples,
+                           keep_samples=True)
+    assert built.report.chunked
+    session = sd.inference_session(_with_trip_count(built.model))
+    x = _positive((batch, channels, size, size))
+    mean, std, kept, trips = session.run(None, {"x": x})
+    assert trips == samples // per_iteration
+    assert kept.shape == (samples, *x.shape)
+    np.testing.assert_allclose(mean, kept.mean(axis=0, dtype=np.float64), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, kept.std(axis=0, dtype=np.float64), rtol=1e-4, atol=1e-5)
+    # Channel-wise samples, each its own: a channel is 0 or 2x in every sample...
+    scaled = kept / x
+    assert np.all(np.isclose(scaled, 0) | np.isclose(scaled, 2, rtol=1e-5))
+    # ...and the N masks of a channel are not copies of one another's chunks.
+    masks = scaled[..., 0, 0] > 1  # [N, B, C]
+    assert len({m.tobytes() for m in masks}) == samples
+    ones = masks.mean()
+    assert abs(ones - 0.5) < 4.5 * math.sqrt(0.25 / masks.size)
+
+
+def test_loop_takes_one_sample_per_iteration_where_folding_is_not_valid():
+    """A fixed axis 0 is not a batch: no folding, the Loop runs N times."""
+    built = sd.monte_carlo(parse(_dropout_model(0.5, dims="4,32,3,3")), samples=8)
+    assert (built.report.strategy, built.report.chunked) == ("loop", False)
+    session = sd.inference_session(_with_trip_count(built.model))
+    assert session.run(None, {"x": _positive((4, 32, 3, 3))})[-1] == 8
 
 
 def test_auto_folds_when_the_row_size_is_unknown():
@@ -250,14 +297,11 @@ def _case(auto: str, batch_vs_loop: float, batch_vs_yardstick: float,
     return case
 
 
-@pytest.mark.parametrize(("auto", "batch", "batch_vs_loop", "right"), [
-    ("batch", 1, 0.5, True), ("batch", 1, 1.5, False), ("loop", 1, 1.5, True),
-    ("loop", 1, 0.5, False),
-    ("loop", 1, 1.03, True), ("batch", 1, 0.97, True),  # within 5 %: a tie, either is right
-    # Past fold_rows (4) the rule expects the Loop to win, though a folded model was built.
-    ("batch", 128, 1.5, True), ("batch", 128, 0.5, False), ("batch", 4, 0.5, True)])
-def test_bench_goal_auto_rule_names_the_faster_strategy(auto, batch, batch_vs_loop, right):
-    goals = _goals(_case(auto, batch_vs_loop, 1.0, 1.0, batch))
+@pytest.mark.parametrize(("auto", "batch_vs_loop", "right"), [
+    ("batch", 0.5, True), ("batch", 1.5, False), ("loop", 1.5, True), ("loop", 0.5, False),
+    ("loop", 1.03, True), ("batch", 0.97, True)])  # within 5 %: a tie, either is right
+def test_bench_goal_auto_builds_the_faster_strategy(auto, batch_vs_loop, right):
+    goals = _goals(_case(auto, batch_vs_loop, 1.0, 1.0))
     assert goals[2][1] is right, goals[2][0]
 
 
@@ -279,7 +323,7 @@ def test_bench_mc_prints_auto_goals_and_ranges(capsys: pytest.CaptureFixture):
         (name, batch, run) for run in (0, 1) for name in ("cnn", "cnn_late")
         for batch in (1, 2)]
     for case in result["cases"]:
-        assert case["auto"] == "batch" and "rows per call" in case["auto_reason"]
+        assert case["auto"] == "loop" and "in one iteration up to" in case["auto_reason"]
         assert case["fold_rows"] >= 1
         assert case["batch_vs_loop"] > 0 and case["batch_vs_yardstick"] > 0
         assert all(r["peak_mb"] is not None for r in case["rows"])
@@ -287,7 +331,7 @@ def test_bench_mc_prints_auto_goals_and_ranges(capsys: pytest.CaptureFixture):
                  "--runs", "2"]) == 0
     text = capsys.readouterr().out
     assert "ranges over 2 runs" in text and "load average before each run" in text
-    assert "goal auto's rule picks the faster strategy at this batch: met in" in text
+    assert "goal auto builds the faster strategy at this batch: met in" in text
     assert main(["bench", "--mc", "--images", "0"]) == 2
 
 

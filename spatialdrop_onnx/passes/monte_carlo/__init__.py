@@ -13,11 +13,14 @@ Strategies:
 * ``batch`` (:mod:`.batch`): the N samples folded into the batch, one run;
   only for models whose rows are independent (:mod:`.folding` proves it or
   says why not);
-* ``loop`` (:mod:`.loop`): a ``Loop`` of N runs with Welford's running mean and
-  variance in double; constant memory, any model;
-* ``auto``: ``batch`` when folding is proven valid and N folded copies of one row
-  fit the budget :data:`FOLD_CACHE_BYTES`, else ``loop`` (:func:`choose`; the
-  report says which and why, and up to how many rows folding stays the faster).
+* ``loop`` (:mod:`.loop`): a ``Loop`` with running mean and variance in double, any
+  model. Where folding is valid, each iteration folds k of the N samples into the
+  batch, k chosen at run time from the batch size so that k x B rows of the largest
+  sampled activation fit :data:`FOLD_CACHE_BYTES` (``report.chunked``); else one
+  sample per iteration (memory: one sample's);
+* ``auto``: the folding Loop when folding is proven valid and a row's size is known,
+  ``batch`` when a row's size is not known, the one-sample Loop when folding is not
+  valid (:func:`choose`; the report says which and why).
 
 The source is prepared by :mod:`.source` (switch on, element-wise ``Dropout``
 kept from onnxruntime's optimiser, free output names); the result carries the
@@ -41,9 +44,9 @@ from ...graph import check_acyclic, infer_types, model_scopes
 from ...options import MAX_SAMPLES, Strategy, values
 from ...reports import JsonReport, fields_dict
 from ..result import ModelArg, PassResult, load_argument
-from .batch import build_batch
+from .batch import build_batch, fold
 from .folding import FoldCheck, check_folding
-from .loop import build_loop
+from .loop import Chunking, build_loop
 from .source import PreparedSource, our_domain_used, prepare
 from .stochastic import partition
 
@@ -93,11 +96,13 @@ class MonteCarloReport:
     had_switch: bool  # the source had a training_mode input (now a constant true)
     logits: bool = False  # the classification outputs were read as logits (softmax first)
     #: Bytes one row of the largest sampled activation takes (None: not known, or not
-    #: looked at because folding is not valid or the Loop was asked for).
+    #: looked at because folding is not valid or batch folding was asked for).
     row_bytes: int | None = None
-    #: Rows per call up to which batch folding is expected to beat the Loop
+    #: Rows per call up to which all N folded samples fit FOLD_CACHE_BYTES
     #: (FOLD_CACHE_BYTES // (samples * row_bytes); None when row_bytes is).
     fold_rows: int | None = None
+    #: The Loop folds several samples per iteration, as many as fit at the run's batch size.
+    chunked: bool = False
 
     @property
     def classification(self) -> tuple[str, ...]:
@@ -159,36 +164,55 @@ def _size(count: float) -> str:
 def choose(prepared: PreparedSource, check: FoldCheck, samples: int) -> Choice:
     """``auto``'s rule: which strategy is faster, from what is known when the model is built.
 
-    The batch size is not known (it is dynamic: a fixed one already rules folding out).
     Both strategies run the deterministic prefix once, so where the first dropout sits
     changes how much each gains over N calls, not which of them is faster. What decides is
-    the size of the folded activations: folding runs each sampled node once on N x B rows,
-    the Loop N times on B rows. While N x B rows of the largest sampled activation fit
-    :data:`FOLD_CACHE_BYTES`, folding saves N-1 runs' per-node cost and wins (up to 18x on
-    the seed model for one sequence); beyond, the Loop's smaller working set wins (1.3-2x
-    on the CNNs at 128 images). So: the Loop when folding is not valid or even one row,
-    folded, is over the budget; else folding, which is right for one request at a time,
-    with the batch size up to which it stays the faster in the reason.
+    the batch size against the size of the folded activations: folding runs each sampled node
+    once on N x B rows, the Loop N times on B rows. While N x B rows of the largest sampled
+    activation fit :data:`FOLD_CACHE_BYTES`, folding saves N-1 runs' per-node cost and wins
+    (up to 18x on the seed model for one sequence); beyond, the Loop's smaller working set
+    wins (1.5-2x on the CNNs at 128 images). The batch size is only known at run time, so
+    when folding is valid and a row's size is known, the Loop decides there: each iteration
+    folds k of the N samples into the batch, k the largest divisor of N whose k x B rows fit
+    the budget (all N in one iteration for small batches, one per iteration for large ones).
+    Folding alone is kept when a row's size is unknown, the one-sample Loop when folding is not
+    valid.
     """
     if not check.foldable:
-        return Choice("loop", f"batch folding is not valid: {check.reason}")
+        return Choice("loop", f"batch folding is not valid: {check.reason}; the Loop takes one "
+                              "sample per iteration")
     found = largest_row(prepared, check)
     if found is None:
         return Choice("batch", f"{check.reason}; the size of a row is not known, so folding is "
                                "assumed to fit in the cache (for large batches, the loop "
                                "strategy keeps memory to one sample's)")
+    if not fold(prepared, check.batched).shares_prefix:
+        return Choice("loop", f"{check.reason}, but a value the sampled part reads is made by "
+                              "a node with a body, which folding cannot recompute: it would "
+                              "run the whole model N times over; the Loop takes one sample per "
+                              "iteration and runs the prefix once")
     name, row = found
     rows = FOLD_CACHE_BYTES // (samples * row)
-    folded = f"{samples} folded copies of one row of {printable(name, 80)} ({_size(row)} a row)"
-    if rows < 1:
-        return Choice("loop", f"batch folding is valid, but {folded} take "
-                              f"{_size(samples * row)}, more than the "
-                              f"{_size(FOLD_CACHE_BYTES)} a folded run stays fast in; the Loop "
-                              "runs one sample's rows at a time", row, 0)
-    return Choice("batch", f"{check.reason}; {folded} fit in {_size(FOLD_CACHE_BYTES)} up to "
-                           f"about {rows} rows per call: faster than the Loop there (beyond, "
-                           "the loop strategy can be faster, with one sample's memory)",
-                  row, rows)
+    single = FOLD_CACHE_BYTES // row
+    return Choice("loop", f"{check.reason}; the Loop folds as many of the {samples} samples per "
+                          f"iteration as fit {_size(FOLD_CACHE_BYTES)} at the batch it is given "
+                          f"(one row of {printable(name, 80)}: {_size(row)}): all {samples} in "
+                          f"one iteration up to {rows} rows, one per iteration from "
+                          f"{single + 1} rows", row, rows)
+
+
+def loop_chunking(prepared: PreparedSource, check: FoldCheck,
+                  row_bytes: int | None = None) -> Chunking | None:
+    """How the Loop folds samples per iteration; None for one sample per iteration (folding
+    not valid, a row's size unknown, or a prefix value folding cannot recompute).
+    ``row_bytes``: the row size when :func:`choose` found it already."""
+    if not check.foldable or not fold(prepared, check.batched).shares_prefix:
+        return None
+    if row_bytes is None:
+        found = largest_row(prepared, check)
+        if found is None:
+            return None
+        row_bytes = found[1]
+    return Chunking(check.batched, check.batched_inputs[0], row_bytes, FOLD_CACHE_BYTES)
 
 
 def _check_arguments(samples: object, strategy: object,
@@ -234,7 +258,7 @@ def monte_carlo(model: ModelArg, *, samples: int, strategy: str = "auto",
     proto = given.complete(given.model)
     check_acyclic(proto)  # sampling follows every path from a random site
     prepared = prepare(proto, classification, logits)
-    check = check_folding(prepared) if strategy != "loop" else FoldCheck(False, "not checked")
+    check = check_folding(prepared)
     if strategy == "batch" and not check.foldable:
         raise RefusedError(f"cannot fold the samples into the batch: {check.reason} "
                            "(use the loop strategy)")
@@ -243,6 +267,11 @@ def monte_carlo(model: ModelArg, *, samples: int, strategy: str = "auto",
     else:
         choice = Choice(strategy, "asked for")
     built, reason = choice.strategy, choice.reason
+    chunking = loop_chunking(prepared, check, choice.row_bytes) if built == "loop" else None
+    row_bytes, fold_rows = choice.row_bytes, choice.fold_rows
+    if chunking is not None:
+        row_bytes = chunking.row_bytes
+        fold_rows = FOLD_CACHE_BYTES // (samples * row_bytes)
     report = MonteCarloReport(
         samples=samples, strategy=built, requested=strategy, reason=reason,
         foldable=check.foldable,
@@ -252,11 +281,12 @@ def monte_carlo(model: ModelArg, *, samples: int, strategy: str = "auto",
                       for o in prepared.outputs),
         dropped_outputs=tuple(prepared.dropped), random_sites=prepared.random_sites,
         dropout_converted=prepared.dropout_converted, had_switch=prepared.had_switch,
-        logits=prepared.logits, row_bytes=choice.row_bytes, fold_rows=choice.fold_rows)
+        logits=prepared.logits, row_bytes=row_bytes, fold_rows=fold_rows,
+        chunked=chunking is not None)
     if built == "batch":
         result = build_batch(prepared, samples, keep_samples, check.batched)
     else:
-        result = build_loop(prepared, samples, keep_samples)
+        result = build_loop(prepared, samples, keep_samples, chunking)
     if our_domain_used(result):
         try:
             result = make_portable(result)
@@ -284,4 +314,4 @@ def monte_carlo_file(src: str | os.PathLike, dst: str | os.PathLike, *, samples:
 
 
 __all__ = ["FOLD_CACHE_BYTES", "Choice", "MonteCarloReport", "SampledStatistics", "choose",
-           "largest_row", "monte_carlo", "monte_carlo_file"]
+           "largest_row", "loop_chunking", "monte_carlo", "monte_carlo_file"]

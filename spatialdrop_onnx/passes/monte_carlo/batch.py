@@ -19,8 +19,10 @@ prefix, done once instead of N times. Valid only for models
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import onnx
+from onnx import NodeProto
 from onnx import helper as oh
 
 from ...graph import NameMaker, rename_values, subgraphs
@@ -88,6 +90,62 @@ def _renamed(node: onnx.NodeProto, mapping: dict[str, str],
     return copy
 
 
+@dataclass
+class Fold:
+    """The model split for folding: the prefix at batch B, the values it hands over
+    repeated, and the stochastic side reading the repeated values."""
+
+    prefix: list[onnx.NodeProto]  # deterministic nodes, run once at batch B
+    tiles: dict[str, str]  # prefix value -> the name of its repeated copy
+    folded: list[NodeProto]  # the stochastic side (and the nodes it recomputes), renamed
+    mapping: dict[str, str]  # every value the stochastic side reads under another name
+    #: False when a value the stochastic side needs could not be recomputed there (a node
+    #: with a body): then every node runs on the repeated inputs.
+    shares_prefix: bool = True
+
+
+def fold(prepared: PreparedSource, batched: Mapping[str, int],
+         share_prefix: bool = True) -> Fold:
+    """Split ``prepared.model``'s main graph for folding (the graph itself is not changed).
+
+    ``batched``: main-graph values whose axis 0 is the batch (the folding check's proof).
+    Without ``share_prefix`` every node runs on the repeated inputs.
+    """
+    nodes = list(prepared.model.graph.node)
+    inputs = {i.name for i in prepared.inputs}
+    split = partition(prepared.model)
+    stochastic = set(split.stochastic) if share_prefix else set(range(len(nodes)))
+    needed = [o.value for o in prepared.outputs]
+    shared = share_prefix
+    try:
+        tiles, copies = _stochastic_side(nodes, stochastic, split.reads, inputs, batched,
+                                         needed, prepared.fresh)
+    except _Unshareable:
+        shared = False
+        stochastic = set(range(len(nodes)))
+        tiles, copies = _stochastic_side(nodes, stochastic, split.reads, inputs, batched,
+                                         needed, prepared.fresh)
+    mapping = dict(tiles)
+    for outputs in copies.values():
+        mapping.update(outputs)
+    prefix = [nodes[i] for i in range(len(nodes)) if i not in stochastic]
+    folded = []
+    for i, node in enumerate(nodes):
+        if i in copies:
+            folded.append(_renamed(node, mapping, copies[i]))
+        if i in stochastic:
+            folded.append(_renamed(node, mapping))
+    return Fold(prefix, tiles, folded, mapping, shared)
+
+
+def keep_prefix_value_info(graph: onnx.GraphProto, prefix: list[onnx.NodeProto]) -> None:
+    """Declared shapes of the stochastic side say B where it has N*B: keep the prefix's only."""
+    kept_info = {o for node in prefix for o in node.output}
+    infos = [info for info in graph.value_info if info.name in kept_info]
+    del graph.value_info[:]
+    graph.value_info.extend(infos)
+
+
 def build_batch(prepared: PreparedSource, samples: int, keep_samples: bool,
                 batched: Mapping[str, int], share_prefix: bool = True) -> onnx.ModelProto:
     """The folded Monte-Carlo model (``prepared.model`` is changed and returned).
@@ -98,65 +156,44 @@ def build_batch(prepared: PreparedSource, samples: int, keep_samples: bool,
     """
     model, fresh = prepared.model, prepared.fresh
     graph = model.graph
-    nodes = list(graph.node)
-    inputs = {i.name for i in prepared.inputs}
-    split = partition(model)
-    stochastic = set(split.stochastic) if share_prefix else set(range(len(nodes)))
-    needed = [o.value for o in prepared.outputs]
-    try:
-        tiles, copies = _stochastic_side(nodes, stochastic, split.reads, inputs, batched,
-                                         needed, fresh)
-    except _Unshareable:
-        stochastic = set(range(len(nodes)))
-        tiles, copies = _stochastic_side(nodes, stochastic, split.reads, inputs, batched,
-                                         needed, fresh)
-    mapping = dict(tiles)
-    for outputs in copies.values():
-        mapping.update(outputs)
-    prefix = [nodes[i] for i in range(len(nodes)) if i not in stochastic]
-    head = []
-    for name, tiled in tiles.items():
-        head += _tile(name, tiled, samples, batched.get(name), fresh)
-    folded = []
-    for i, node in enumerate(nodes):
-        if i in copies:
-            folded.append(_renamed(node, mapping, copies[i]))
-        if i in stochastic:
-            folded.append(_renamed(node, mapping))
-    # Declared shapes of the stochastic side say B where it has N*B: keep the prefix's only.
-    kept_info = {o for node in prefix for o in node.output}
-    infos = [info for info in graph.value_info if info.name in kept_info]
-    del graph.value_info[:]
-    graph.value_info.extend(infos)
+    parts = fold(prepared, batched, share_prefix)
+    count, count_node = constant(fresh, "mc/repeats", INT64, [samples])
+    head = [count_node]
+    for name, tiled in parts.tiles.items():
+        head += tile(name, tiled, count, batched.get(name), fresh)
+    keep_prefix_value_info(graph, parts.prefix)
     del graph.input[:]
     graph.input.extend(prepared.inputs)
-    tail = _statistics(prepared, samples, keep_samples, mapping, fresh)
+    tail = _statistics(prepared, samples, keep_samples, parts.mapping, fresh)
     del graph.node[:]
-    graph.node.extend([*prefix, *head, *folded, *tail])
+    graph.node.extend([*parts.prefix, *head, *parts.folded, *tail])
     del graph.output[:]
     for output in prepared.outputs:
         graph.output.extend(output_infos(output, samples, keep_samples))
     return model
 
 
-def _tile(name: str, tiled: str, samples: int, rank: int | None,
-          fresh: NameMaker) -> list[onnx.NodeProto]:
-    """``tiled`` = ``name`` repeated ``samples`` times along axis 0 (any rank >= 1)."""
+def tile(name: str, tiled: str, count: str, rank: int | None,
+         fresh: NameMaker) -> list[onnx.NodeProto]:
+    """``tiled`` = ``name`` repeated ``count`` (an int64 [1] value) times along axis 0."""
     if rank is not None:
-        reps, node = constant(fresh, f"{name}/mc_repeats", INT64, [samples] + [1] * (rank - 1))
-        return [node, oh.make_node("Tile", [name, reps], [tiled], name=tiled)]
-    # Rank unknown here: [N] followed by ones for the other axes, at run time.
+        if rank == 1:
+            return [oh.make_node("Tile", [name, count], [tiled], name=tiled)]
+        ones, o_node = constant(fresh, f"{name}/mc_ones", INT64, [1] * (rank - 1))
+        reps = fresh(f"{name}/mc_repeats")
+        return [o_node, oh.make_node("Concat", [count, ones], [reps], name=reps, axis=0),
+                oh.make_node("Tile", [name, reps], [tiled], name=tiled)]
+    # Rank unknown here: the count followed by ones for the other axes, at run time.
     shape, rank_v, rest, ones, reps = (fresh(f"{name}/mc_{k}") for k in
                                        ("shape", "rank", "rest", "ones", "repeats"))
-    n, n_node = constant(fresh, f"{name}/mc_n", INT64, [samples])
     one, o_node = constant(fresh, f"{name}/mc_one", INT64, [1])
-    return [n_node, o_node,
+    return [o_node,
             oh.make_node("Shape", [name], [shape], name=shape),
             oh.make_node("Shape", [shape], [rank_v], name=rank_v),
             oh.make_node("Sub", [rank_v, one], [rest], name=rest),
             oh.make_node("ConstantOfShape", [rest], [ones], name=ones,
                          value=oh.make_tensor("one", INT64, [1], [1])),
-            oh.make_node("Concat", [n, ones], [reps], name=reps, axis=0),
+            oh.make_node("Concat", [count, ones], [reps], name=reps, axis=0),
             oh.make_node("Tile", [name, reps], [tiled], name=tiled)]
 
 
