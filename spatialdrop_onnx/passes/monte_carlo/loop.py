@@ -153,27 +153,25 @@ def divisors(samples: int) -> list[int]:
 def _samples_per_iteration(samples: int, chunking: Chunking, fresh: NameMaker
                            ) -> tuple[str, str, str, list[onnx.NodeProto]]:
     """``k`` (int64 [1]), ``k`` as a double scalar and the trip count N / k (int64 scalar)."""
-    names = [fresh(f"mc/{k_}") for k_ in ("input_shape", "batch", "bytes_per_sample",
-                                           "bytes_per_choice", "too_big", "fits", "choices",
-                                           "per_iteration", "per_iteration_double",
+    names = [fresh(f"mc/{k_}") for k_ in ("input_shape", "batch", "bytes_per_choice", "fits",
+                                           "choices", "per_iteration", "per_iteration_double",
                                            "per_iteration_scalar", "trips_vector", "trips")]
-    shape, batch, per_sample, per_choice, too_big, fits, choices, k, k_d, k_scalar, \
-        trips_v, trips = names
+    shape, batch, per_choice, fits, choices, k, k_d, k_scalar, trips_v, trips = names
     found = divisors(samples)
     zero, z_node = constant(fresh, "mc/axis0", INT64, [0])
     one, o_node = constant(fresh, "mc/one_row", INT64, [1])
-    row, r_node = constant(fresh, "mc/row_bytes", INT64, [chunking.row_bytes])
-    budget, b_node = constant(fresh, "mc/budget", INT64, [chunking.budget])
+    # Bytes k x B rows take, for every candidate k, is B times this constant.
+    row_bytes, r_node = constant(fresh, "mc/row_bytes_per_choice", INT64,
+                                 [d * chunking.row_bytes for d in found])
+    limit, b_node = constant(fresh, "mc/budget_plus_one", INT64, [chunking.budget + 1])
     options, d_node = constant(fresh, "mc/divisors", INT64, found)
     n, n_node = constant(fresh, "mc/samples_vector", INT64, [samples])
     scalar, s_node = constant(fresh, "mc/scalar_shape", INT64, [], [0])
     nodes = [z_node, o_node, r_node, b_node, d_node, n_node, s_node,
              oh.make_node("Shape", [chunking.batch_input], [shape], name=shape),
              oh.make_node("Slice", [shape, zero, one], [batch], name=batch),
-             oh.make_node("Mul", [batch, row], [per_sample], name=per_sample),
-             oh.make_node("Mul", [per_sample, options], [per_choice], name=per_choice),
-             oh.make_node("Greater", [per_choice, budget], [too_big], name=too_big),
-             oh.make_node("Not", [too_big], [fits], name=fits),
+             oh.make_node("Mul", [batch, row_bytes], [per_choice], name=per_choice),
+             oh.make_node("Less", [per_choice, limit], [fits], name=fits),
              oh.make_node("Where", [fits, options, one], [choices], name=choices),
              oh.make_node("ReduceMax", [choices], [k], name=k, keepdims=1),
              oh.make_node("Reshape", [k, scalar], [k_scalar], name=k_scalar),
@@ -202,49 +200,75 @@ def _welford(base: str, y: str, k: str, fresh: NameMaker
     ]
 
 
-def _merge(base: str, stacked_d: str, axis0: str, k_d: str, seen: str, fresh: NameMaker
-           ) -> tuple[str, str, str, str, list[onnx.NodeProto]]:
-    """``k`` samples ``stacked_d`` ([k, B, ...], double) into the running mean and M2, after
-    ``seen`` samples (Chan et al.'s pairwise update: the chunk's own mean and M2, two passes,
-    then the merge)."""
+@dataclass(frozen=True)
+class _ChunkWeights:
+    """Per-iteration scalars of the merge, shared by every output: ``k / (n + k)`` and
+    ``n * k / (n + k)`` with ``n`` the samples merged before this iteration."""
+
+    share: str
+    cross: str
+
+
+def _chunk_weights(k_d: str, iteration: str, fresh: NameMaker
+                   ) -> tuple[_ChunkWeights, list[onnx.NodeProto]]:
+    index_d, seen, after, share, cross = (fresh(f"mc/{k_}") for k_ in (
+        "iteration_double", "seen", "count_after", "chunk_share", "cross_weight"))
+    return _ChunkWeights(share, cross), [
+        oh.make_node("Cast", [iteration], [index_d], name=index_d, to=DOUBLE),
+        oh.make_node("Mul", [index_d, k_d], [seen], name=seen),
+        oh.make_node("Add", [seen, k_d], [after], name=after),
+        oh.make_node("Div", [k_d, after], [share], name=share),
+        oh.make_node("Mul", [seen, share], [cross], name=cross)]
+
+
+def _merge(base: str, stacked_d: str, axis0: str, k_d: str, weights: _ChunkWeights,
+           fresh: NameMaker) -> tuple[str, str, str, str, list[onnx.NodeProto]]:
+    """k samples ``stacked_d`` ([k, B, ...], double) into the running mean and M2 (Chan et
+    al.'s pairwise update: the chunk's own mean and M2, two passes, then the merge)."""
     mean_in, m2_in, mean_out, m2_out = (fresh(f"{base}/mc_{k_}") for k_ in
                                         ("mean_in", "m2_in", "mean_out", "m2_out"))
-    total, mean_c, dev, square, m2_c, after, weight, delta, shift, delta_sq, cross_w, \
-        cross, m2_sum = (fresh(f"{base}/mc_{k_}") for k_ in (
-            "chunk_sum", "chunk_mean", "chunk_deviation", "chunk_square", "chunk_m2",
-            "count_after", "chunk_weight", "delta", "shift", "delta_square", "cross_weight",
-            "cross", "m2_sum"))
+    total, mean_c, dev, square, m2_c, delta, shift, delta_sq, cross, m2_sum = (
+        fresh(f"{base}/mc_{k_}") for k_ in (
+            "chunk_sum", "chunk_mean", "chunk_deviation", "chunk_square", "chunk_m2", "delta",
+            "shift", "delta_square", "cross", "m2_sum"))
     return mean_in, m2_in, mean_out, m2_out, [
         oh.make_node("ReduceSum", [stacked_d, axis0], [total], name=total, keepdims=0),
         oh.make_node("Div", [total, k_d], [mean_c], name=mean_c),
         oh.make_node("Sub", [stacked_d, mean_c], [dev], name=dev),
         oh.make_node("Mul", [dev, dev], [square], name=square),
         oh.make_node("ReduceSum", [square, axis0], [m2_c], name=m2_c, keepdims=0),
-        oh.make_node("Add", [seen, k_d], [after], name=after),
-        oh.make_node("Div", [k_d, after], [weight], name=weight),
         oh.make_node("Sub", [mean_c, mean_in], [delta], name=delta),
-        oh.make_node("Mul", [delta, weight], [shift], name=shift),
+        oh.make_node("Mul", [delta, weights.share], [shift], name=shift),
         oh.make_node("Add", [mean_in, shift], [mean_out], name=mean_out),
         oh.make_node("Mul", [delta, delta], [delta_sq], name=delta_sq),
-        oh.make_node("Mul", [seen, weight], [cross_w], name=cross_w),
-        oh.make_node("Mul", [delta_sq, cross_w], [cross], name=cross),
+        oh.make_node("Mul", [delta_sq, weights.cross], [cross], name=cross),
         oh.make_node("Add", [m2_in, m2_c], [m2_sum], name=m2_sum),
         oh.make_node("Add", [m2_sum, cross], [m2_out], name=m2_out),
     ]
 
 
-def _stacked(base: str, y: str, k: str, fresh: NameMaker) -> tuple[str, list[onnx.NodeProto]]:
-    """``y`` ([k*B, ...]) as [k, B, ...]."""
-    shape, rest, folded, stacked = (fresh(f"{base}/mc_{k_}") for k_ in
-                                    ("shape", "rest", "folded_shape", "stacked"))
+def _stacked(output: SampledOutput, y: str, k: str, fresh: NameMaker
+             ) -> tuple[str, list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """``y`` ([k*B, ...]) as [k, B, ...]: the name, the nodes before the Loop (the target
+    shape, when ``y``'s other axes are declared) and the nodes in its body."""
+    base = output.source
+    folded, stacked = fresh(f"{base}/mc_folded_shape"), fresh(f"{base}/mc_stacked")
+    reshape = oh.make_node("Reshape", [y, folded], [stacked], name=stacked)
+    dims = output.dims
+    if dims is not None and all(d.HasField("dim_value") for d in dims[1:]):
+        rest, r_node = constant(fresh, f"{base}/mc_rest", INT64,
+                                [-1, *(d.dim_value for d in dims[1:])])
+        return stacked, [r_node, oh.make_node("Concat", [k, rest], [folded], name=folded,
+                                              axis=0)], [reshape]
+    shape, rest = fresh(f"{base}/mc_shape"), fresh(f"{base}/mc_rest")
     one, o_node = constant(fresh, f"{base}/mc_from", INT64, [1])
     big, b_node = constant(fresh, f"{base}/mc_to_end", INT64, [2**62])
     minus_one, m_node = constant(fresh, f"{base}/mc_minus_one", INT64, [-1])
-    return stacked, [o_node, b_node, m_node,
-                     oh.make_node("Shape", [y], [shape], name=shape),
-                     oh.make_node("Slice", [shape, one, big], [rest], name=rest),
-                     oh.make_node("Concat", [k, minus_one, rest], [folded], name=folded, axis=0),
-                     oh.make_node("Reshape", [y, folded], [stacked], name=stacked)]
+    return stacked, [o_node, b_node, m_node], [
+        oh.make_node("Shape", [y], [shape], name=shape),
+        oh.make_node("Slice", [shape, one, big], [rest], name=rest),
+        oh.make_node("Concat", [k, minus_one, rest], [folded], name=folded, axis=0),
+        reshape]
 
 
 def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool,
@@ -281,10 +305,8 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool,
         for name, tiled in parts.tiles.items():  # repeated once, read by every iteration
             head += tile(name, tiled, k, chunking.batched.get(name), fresh)
         axis0, a_node = constant(fresh, "mc/sample_axis", INT64, [0])
-        index_d, seen = fresh("mc/iteration_double"), fresh("mc/seen")
-        counting = [a_node,
-                    oh.make_node("Cast", [iteration], [index_d], name=index_d, to=DOUBLE),
-                    oh.make_node("Mul", [index_d, k_d], [seen], name=seen)]
+        head.append(a_node)
+        weights, counting = _chunk_weights(k_d, iteration, fresh)
         keep_prefix_value_info(graph, parts.prefix)
     inner_values = {o for n in inner for o in n.output}
 
@@ -310,10 +332,11 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool,
             sample = y
             mean_in, m2_in, mean_out, m2_out, update = _welford(base, y, k, fresh)
         else:
-            sample, stack_nodes = _stacked(base, y, k, fresh)
+            sample, before, stack_nodes = _stacked(output, y, k, fresh)
+            head += before
             stacked_d = fresh(f"{base}/mc_stacked_double")
             mean_in, m2_in, mean_out, m2_out, update = _merge(base, stacked_d, axis0, k_d,
-                                                              seen, fresh)
+                                                              weights, fresh)
             update = [*stack_nodes,
                       oh.make_node("Cast", [sample], [stacked_d], name=stacked_d, to=DOUBLE),
                       *update]
