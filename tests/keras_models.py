@@ -169,6 +169,19 @@ def mobilenet_head_model(keras: Any) -> Any:
                        name="mobilenet_head")
 
 
+def attention_model(keras: Any) -> Any:
+    """A transformer block's attention as Keras writes BERT and ViT: ``MultiHeadAttention``
+    with ``dropout`` (its own ``Dropout`` on the attention probabilities), a residual, a
+    ``LayerNormalization`` and a per-token head."""
+    keras.utils.set_random_seed(8)
+    layers = keras.layers
+    tokens = keras.Input((5, 8), name="tokens")
+    attended = layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=0.3,
+                                         name="mha")(tokens, tokens)
+    x = layers.LayerNormalization(name="norm")(layers.Add(name="residual")([tokens, attended]))
+    return keras.Model(tokens, layers.Dense(3, name="scores")(x), name="attention_block")
+
+
 def subclassed_model(keras: Any, dict_inputs: bool) -> Any:
     """A subclassed ``keras.Model`` built by calling it on ``keras.Input`` (one or a dict)."""
     import keras_custom_layers as custom

@@ -2,7 +2,7 @@
 
 One real model per class, written here and converted once per session through the CLI:
 the MobileNet v1 head (a layout ``Reshape`` between the dropout's scaled value and its
-mask), a subclassed model built on ``keras.Input``, Monte-Carlo dropout (Keras random at
+mask), ``MultiHeadAttention(dropout=...)`` (item 1), a subclassed model built on ``keras.Input``, Monte-Carlo dropout (Keras random at
 inference), a drop path whose training call fails in Keras, a tf2onnx failure's reason,
 a Keras 2 ``.h5`` file and a tf-keras SavedModel.
 """
@@ -71,6 +71,43 @@ def test_mobilenet_head_dropout_is_kept(mobilenet: dict[str, Any]) -> None:
     kept = np.abs(training - expected) <= np.spacing(np.abs(expected))
     assert np.all(kept | (training == 0))
     assert_drop_fraction(kept, 0.3)
+
+
+# --- MultiHeadAttention(dropout=...): attention dropout through convert ---------------------
+
+
+@pytest.fixture(scope="session")
+def attention(keras: Any, folder: Path) -> dict[str, Any]:
+    model = km.attention_model(keras)
+    return {"model": model, "result": _convert(model, folder, "attention"),
+            "path": folder / "attention.onnx"}
+
+
+def test_attention_dropout_is_kept(attention: dict[str, Any]) -> None:
+    """The attention probabilities' dropout (the layer's own Dropout) is a site of its own;
+    training_mode false equals Keras' inference, true samples what Keras' training call
+    samples: per-element means and deviations over 200 runs agree."""
+    result = attention["result"]
+    assert result.code == 0, result.stderr
+    # The layer's inner Dropout is named by Keras' counter (dropout, dropout_1, ...).
+    [site] = [s for path, s in _sites(result).items() if path.startswith("mha/")]
+    assert site["layer_class"] == "Dropout", site
+    assert site["training"] == "kept" and site["converted_to"] == ["Dropout(ratio=0.3)"], site
+    model = attention["model"]
+    x = np.random.default_rng(5).standard_normal((8, 5, 8)).astype(np.float32)
+    sess = session(str(attention["path"]), keep_dropout=True)
+    inference = run(sess, {"tokens": x}, False)["scores"]
+    assert float(np.max(np.abs(inference - model.predict(x, verbose=0)))) <= TOLERANCE
+    runs = 200
+    keras_runs = np.stack([np.asarray(model(x, training=True)) for _ in range(runs)])
+    onnx_runs = np.stack([run(sess, {"tokens": x}, True)["scores"] for _ in range(runs)])
+    assert float(onnx_runs.std(0).min()) > 0  # every output element is random in training
+    error = np.sqrt((keras_runs.var(0) + onnx_runs.var(0)) / runs)
+    z = np.abs(keras_runs.mean(0) - onnx_runs.mean(0)) / error
+    # Equal distributions: about 0.8 (0.68-0.91 seen: the elements of a row share masks).
+    assert float(z.mean()) < 1.4, float(z.mean())
+    ratio = onnx_runs.std(0) / keras_runs.std(0)
+    assert 0.9 < float(np.median(ratio)) < 1.1, float(np.median(ratio))
 
 
 # --- Subclassed keras.Model built on keras.Input ----------------------------------------
