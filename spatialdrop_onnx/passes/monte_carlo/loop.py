@@ -285,7 +285,6 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool,
     n_samples, n_node = constant(fresh, "mc/samples", INT64, [samples], [])
     n_double, d_node = constant(fresh, "mc/samples_double", DOUBLE, [float(samples)], [])
     cond, c_node = constant(fresh, "mc/run", BOOL, [True], [])
-    one, o_node = constant(fresh, "mc/one", INT64, [1], [])
     iteration, cond_in, cond_out = fresh("mc/iteration"), fresh("mc/cond_in"), fresh("mc/cond")
     if chunking is None:
         split = partition(model)
@@ -293,6 +292,7 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool,
         outer = [nodes[i] for i in split.deterministic]
         inner = [nodes[i] for i in split.stochastic]
         mapping: dict[str, str] = {}
+        one, o_node = constant(fresh, "mc/one", INT64, [1], [])
         trips, head = n_samples, [*outer, n_node, d_node, c_node, o_node]
         step, k = fresh("mc/step"), fresh("mc/k")
         counting = [oh.make_node("Add", [iteration, one], [step], name=step),
@@ -301,7 +301,7 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool,
         parts = fold(prepared, chunking.batched)
         inner, mapping = parts.folded, parts.mapping
         k, k_d, trips, chunk_nodes = _samples_per_iteration(samples, chunking, fresh)
-        head = [*parts.prefix, n_node, d_node, c_node, o_node, *chunk_nodes]
+        head = [*parts.prefix, n_node, d_node, c_node, *chunk_nodes]
         for name, tiled in parts.tiles.items():  # repeated once, read by every iteration
             head += tile(name, tiled, k, chunking.batched.get(name), fresh)
         axis0, a_node = constant(fresh, "mc/sample_axis", INT64, [0])
