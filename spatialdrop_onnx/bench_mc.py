@@ -24,10 +24,12 @@ ratios). Peak memory is measured first, each row in a forked child that has not 
 anything yet: the child's high-water resident set (``VmHWM``) after building the
 session and running one unit, minus its resident set when it started.
 
-Each case also says what ``strategy="auto"`` builds for the model and why
-(:func:`~spatialdrop_onnx.passes.monte_carlo.choose`; a Loop that folds samples decides
-how many per iteration at run time, from the batch), and the goals say whether it is the
-faster of the two strategies at the case's batch (within 5 %: a tie). With ``runs`` > 1 the whole
+Each case also says what ``strategy="auto"`` builds for the model told the case's batch
+size (``batch_size``) and why (:func:`~spatialdrop_onnx.passes.monte_carlo.choose`: folding
+where all N x B rows fit the cache, else a Loop that folds as many samples per iteration
+as fit, decided at run time from the batch; not told, auto builds that Loop, the
+``mc_loop`` row), and the goals say whether it is the faster of the two strategies at the
+case's batch (within 5 %: a tie). With ``runs`` > 1 the whole
 benchmark runs that many times and :func:`format_table` prints ranges over the runs,
 with the machine's load average before each run.
 
@@ -102,7 +104,7 @@ class McCase:
     batch: int
     rows: list[McRow] = field(default_factory=list)
     run: int = 0  # which run of the benchmark (0-based)
-    auto: str | None = None  # what strategy="auto" builds for this model (for one request)
+    auto: str | None = None  # what strategy="auto" builds for this model, told the batch
     auto_reason: str | None = None
     fold_rows: int | None = None  # rows up to which all N folded samples fit the budget
     #: Median over rounds of (mc_batch's time / one_big_call's) and (mc_batch's / mc_loop's).
@@ -303,7 +305,7 @@ def run_case(name: str, description: str, model: onnx.ModelProto,
     source = model.SerializeToString()
     mc, errors = _mc_models(model, samples)
     try:
-        report = monte_carlo(model, samples=samples).report
+        report = monte_carlo(model, samples=samples, batch_size=batch).report
         case.auto, case.auto_reason = report.strategy, report.reason
         case.fold_rows = report.fold_rows
     except Exception as err:  # noqa: BLE001 - reported in the case

@@ -2,9 +2,10 @@
 
 One real model per class, written here and converted once per session through the CLI:
 the MobileNet v1 head (a layout ``Reshape`` between the dropout's scaled value and its
-mask), ``MultiHeadAttention(dropout=...)`` (item 1), a subclassed model built on ``keras.Input``, Monte-Carlo dropout (Keras random at
-inference), a drop path whose training call fails in Keras, a tf2onnx failure's reason,
-a Keras 2 ``.h5`` file and a tf-keras SavedModel.
+mask), ``MultiHeadAttention(dropout=...)`` (item 1), a subclassed model built on
+``keras.Input``, Monte-Carlo dropout (Keras random at inference), a drop path whose
+training call fails in Keras, a tf2onnx failure's reason, a Keras 2 ``.h5`` file and a
+tf-keras SavedModel.
 """
 
 from __future__ import annotations

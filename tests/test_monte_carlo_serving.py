@@ -35,6 +35,7 @@ from passes_helpers import parse
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.bench_mc import McCase, McRow, _goals
 from spatialdrop_onnx.cli import main
+from spatialdrop_onnx.errors import UsageError
 from spatialdrop_onnx.passes.monte_carlo import FOLD_CACHE_BYTES
 
 N = 40
@@ -280,6 +281,67 @@ def test_auto_folds_when_the_row_size_is_unknown():
     assert "size of a row is not known" in report.reason
 
 
+# 16 KB a row (16 channels of 16x16), 8 samples: all fit 2 MB up to 16 rows.
+@pytest.mark.parametrize(("told", "built"), [(1, "batch"), (16, "batch"), (17, "loop"),
+                                             (500, "loop")])
+def test_auto_told_the_batch_folds_without_a_loop_where_all_samples_fit(told, built):
+    """Told the serving batch B, auto builds plain folding where N x B rows fit the budget
+    (no Loop: none of its fixed cost), the folding Loop beyond; either model takes any batch
+    and gives the statistics of its N samples (keep_samples against numpy)."""
+    samples, row = 8, 16 * 16 * 16 * 4
+    assert (samples * told * row <= FOLD_CACHE_BYTES) == (built == "batch")  # worked by hand
+    result = sd.monte_carlo(parse(_dropout_model(0.5, 16, 16)), samples=samples,
+                            batch_size=told, keep_samples=True)
+    report = result.report
+    assert (report.strategy, report.batch_size, report.chunked) == (built, told, built == "loop")
+    assert report.to_dict()["batch_size"] == told
+    assert ("Loop" in {n.op_type for n in result.model.graph.node}) == (built == "loop")
+    assert f"at the batch size it is told ({told})" in report.reason
+    session = sd.inference_session(result.model)
+    x = _positive((3, 16, 16, 16))  # not the batch it was told
+    mean, std, kept = session.run(None, {"x": x})
+    assert kept.shape == (samples, *x.shape)
+    np.testing.assert_allclose(mean, kept.mean(axis=0, dtype=np.float64), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(std, kept.std(axis=0, dtype=np.float64), rtol=1e-4, atol=1e-5)
+    scaled = kept / x
+    assert np.all(np.isclose(scaled, 0) | np.isclose(scaled, 2, rtol=1e-5))
+    assert len({m.tobytes() for m in scaled[..., 0, 0] > 1}) > 1  # samples differ
+
+
+def test_a_told_batch_does_not_make_folding_valid():
+    """Where folding is not valid, or a row's size unknown, the batch size changes nothing."""
+    fixed = sd.monte_carlo(parse(_dropout_model(0.5, dims="4,32,3,3")), samples=8,
+                           batch_size=4).report
+    assert (fixed.strategy, fixed.chunked) == ("loop", False)
+    symbolic = sd.monte_carlo(parse(_dropout_model(0.5, dims="B,C,H,W")), samples=8,
+                              batch_size=10_000).report
+    assert symbolic.strategy == "batch" and "size of a row is not known" in symbolic.reason
+
+
+@pytest.mark.parametrize(("batch_size", "strategy", "message"), [
+    (0, "auto", "positive integer"), (-3, "auto", "positive integer"),
+    (True, "auto", "positive integer"), (2.0, "auto", "positive integer"),
+    ("2", "auto", "positive integer"), (2, "loop", "auto strategy"),
+    (2, "batch", "auto strategy")])
+def test_a_bad_batch_size_is_a_usage_error(batch_size, strategy, message):
+    with pytest.raises(UsageError, match=message):
+        sd.monte_carlo(parse(_dropout_model(0.5)), samples=4, strategy=strategy,
+                       batch_size=batch_size)
+
+
+def test_cli_batch_size(tmp_path: Path, capsys: pytest.CaptureFixture):
+    src, out = tmp_path / "m.onnx", tmp_path / "mc.onnx"
+    onnx.save(parse(_dropout_model(0.5, 16, 16)), src)
+    assert main(["mc", str(src), "-o", str(out), "-n", "8", "--batch-size", "2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["strategy"], report["batch_size"]) == ("batch", 2)
+    assert "Loop" not in {n.op_type for n in onnx.load(out).graph.node}
+    out.unlink()
+    for bad in (["--batch-size", "0"], ["--batch-size", "2", "--strategy", "loop"]):
+        assert main(["mc", str(src), "-o", str(out), "-n", "8", *bad]) == 2
+        assert not out.exists()
+
+
 def test_auto_reason_when_folding_is_not_valid():
     report = sd.monte_carlo(parse(_dropout_model(0.5, dims="4,32,3,3")), samples=8).report
     assert (report.strategy, report.foldable, report.row_bytes) == ("loop", False, None)
@@ -322,9 +384,10 @@ def test_bench_mc_prints_auto_goals_and_ranges(capsys: pytest.CaptureFixture):
     assert [(c["name"], c["batch"], c["run"]) for c in result["cases"]] == [
         (name, batch, run) for run in (0, 1) for name in ("cnn", "cnn_late")
         for batch in (1, 2)]
-    for case in result["cases"]:
-        assert case["auto"] == "loop" and "in one iteration up to" in case["auto_reason"]
-        assert case["fold_rows"] >= 1
+    for case in result["cases"]:  # told 1 or 2 images, 2 samples of the small CNNs fit
+        assert case["auto"] == "batch", case["auto_reason"]
+        assert f"told ({case['batch']})" in case["auto_reason"]
+        assert case["fold_rows"] >= 2
         assert case["batch_vs_loop"] > 0 and case["batch_vs_yardstick"] > 0
         assert all(r["peak_mb"] is not None for r in case["rows"])
     assert main(["bench", "--mc", "--samples", "2", "--images", "1", "--repeat", "1",
