@@ -28,7 +28,7 @@ from onnx import helper as oh
 from ...graph import NameMaker, rename_values, subgraphs
 from . import classification
 from .source import PreparedSource, SampledOutput
-from .stats import DOUBLE, INT64, cast_to, constant, output_infos
+from .stats import DOUBLE, INT64, cast_to, constant, output_infos, stacked_samples
 from .stochastic import partition
 
 
@@ -199,14 +199,13 @@ def tile(name: str, tiled: str, count: str, rank: int | None,
 
 def _statistics(prepared: PreparedSource, samples: int, keep_samples: bool,
                 mapping: dict[str, str], fresh: NameMaker) -> list[onnx.NodeProto]:
-    """Reshape each folded output to [N, B, ...] and reduce it over the samples."""
+    """Reshape each folded output to [N, B, ...] and reduce it over the samples (two passes
+    in double: the mean, then the squared deviations from it). Few nodes: at one request each
+    costs about as much as its arithmetic."""
     n_samples, n_node = constant(fresh, "mc/samples", INT64, [samples])
-    minus_one, m_node = constant(fresh, "mc/minus_one", INT64, [-1])
-    one, o_node = constant(fresh, "mc/one", INT64, [1])
     axis0, a_node = constant(fresh, "mc/axis0", INT64, [0])
-    big, b_node = constant(fresh, "mc/to_end", INT64, [2**62])
     n_double, d_node = constant(fresh, "mc/samples_double", DOUBLE, [float(samples)], [])
-    tail = [n_node, m_node, o_node, a_node, b_node, d_node]
+    tail = [n_node, a_node, d_node]
     consts = None
     if any(o.classification for o in prepared.outputs):
         consts, nodes = classification.constants(fresh, samples)
@@ -214,27 +213,22 @@ def _statistics(prepared: PreparedSource, samples: int, keep_samples: bool,
     for output in prepared.outputs:
         y = mapping.get(output.value, output.value)
         base = output.source
-        shape, rest, folded, stacked, stacked_d = (fresh(f"{base}/mc_{k}") for k in
-                                                   ("shape", "rest", "folded_shape", "stacked",
-                                                    "stacked_double"))
-        total, mean_k, dev, square, sq_total, var, std_d, mean_d = (
-            fresh(f"{base}/mc_{k}") for k in ("sum", "mean_keep", "deviation", "square",
-                                              "square_sum", "variance", "std_double",
-                                              "mean_double"))
+        stacked, shape_nodes, reshape_nodes = stacked_samples(output, y, n_samples, fresh)
+        stacked_d, total, mean_d, dev, square, sq_total, var, std_d = (
+            fresh(f"{base}/mc_{k}") for k in ("stacked_double", "sum", "mean_double",
+                                              "deviation", "square", "square_sum", "variance",
+                                              "std_double"))
         tail += [
-            oh.make_node("Shape", [y], [shape], name=shape),
-            oh.make_node("Slice", [shape, one, big], [rest], name=rest),
-            oh.make_node("Concat", [n_samples, minus_one, rest], [folded], name=folded, axis=0),
-            oh.make_node("Reshape", [y, folded], [stacked], name=stacked),
+            *shape_nodes, *reshape_nodes,
             oh.make_node("Cast", [stacked], [stacked_d], name=stacked_d, to=DOUBLE),
-            oh.make_node("ReduceSum", [stacked_d, axis0], [total], name=total, keepdims=1),
-            oh.make_node("Div", [total, n_double], [mean_k], name=mean_k),
-            oh.make_node("Sub", [stacked_d, mean_k], [dev], name=dev),
+            oh.make_node("ReduceSum", [stacked_d, axis0], [total], name=total, keepdims=0),
+            oh.make_node("Div", [total, n_double], [mean_d], name=mean_d),
+            # [N, B, ...] - [B, ...]: the mean broadcasts over the samples
+            oh.make_node("Sub", [stacked_d, mean_d], [dev], name=dev),
             oh.make_node("Mul", [dev, dev], [square], name=square),
             oh.make_node("ReduceSum", [square, axis0], [sq_total], name=sq_total, keepdims=0),
             oh.make_node("Div", [sq_total, n_double], [var], name=var),
             oh.make_node("Sqrt", [var], [std_d], name=std_d),
-            oh.make_node("Squeeze", [mean_k, axis0], [mean_d], name=mean_d),
             cast_to(mean_d, output.elem_type, output.mean, output.mean),
             cast_to(std_d, output.elem_type, output.std, output.std),
         ]

@@ -50,7 +50,16 @@ from ...graph import NameMaker, names_read
 from . import classification
 from .batch import fold, keep_prefix_value_info, tile
 from .source import PreparedSource, SampledOutput
-from .stats import BOOL, DOUBLE, FLOAT, INT64, cast_to, constant, output_infos
+from .stats import (
+    BOOL,
+    DOUBLE,
+    FLOAT,
+    INT64,
+    cast_to,
+    constant,
+    output_infos,
+    stacked_samples,
+)
 from .stochastic import partition
 
 
@@ -247,30 +256,6 @@ def _merge(base: str, stacked_d: str, axis0: str, k_d: str, weights: _ChunkWeigh
     ]
 
 
-def _stacked(output: SampledOutput, y: str, k: str, fresh: NameMaker
-             ) -> tuple[str, list[onnx.NodeProto], list[onnx.NodeProto]]:
-    """``y`` ([k*B, ...]) as [k, B, ...]: the name, the nodes before the Loop (the target
-    shape, when ``y``'s other axes are declared) and the nodes in its body."""
-    base = output.source
-    folded, stacked = fresh(f"{base}/mc_folded_shape"), fresh(f"{base}/mc_stacked")
-    reshape = oh.make_node("Reshape", [y, folded], [stacked], name=stacked)
-    dims = output.dims
-    if dims is not None and all(d.HasField("dim_value") for d in dims[1:]):
-        rest, r_node = constant(fresh, f"{base}/mc_rest", INT64,
-                                [-1, *(d.dim_value for d in dims[1:])])
-        return stacked, [r_node, oh.make_node("Concat", [k, rest], [folded], name=folded,
-                                              axis=0)], [reshape]
-    shape, rest = fresh(f"{base}/mc_shape"), fresh(f"{base}/mc_rest")
-    one, o_node = constant(fresh, f"{base}/mc_from", INT64, [1])
-    big, b_node = constant(fresh, f"{base}/mc_to_end", INT64, [2**62])
-    minus_one, m_node = constant(fresh, f"{base}/mc_minus_one", INT64, [-1])
-    return stacked, [o_node, b_node, m_node], [
-        oh.make_node("Shape", [y], [shape], name=shape),
-        oh.make_node("Slice", [shape, one, big], [rest], name=rest),
-        oh.make_node("Concat", [k, minus_one, rest], [folded], name=folded, axis=0),
-        reshape]
-
-
 def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool,
                chunking: Chunking | None = None) -> onnx.ModelProto:
     """The Monte-Carlo model as a Loop (``prepared.model`` is changed and returned).
@@ -332,7 +317,7 @@ def build_loop(prepared: PreparedSource, samples: int, keep_samples: bool,
             sample = y
             mean_in, m2_in, mean_out, m2_out, update = _welford(base, y, k, fresh)
         else:
-            sample, before, stack_nodes = _stacked(output, y, k, fresh)
+            sample, before, stack_nodes = stacked_samples(output, y, k, fresh)
             head += before
             stacked_d = fresh(f"{base}/mc_stacked_double")
             mean_in, m2_in, mean_out, m2_out, update = _merge(base, stacked_d, axis0, k_d,

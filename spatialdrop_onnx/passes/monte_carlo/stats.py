@@ -53,6 +53,31 @@ def output_infos(output: SampledOutput, samples: int, keep_samples: bool
     return infos
 
 
+def stacked_samples(output: SampledOutput, y: str, k: str, fresh: NameMaker
+                    ) -> tuple[str, list[onnx.NodeProto], list[onnx.NodeProto]]:
+    """``y`` ([k*B, ...], ``k`` an int64 [1] value) as [k, B, ...]: the name, the nodes that
+    do not depend on ``y`` (the target shape when ``y``'s other axes are declared: constants
+    onnxruntime folds; a Loop takes them before it) and the nodes that reshape ``y``."""
+    base = output.source
+    folded, stacked = fresh(f"{base}/mc_folded_shape"), fresh(f"{base}/mc_stacked")
+    reshape = oh.make_node("Reshape", [y, folded], [stacked], name=stacked)
+    dims = output.dims
+    if dims is not None and all(d.HasField("dim_value") for d in dims[1:]):
+        rest, r_node = constant(fresh, f"{base}/mc_rest", INT64,
+                                [-1, *(d.dim_value for d in dims[1:])])
+        return stacked, [r_node, oh.make_node("Concat", [k, rest], [folded], name=folded,
+                                              axis=0)], [reshape]
+    shape, rest = fresh(f"{base}/mc_shape"), fresh(f"{base}/mc_rest")
+    one, o_node = constant(fresh, f"{base}/mc_from", INT64, [1])
+    big, b_node = constant(fresh, f"{base}/mc_to_end", INT64, [2**62])
+    minus_one, m_node = constant(fresh, f"{base}/mc_minus_one", INT64, [-1])
+    return stacked, [o_node, b_node, m_node], [
+        oh.make_node("Shape", [y], [shape], name=shape),
+        oh.make_node("Slice", [shape, one, big], [rest], name=rest),
+        oh.make_node("Concat", [k, minus_one, rest], [folded], name=folded, axis=0),
+        reshape]
+
+
 def cast_to(value: str, elem_type: int, out: str, name: str) -> NodeProto:
     """``out`` = ``value`` cast to the sampled output's type (double statistics round once)."""
     return oh.make_node("Cast", [value], [out], name=name, to=elem_type)
