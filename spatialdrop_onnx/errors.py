@@ -36,8 +36,8 @@ _MEANINGS = {
                       "written",
     ExitCode.REFUSED: "refused for safety (unsafe external data, a format that can run code, "
                       "an output that would overwrite the input, its data or a non-regular file)",
-    ExitCode.PARTIAL: "partial: written, but some dropout sites were left unconverted (each "
-                      "is named)",
+    ExitCode.PARTIAL: "partial: written, but some dropout sites were left unconverted, or "
+                      "(inline --unroll-loops) some Loops left (each is named)",
     ExitCode.ENVIRONMENT: "environment: an optional dependency or the native kernel is "
                           "missing, or the machine ran out of memory",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C); nothing half-written is left",

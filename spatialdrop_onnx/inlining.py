@@ -27,6 +27,9 @@ functions) cannot run ``SpatialDropout``, even with its function body attached.
 4. The ``training_mode`` input loses its initializer default and must be fed:
    OpenVINO takes an input that has an initializer for a constant, which would
    freeze the switch at its default (false: dropout could never be turned on).
+5. With ``unroll_loops`` (``inline --unroll-loops``), every main-graph ``Loop`` that
+   runs a constant number of steps is written out step by step
+   (:mod:`.passes.loop_unrolling`): tract and onnx2tf run no ``Loop``.
 
 With ``all_functions`` the user's own model-local functions are inlined too
 (``onnx.inliner.inline_local_functions``): OpenVINO takes a call of one for an
@@ -64,6 +67,7 @@ from .graph import (
     take_switch_default,
 )
 from .isolation import run_isolated
+from .passes.loop_unrolling import unroll_loops as unroll_loops_in_place
 from .passes.portable_loops import make_loops_portable
 from .passes.result import ModelArg, PassResult, load_argument
 
@@ -84,10 +88,15 @@ class InlineReport:
     functions_inlined: int = 0
     #: The initializer default the ``training_mode`` input had (now removed), if any.
     switch_default: bool | None = None
+    #: With ``unroll_loops``: the Loops written out step by step, their steps, and the
+    #: Loops left ("<Loop>: <why>"; see :mod:`.passes.loop_unrolling`).
+    loops_unrolled: tuple[str, ...] = ()
+    unrolled_steps: int = 0
+    loops_left: tuple[str, ...] = ()
 
     @property
     def modified(self) -> bool:
-        return self.inlined > 0
+        return self.inlined > 0 or bool(self.loops_unrolled)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -134,16 +143,29 @@ def _inline(model: onnx.ModelProto, all_functions: bool) -> bytes:
     return inlined.SerializeToString()
 
 
-def inline(model: ModelArg, *, all_functions: bool = False) -> PassResult[InlineReport]:
+def inline(model: ModelArg, *, all_functions: bool = False,
+           unroll_loops: bool = False) -> PassResult[InlineReport]:
     """Replace every SpatialDropout of ``model`` (a ModelProto or a path) by standard ops.
 
     Returns a new model with no node, function or opset import of our domain
     left; see the module docstring. ``all_functions`` inlines the user's
-    model-local functions as well. A model with nothing to inline is returned
-    unchanged. Raises UserError when the
+    model-local functions as well. ``unroll_loops`` then writes out every main-graph
+    ``Loop`` that runs a constant number of steps (for tract and TFLite, which run no
+    Loop; the report names the Loops left and why). A model with nothing to inline is
+    returned unchanged. Raises UserError when the
     default-domain opset is below ``MIN_OPSET`` (convert it first, e.g. with
     ``spatialdrop-onnx rewrite``) or a node is invalid for its data's rank.
     """
+    result = _inline_sites(model, all_functions)
+    if not unroll_loops:
+        return result
+    written = unroll_loops_in_place(result.model)
+    return PassResult(result.model, replace(result.report, loops_unrolled=written.unrolled,
+                                            unrolled_steps=written.steps,
+                                            loops_left=written.left))
+
+
+def _inline_sites(model: ModelArg, all_functions: bool) -> PassResult[InlineReport]:
     given = load_argument(model, "inline")
     # Inlining and sampling rebuild tensors: they work on a complete model, not a skeleton.
     proto = given.complete(given.model)
@@ -212,13 +234,13 @@ def _drop_unused_imports(model: onnx.ModelProto, domains: set[str]) -> None:
 
 
 def inline_file(src: str | os.PathLike, dst: str | os.PathLike, *, all_functions: bool = False,
-                in_place: bool = False) -> InlineReport:
+                unroll_loops: bool = False, in_place: bool = False) -> InlineReport:
     """Load ``src`` safely, inline its SpatialDropout nodes and save atomically to ``dst``."""
     from .modelio import check_output_path, load_model, save_model
 
     loaded = load_model(src)
     check_output_path(dst, loaded, in_place)  # refuse before the slow work
     with prefixed_with(src):  # the pass's errors name the user's file
-        result = inline(loaded, all_functions=all_functions)
+        result = inline(loaded, all_functions=all_functions, unroll_loops=unroll_loops)
     save_model(result.model, dst, source=loaded, in_place=in_place)
     return result.report

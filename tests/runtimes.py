@@ -61,23 +61,27 @@ def compile_openvino(model: onnx.ModelProto) -> Run:
     return run
 
 
-def load_tract(model: onnx.ModelProto):  # noqa: ANN201 - tract.Runnable
-    """``model`` as it is (no inlining) in tract, optimised and runnable.
+def load_tract(model: onnx.ModelProto, facts: dict[int, str] | None = None):  # noqa: ANN201
+    """``model`` as it is (no inlining) in tract, optimised and runnable (a tract.Runnable).
 
-    tract's Python API loads ONNX from a path only. Raises ``tract.TractError`` when
-    tract refuses the model.
+    tract's Python API loads ONNX from a path only. ``facts``: input index -> tract fact
+    (``"24,6,i32"``), for models whose shapes tract cannot follow from a symbolic batch.
+    Raises ``tract.TractError`` when tract refuses the model.
     """
     tract = require("tract")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"
         onnx.save(model, path)
-        return tract.onnx().load(str(path)).into_model().into_runnable()
+        loaded = tract.onnx().load(str(path))
+        for index, fact in (facts or {}).items():
+            loaded.set_input_fact(index, fact)
+        return loaded.into_model().into_runnable()
 
 
-def compile_tract(model: onnx.ModelProto) -> Run:
+def compile_tract(model: onnx.ModelProto, facts: dict[int, str] | None = None) -> Run:
     """``model`` as it is in tract; the calls are runs of one state, as the runs of one
     onnxruntime session are. Inputs are fed in graph order (tract takes a list)."""
-    state = load_tract(model).spawn_state()
+    state = load_tract(model, facts).spawn_state()
     names = [i.name for i in model.graph.input
              if i.name not in {t.name for t in model.graph.initializer}]
 

@@ -27,7 +27,7 @@ import onnx
 import pytest
 from keras_cli_runner import run_cli
 from keras_models import SEED_MODEL
-from runtimes import OPENVINO_CONFIG, openvino_core, runner
+from runtimes import OPENVINO_CONFIG, load_tract, openvino_core, runner
 
 import spatialdrop_onnx as sd
 from spatialdrop_onnx.graph import iter_nodes
@@ -35,7 +35,10 @@ from spatialdrop_onnx.passes.loop_layout import loop_layout
 from spatialdrop_onnx.passes.loop_scan_outputs import MARK
 
 Run = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
+#: The zoo's runtimes. tract runs no ReverseSequence (bidirectional layers), so the zoo
+#: stays out of it; the seed model runs there after ``inline --unroll-loops``.
 RUNTIMES = ("reference", "openvino")
+SEED_RUNTIMES = (*RUNTIMES, "tract")
 TOLERANCE = 1e-5
 RANDOM_RUNTIMES = ("reference", "openvino")
 
@@ -54,7 +57,36 @@ def _openvino_from_file(model: onnx.ModelProto, path: Path) -> Run:
     return run
 
 
+def _tract(model: onnx.ModelProto) -> Run:
+    """``inline --unroll-loops`` → tract (it runs no Loop), at the batch of the first call:
+    tf2onnx computes shapes from the batch through int32 casts tract does not follow for a
+    symbolic one ("shape input is variable"); the other axes are the model's own.
+
+    Each call runs on a fresh state (``runnable.run``): tract 0.23 carries a fused ``GRU``'s
+    hidden state from one run of a reused state into the next (the second run differed by
+    up to 1.0; docs/runtimes.md)."""
+    written = sd.inline(model, unroll_loops=True)
+    assert written.report.loops_left == (), written.report.loops_left
+    first = model.graph.input[0]
+    tensor = first.type.tensor_type
+    element = {onnx.TensorProto.INT32: "i32", onnx.TensorProto.FLOAT: "f32"}[tensor.elem_type]
+    names = [i.name for i in written.model.graph.input]
+    loaded: list[Any] = []
+
+    def run(feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not loaded:
+            dims = [feeds[first.name].shape[0], *(d.dim_value for d in tensor.shape.dim[1:])]
+            fact = ",".join([*(str(d) for d in dims), element])
+            loaded.append(load_tract(written.model, {0: fact}))
+        results = loaded[0].run([np.asarray(feeds[n]) for n in names])
+        return [t.to_numpy() for t in results]
+
+    return run
+
+
 def _run_in(kind: str, model: onnx.ModelProto, workdir: Path, name: str) -> Run:
+    if kind == "tract":
+        return _tract(model)
     if kind == "openvino":
         return _openvino_from_file(model, workdir / f"{name}.openvino.onnx")
     if kind == "ort":
@@ -175,7 +207,7 @@ def test_seed_loops_are_in_the_portable_form(seed: dict[str, Any]) -> None:
             assert scans and all(s.doc_string == MARK for s in scans)
 
 
-@pytest.mark.parametrize("kind", RUNTIMES)
+@pytest.mark.parametrize("kind", SEED_RUNTIMES)
 def test_seed_inference_agrees_with_onnxruntime_and_keras(seed: dict[str, Any], kind: str,
                                                           workdir: Path) -> None:
     feeds = {"tokens": seed["tokens"]}
@@ -189,7 +221,7 @@ def test_seed_inference_agrees_with_onnxruntime_and_keras(seed: dict[str, Any], 
     np.testing.assert_allclose(switched_off, seed["expected"], atol=TOLERANCE)
 
 
-@pytest.mark.parametrize("kind", RANDOM_RUNTIMES)
+@pytest.mark.parametrize("kind", SEED_RUNTIMES)
 def test_seed_training_mode_matches_onnxruntime_statistically(seed: dict[str, Any], kind: str,
                                                               workdir: Path) -> None:
     feeds = {"tokens": seed["tokens"], "training_mode": np.array(True)}
@@ -202,8 +234,9 @@ def test_seed_training_mode_matches_onnxruntime_statistically(seed: dict[str, An
     assert_same_distribution(got, ours, f"seed in {kind}")
 
 
-@pytest.mark.parametrize("strategy", ["batch", "loop"])
-@pytest.mark.parametrize("kind", RANDOM_RUNTIMES)
+@pytest.mark.parametrize(("kind", "strategy"), [
+    (kind, strategy) for kind in SEED_RUNTIMES for strategy in ("batch", "loop")
+    if (kind, strategy) != ("tract", "loop")])  # that Loop's trip count is N / k: next test
 def test_seed_monte_carlo_model_matches_onnxruntime(seed: dict[str, Any], kind: str,
                                                     strategy: str, workdir: Path) -> None:
     """``mc`` of the converted seed model: mean and deviation over N samples in one call,
@@ -222,6 +255,18 @@ def test_seed_monte_carlo_model_matches_onnxruntime(seed: dict[str, Any], kind: 
     assert abs(float(np.mean(np.abs(z))) - math.sqrt(2 / math.pi)) < 0.2
     assert 0.8 < float(np.median(std[varying] / ref_std[varying])) < 1.25
     np.testing.assert_allclose(mean.sum(-1), 1.0, rtol=1e-4)
+
+
+def test_seed_monte_carlo_loop_is_not_written_out(seed: dict[str, Any]) -> None:
+    """The folding Loop's trip count is chosen at run time (N / k): ``--unroll-loops``
+    leaves it, and the encoder's Loop inside it, each named with the reason."""
+    mc = sd.monte_carlo(seed["path"], samples=8, strategy="loop").model
+    report = sd.inline(mc, unroll_loops=True).report
+    assert report.loops_unrolled == ()
+    assert any(left.startswith("mc/loop: its trip count is not a constant")
+               for left in report.loops_left), report.loops_left
+    assert any("encoder_1/while_loop: inside a subgraph" in left
+               for left in report.loops_left), report.loops_left
 
 
 # --- The RNN zoo ------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import click
 
-from ..errors import printable
+from ..errors import PartialResult, printable
 from ..options import MAX_SAMPLES, Strategy, values
 from .graph_commands import _IN_PLACE, _JSON, _OUTPUT, _QUIET
 from .output import emit_json, model_errors
@@ -20,18 +20,23 @@ from .output import emit_json, model_errors
 @_OUTPUT
 @click.option("--all-functions", is_flag=True,
               help="Inline the model's own local functions too (OpenVINO runs none).")
+@click.option("--unroll-loops", is_flag=True,
+              help="Also write out every main-graph Loop that runs a constant number of steps "
+                   "(a Keras RNN's, at a declared sequence length), for tract and TFLite, "
+                   "which run no Loop; a Loop left is named, with why (exit 5).")
 @_IN_PLACE
 @_JSON
 @_QUIET
-def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: bool,
-           quiet: bool) -> None:
+def inline(src: str, output: str, all_functions: bool, unroll_loops: bool, in_place: bool,
+           as_json: bool, quiet: bool) -> None:
     """Replace every SpatialDropout by standard ONNX ops (no custom domain, no function of
     ours), keeping channel-wise dropout and the training_mode switch: for runtimes such as
     OpenVINO. ONNX Dropout nodes that can train are lowered the same way."""
     from ..inlining import inline_file
 
     with model_errors(src, "inline"):
-        report = inline_file(src, output, all_functions=all_functions, in_place=in_place)
+        report = inline_file(src, output, all_functions=all_functions,
+                             unroll_loops=unroll_loops, in_place=in_place)
     if as_json:
         emit_json(report.to_dict())
     elif not quiet:
@@ -42,8 +47,13 @@ def inline(src: str, output: str, all_functions: bool, in_place: bool, as_json: 
         switch = ("" if report.switch_default is None else
                   f"; training_mode is now a required input (its default was "
                   f"{str(report.switch_default).lower()})")
+        unrolled = (f"; {len(report.loops_unrolled)} Loop(s) written out in "
+                    f"{report.unrolled_steps} steps" if report.loops_unrolled else "")
         click.echo(f"{printable(output)}: inlined {report.inlined} dropout node(s){lowered}"
-                   f"{functions}{switch}", err=True)
+                   f"{functions}{switch}{unrolled}", err=True)
+    if unroll_loops and report.loops_left:
+        raise PartialResult(f"wrote {printable(output)}, but {len(report.loops_left)} Loop(s) "
+                            f"were left: {printable('; '.join(report.loops_left), limit=400)}")
 
 
 @click.command("mc")
