@@ -28,7 +28,8 @@ B = np.array([0.1, 0.2, 0.3], np.float32)
 
 
 def _loop_model(steps: int = 4, condition: str = "c2 = Identity(c)", trips: str = "M",
-                loop_condition: str = '""', body_extra: str = "", opset: int = 17) -> onnx.ModelProto:
+                loop_condition: str = '""', body_extra: str = "",
+                opset: int = 17) -> onnx.ModelProto:
     """x -> a Loop of ``steps`` steps of s = tanh(s * w + i + b), states and scan output.
 
     ``condition`` makes the body's c2; a counter state k (0, 1, ...) is carried for it."""
