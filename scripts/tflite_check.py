@@ -17,6 +17,8 @@ this script is the evidence instead. It
      --strip`` (the deployment form: both GRUs as the fused ONNX ``GRU`` op);
    * ``seed_strip_loop``: ``convert`` then ``strip`` (the encoder keeps tf2onnx's ``Loop``:
      its recurrent dropout needs it in the training model);
+   * ``seed_unrolled``: ``convert``, ``strip``, then ``inline --unroll-loops`` (that Loop
+     written out step by step);
 
    and onnxruntime's outputs on the same inputs (``training_mode`` false);
 3. converts each with onnx2tf (in the tflite venv, one process per model) and runs the
@@ -78,6 +80,7 @@ CASES = {
     "cnn_stripped": "the same CNN, spatialdrop-onnx strip (control: no dropout)",
     "seed_stripped": "models/seed_model.keras, convert --strip (fused GRU ops)",
     "seed_strip_loop": "models/seed_model.keras, convert then strip (the encoder's Loop)",
+    "seed_unrolled": "models/seed_model.keras, convert, strip, inline --unroll-loops",
 }
 QUIET_TF = {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
@@ -209,6 +212,11 @@ def _build_case(name: str, workdir: Path, python: str) -> dict[str, Any]:
         target = workdir / f"{name}.onnx"
         _cli(python, workdir, "strip", str(converted), "-o", str(target))
         how = "spatialdrop-onnx convert, strip"
+        if name == "seed_unrolled":
+            stripped = workdir / "seed_strip_for_unrolling.onnx"
+            target.replace(stripped)
+            _cli(python, workdir, "inline", str(stripped), "--unroll-loops", "-o", str(target))
+            how += ", inline --unroll-loops"
     feeds = _feeds(target)
     session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
     names = [output.name for output in session.get_outputs()]

@@ -29,7 +29,8 @@ functions) cannot run ``SpatialDropout``, even with its function body attached.
    freeze the switch at its default (false: dropout could never be turned on).
 5. With ``unroll_loops`` (``inline --unroll-loops``), every main-graph ``Loop`` that
    runs a constant number of steps is written out step by step
-   (:mod:`.passes.loop_unrolling`): tract and onnx2tf run no ``Loop``.
+   (:mod:`.passes.loop_unrolling`): tract runs no ``Loop`` (nor did onnx2tf convert
+   tf2onnx's RNN Loop).
 
 With ``all_functions`` the user's own model-local functions are inlined too
 (``onnx.inliner.inline_local_functions``): OpenVINO takes a call of one for an
@@ -150,8 +151,8 @@ def inline(model: ModelArg, *, all_functions: bool = False,
     Returns a new model with no node, function or opset import of our domain
     left; see the module docstring. ``all_functions`` inlines the user's
     model-local functions as well. ``unroll_loops`` then writes out every main-graph
-    ``Loop`` that runs a constant number of steps (for tract and TFLite, which run no
-    Loop; the report names the Loops left and why). A model with nothing to inline is
+    ``Loop`` that runs a constant number of steps (for tract, which runs no Loop; the
+    report names the Loops left and why). A model with nothing to inline is
     returned unchanged. Raises UserError when the
     default-domain opset is below ``MIN_OPSET`` (convert it first, e.g. with
     ``spatialdrop-onnx rewrite``) or a node is invalid for its data's rank.

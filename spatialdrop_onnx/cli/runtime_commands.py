@@ -22,8 +22,8 @@ from .output import emit_json, model_errors
               help="Inline the model's own local functions too (OpenVINO runs none).")
 @click.option("--unroll-loops", is_flag=True,
               help="Also write out every main-graph Loop that runs a constant number of steps "
-                   "(a Keras RNN's, at a declared sequence length), for tract and TFLite, "
-                   "which run no Loop; a Loop left is named, with why (exit 5).")
+                   "(a Keras RNN's, at a declared sequence length), for runtimes that run no "
+                   "Loop (tract); a Loop left is named, with why (exit 5).")
 @_IN_PLACE
 @_JSON
 @_QUIET

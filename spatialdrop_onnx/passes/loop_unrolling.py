@@ -1,4 +1,4 @@
-"""Loops written out step by step, for runtimes that run no ``Loop`` (tract, TFLite).
+"""Loops written out step by step, for runtimes that run no ``Loop`` (tract).
 
 ``inline --unroll-loops`` (:func:`unroll_loops`) replaces a main-graph ``Loop`` by M copies
 of its body when that is exactly what the Loop computes:
