@@ -75,6 +75,24 @@ GENERATED = {
             k = Constant<value = bool {1}>()
             w, mk = Dropout(v, q, k)
         }""",
+    # A dropout, then an RNN-like Loop of constant steps with tf2onnx's counter condition
+    # (inline --unroll-loops writes it out).
+    "counted_loop": """<ir_version: 8, opset_import: ["": 17]>
+        g (float[N,3] x, bool training_mode) => (float[N,3] y, float[3,N,3] ys)
+          <int64 M = {3}, int64 zero = {0}, bool run = {1}, float r = {0.25}> {
+            d, dm = Dropout(x, r, training_mode)
+            y, count, ys = Loop(M, run, d, zero)
+              <body = step (int64 i, bool c, float[N,3] s, int64 k) =>
+                           (bool c2, float[N,3] s2, int64 k2, float[N,3] o)
+               <int64 one = {1}, int64 limit = {5}> {
+                fi = Cast<to=1>(i)
+                a = Add(s, fi)
+                s2 = Tanh(a)
+                o = Identity(s2)
+                k2 = Add(k, one)
+                c2 = Less(k2, limit)
+            }>
+        }""",
 }
 
 
@@ -280,7 +298,8 @@ def _alarm(signum: int, frame: object) -> None:
 
 
 #: The commands a mutant goes through (a sixth argument picks others), with their options.
-COMMANDS = {"inspect": [], "strip": [], "rewrite": [], "inline": [], "mc": ["--samples", "2"]}
+COMMANDS = {"inspect": [], "strip": [], "rewrite": [], "inline": ["--unroll-loops"],
+            "mc": ["--samples", "2"]}
 DEFAULT_COMMANDS = ("inspect", "strip", "rewrite")
 
 

@@ -124,6 +124,40 @@ def test_a_loop_that_is_not_exactly_its_steps_is_left_with_the_reason(model, why
     assert model.SerializeToString() == before  # untouched
 
 
+def _hostile(condition_nodes: str, extra_initializers: str = "") -> onnx.ModelProto:
+    """A Loop of 30 steps whose condition comes from a counter state shaped by the file."""
+    return onnx.parser.parse_model(f"""<ir_version: 8, opset_import: ["": 17]>
+    g (float[N,3] x) => (float[N,3] final) <int64 M = {{30}}, bool run = {{1}},
+                                             int64 zero = {{0}}{extra_initializers}> {{
+        final, count = Loop(M, run, x, zero)
+          <body = step (int64 i, bool c, float[N,3] s, k) => (bool c2, float[N,3] s2, k2)
+           <int64[2] pair = {{1, 2}}, int64[1] axis = {{-1}}> {{
+            s2 = Tanh(s)
+            {condition_nodes}
+        }}>
+    }}""")
+
+
+@pytest.mark.parametrize(("condition", "initializers", "why"), [
+    # The counter doubles each step (2**30 elements by the end): evaluated only if read.
+    ("ku = Unsqueeze(k, axis)\n k2 = Add(ku, pair)\n c2 = Identity(c)\n"
+     " r = ReduceMin<keepdims=0>(k2)\n",  # (unused: c2 does not read it)
+     "", None),
+    ("ku = Unsqueeze(k, axis)\n k2 = Add(ku, pair)\n c2b = Less(k2, pair)\n"
+     " c2 = Identity(c2b)", "", "could not be shown to stay small"),
+    ("k2 = Add(k, zero)\n c2 = Less(k2, big)", ", int64[100] big = {" +
+     ", ".join(["5"] * 100) + "}", "reads a large or external tensor"),
+])
+def test_a_condition_is_evaluated_only_on_small_values(condition, initializers, why):
+    """Files from the internet choose the condition: it is evaluated only through
+    element-wise ops whose every value has at most 64 elements."""
+    report = unroll_loops(_hostile(condition, initializers))
+    if why is None:
+        assert report.unrolled == ("final",), report.left
+    else:
+        assert report.unrolled == () and why in report.left[0], report.left
+
+
 def test_a_trip_count_computed_at_run_time_is_left():
     model = _loop_model(4)
     trips = onnx.helper.make_node("Shape", ["x"], ["n_shape"], start=0, end=1)

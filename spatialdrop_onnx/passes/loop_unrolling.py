@@ -32,9 +32,11 @@ from onnx import TensorProto
 from onnx import helper as oh
 
 from ..graph import (
+    MAX_CONSTANT_ELEMENTS,
     Constants,
     NameMaker,
     all_names,
+    constant_tensor,
     default_opset,
     is_default_domain,
     is_random,
@@ -45,8 +47,15 @@ from ..graph import (
 
 #: Most steps one Loop is written out to.
 MAX_STEPS = 4096
-#: Most nodes the copies of one Loop's body may add.
+#: Most nodes the copies of all Loops' bodies may add to one model.
 MAX_NODES = 200_000
+#: The ops a condition may be evaluated through: element-wise and shape-preserving ones, on
+#: tensors of at most MAX_CONSTANT_ELEMENTS elements (a condition from a file off the internet
+#: must not make the evaluation allocate or loop: no ConstantOfShape, Expand, Range, ...).
+CONDITION_OPS = frozenset({
+    "Constant", "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Min",
+    "Max", "Less", "LessOrEqual", "Greater", "GreaterOrEqual", "Equal", "And", "Or", "Not",
+    "Xor", "Squeeze", "Unsqueeze", "Where"})
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,7 @@ def unroll_loops(model: onnx.ModelProto) -> UnrolledLoops:
     constants = Constants(model)
     main = model_scopes(model)[0]
     opset = default_opset(model.opset_import)
-    unrolled, left, steps = [], [], 0
+    unrolled, left, steps, budget = [], [], 0, MAX_NODES
     for scope in model_scopes(model)[1:]:  # bodies and functions: their Loops stay
         for node in scope.nodes:
             if node.op_type == "Loop":
@@ -91,7 +100,7 @@ def unroll_loops(model: onnx.ModelProto) -> UnrolledLoops:
         label = node.name or node.output[0]
         body = next(g for _, g in subgraphs(node))
         count = constants.scalar(main, node.input[0]) if node.input and node.input[0] else None
-        why = _refusal(node, body, count)
+        why = _refusal(node, body, count, budget)
         if why:
             left.append(f"{label}: {why}")
             continue
@@ -113,19 +122,22 @@ def unroll_loops(model: onnx.ModelProto) -> UnrolledLoops:
         position = index + len(kept)
         unrolled.append(label)
         steps += count
+        budget -= count * len(body.node)
     if unrolled:
         _drop_unread_initializers(model)
     return UnrolledLoops(tuple(unrolled), steps, tuple(left))
 
 
-def _refusal(loop: onnx.NodeProto, body: onnx.GraphProto, count: object) -> str | None:
-    """Why this Loop cannot be written out, or None."""
+def _refusal(loop: onnx.NodeProto, body: onnx.GraphProto, count: object,
+             budget: int) -> str | None:
+    """Why this Loop cannot be written out (``budget``: nodes still allowed), or None."""
     if isinstance(count, bool) or not isinstance(count, int):
         return "its trip count is not a constant (computed at run time, or absent)"
     if not 1 <= count <= MAX_STEPS:
         return f"its trip count {count} is outside 1..{MAX_STEPS}"
-    if count * len(body.node) > MAX_NODES:
-        return (f"{count} steps of {len(body.node)} nodes would exceed {MAX_NODES} nodes")
+    if count * len(body.node) > budget:
+        return (f"{count} steps of {len(body.node)} nodes would take the model past "
+                f"{MAX_NODES:,} written-out nodes")
     for inner in body.node:
         if any(True for _ in subgraphs(inner)):
             return f"its body has a node with a subgraph ({inner.op_type})"
@@ -204,21 +216,25 @@ def _constant(name: str, value: np.ndarray) -> onnx.NodeProto:
                         value=onnx.numpy_helper.from_array(value, name))
 
 
-def _cone(values: list[str], nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto] | None:
-    """The nodes ``values`` depend on, in order; None when one is not a default-domain op."""
+def _cone(values: list[str], nodes: list[onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The nodes ``values`` depend on, in graph order."""
     producer = {out: node for node in nodes for out in node.output if out}
-    needed, stack, seen = set(), list(values), set()
+    needed, stack = set(), list(values)
     while stack:
-        name = stack.pop()
-        node = producer.get(name)
-        if node is None or id(node) in seen:
+        node = producer.get(stack.pop())
+        if node is None or id(node) in needed:
             continue
-        if not is_default_domain(node.domain) or is_random(node):
-            return None
-        seen.add(id(node))
         needed.add(id(node))
         stack.extend(names_read(node))
     return [node for node in nodes if id(node) in needed]
+
+
+def _cheap(node: onnx.NodeProto) -> bool:
+    """A node a condition may be evaluated through: a default-domain op of
+    :data:`CONDITION_OPS`, a Constant of at most MAX_CONSTANT_ELEMENTS values."""
+    if not is_default_domain(node.domain) or node.op_type not in CONDITION_OPS:
+        return False
+    return node.op_type != "Constant" or _small(constant_tensor(node))
 
 
 def _all_true(model: onnx.ModelProto, before: list[onnx.NodeProto],
@@ -226,8 +242,6 @@ def _all_true(model: onnx.ModelProto, before: list[onnx.NodeProto],
     """True when every condition of ``written`` is a constant true, else why not."""
     nodes = [*before, *written.nodes]
     cone = _cone(written.conditions, nodes)
-    if cone is None:
-        return "its condition depends on a custom or random op"
     made = {out for node in cone for out in node.output}
     initializers = {i.name: i for i in [*model.graph.initializer, *written.initializers]}
     inputs = {i.name for i in model.graph.input}
@@ -235,18 +249,64 @@ def _all_true(model: onnx.ModelProto, before: list[onnx.NodeProto],
     free = read - made
     if any(name in inputs or name not in initializers for name in free):
         return "its condition depends on the model's inputs (it may end the Loop early)"
+    if not all(_cheap(node) for node in cone):
+        return ("its condition is computed by other ops than element-wise ones on small "
+                "constants (it may end the Loop early)")
+    if not all(_small(initializers[name]) for name in free):
+        return ("its condition reads a large or external tensor (only small constants are "
+                "evaluated)")
     from onnx.reference import ReferenceEvaluator
 
+    # Each condition leaves through an Identity of its own: an output named as an initializer
+    # would hide the initializer's shape from shape inference.
+    conditions = list(dict.fromkeys(written.conditions))
+    leaving = [f"condition {k}" for k in range(len(conditions))]
     probe = oh.make_model(
-        oh.make_graph(cone, "condition", [], [oh.make_tensor_value_info(c, TensorProto.BOOL, None)
-                                              for c in dict.fromkeys(written.conditions)],
+        oh.make_graph([*cone, *(oh.make_node("Identity", [c], [out])
+                                for c, out in zip(conditions, leaving, strict=True))],
+                      "condition", [],
+                      [oh.make_tensor_value_info(out, TensorProto.BOOL, None) for out in leaving],
                       initializer=[initializers[n] for n in sorted(free)]),
         opset_imports=[o for o in model.opset_import if is_default_domain(o.domain)],
         ir_version=model.ir_version)
+    if not _bounded(probe, made | set(leaving)):
+        return ("its condition's values could not be shown to stay small (only small "
+                "constants are evaluated)")
     values = ReferenceEvaluator(probe).run(None, {})
     if all(np.asarray(v).size == 1 and bool(np.asarray(v).reshape(())) for v in values):
         return True
     return "its condition ends it before its trip count"
+
+
+def _bounded(probe: onnx.ModelProto, made: set[str]) -> bool:
+    """Whether onnx shape inference gives every value of ``probe`` a static shape of at most
+    MAX_CONSTANT_ELEMENTS elements: broadcasting small constants can still multiply sizes."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=True)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return False
+    sizes = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.output]:
+        tensor = info.type.tensor_type
+        if not tensor.HasField("shape") or \
+                not all(d.HasField("dim_value") for d in tensor.shape.dim):
+            continue
+        count = 1
+        for dim in tensor.shape.dim:
+            count *= dim.dim_value
+        sizes[info.name] = count
+    return all(sizes.get(name, MAX_CONSTANT_ELEMENTS + 1) <= MAX_CONSTANT_ELEMENTS
+               for name in made)
+
+
+def _small(tensor: TensorProto | None) -> bool:
+    """A tensor stored in the model with at most MAX_CONSTANT_ELEMENTS elements."""
+    if tensor is None or tensor.data_location == TensorProto.EXTERNAL or tensor.external_data:
+        return False
+    count = 1
+    for dim in tensor.dims:
+        count *= dim
+    return count <= MAX_CONSTANT_ELEMENTS
 
 
 def _without_conditions(written: _Steps, after: list[onnx.NodeProto],
