@@ -9,6 +9,8 @@ The converted seed model's encoder Loop is written out in ``test_keras_rnn_runti
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -214,3 +216,44 @@ def test_cli_inline_unroll_loops(tmp_path: Path, capsys: pytest.CaptureFixture):
     out.unlink()
     assert main(["inline", str(src), "-o", str(out), "-q"]) == 0
     assert sd.inline(onnx.load(src)).report.loops_unrolled == ()
+
+
+#: In a child: a Loop of a 1,000-node body x 150 steps (about 380 MB to write out), the
+#: address space capped 150 MB above what the process uses.
+_UNDER_A_LIMIT = """
+import re, resource, sys
+from onnx import TensorProto
+from onnx import helper as oh
+from spatialdrop_onnx.errors import OutOfMemory
+from spatialdrop_onnx.passes.loop_unrolling import unroll_loops
+nodes, previous = [], "s"
+for j in range(1000):
+    nodes.append(oh.make_node("Add", [previous, "w"], [f"v{j}"], name=f"add{j}"))
+    previous = f"v{j}"
+nodes += [oh.make_node("Identity", [previous], ["s2"]), oh.make_node("Identity", ["c"], ["c2"])]
+info = oh.make_tensor_value_info
+body = oh.make_graph(nodes, "b", [info("i", TensorProto.INT64, []), info("c", TensorProto.BOOL, []),
+                                  info("s", TensorProto.FLOAT, [3])],
+                     [info("c2", TensorProto.BOOL, []), info("s2", TensorProto.FLOAT, [3])])
+graph = oh.make_graph([oh.make_node("Loop", ["M", "", "x"], ["y"], body=body, name="L")], "g",
+                      [info("x", TensorProto.FLOAT, [3])], [info("y", TensorProto.FLOAT, [3])],
+                      [oh.make_tensor("M", TensorProto.INT64, [], [150]),
+                       oh.make_tensor("w", TensorProto.FLOAT, [3], [1, 2, 3])])
+model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+size = int(re.search(r"VmSize:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) * 1024
+resource.setrlimit(resource.RLIMIT_AS, (size + (150 << 20), resource.RLIM_INFINITY))
+nodes_before = len(model.graph.node)
+try:
+    unroll_loops(model)
+except OutOfMemory as err:
+    print(err, len(model.graph.node) == nodes_before)
+    sys.exit(6)
+"""
+
+
+def test_writing_out_more_than_memory_allows_is_refused_before_it_starts():
+    done = subprocess.run([sys.executable, "-c", _UNDER_A_LIMIT], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 6, done.stderr[-500:]
+    assert done.stdout.startswith("not enough memory for unroll loops: it needs about ")
+    assert done.stdout.strip().endswith("True")  # the model was not touched

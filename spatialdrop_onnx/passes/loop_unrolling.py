@@ -44,6 +44,7 @@ from ..graph import (
     names_read,
     subgraphs,
 )
+from ..headroom import PEAK_FACTOR, ensure_bytes
 
 #: Most steps one Loop is written out to.
 MAX_STEPS = 4096
@@ -105,6 +106,7 @@ def unroll_loops(model: onnx.ModelProto) -> UnrolledLoops:
             left.append(f"{label}: {why}")
             continue
         assert isinstance(count, int)
+        ensure_bytes(PEAK_FACTOR["unroll_loops"] * count * body.ByteSize(), "unroll_loops")
         written = _write_out(node, body, count, opset, fresh)
         graph_before = list(model.graph.node)
         index = position - 1
@@ -311,16 +313,16 @@ def _small(tensor: TensorProto | None) -> bool:
 
 def _without_conditions(written: _Steps, after: list[onnx.NodeProto],
                         outputs: list[onnx.ValueInfoProto]) -> list[onnx.NodeProto]:
-    """``written.nodes`` minus those only the proved conditions read."""
-    read = {name for node in after for name in names_read(node)} | {o.name for o in outputs}
-    kept = list(written.nodes)
-    while True:
-        read_here = read | {name for node in kept for name in names_read(node)}
-        dead = [node for node in kept if not any(out in read_here for out in node.output)]
-        if not dead:
-            return kept
-        dead_ids = {id(node) for node in dead}
-        kept = [node for node in kept if id(node) not in dead_ids]
+    """``written.nodes`` minus those only the proved conditions read: one pass from the last
+    node back (the steps are in graph order), keeping a node when a kept one reads it."""
+    live = {name for node in after for name in names_read(node)} | {o.name for o in outputs}
+    kept = []
+    for node in reversed(written.nodes):
+        if any(out in live for out in node.output if out):
+            kept.append(node)
+            live.update(names_read(node))
+    kept.reverse()
+    return kept
 
 
 def _drop_unread_initializers(model: onnx.ModelProto) -> None:
