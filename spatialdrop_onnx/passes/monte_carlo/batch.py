@@ -28,7 +28,7 @@ from onnx import helper as oh
 from ...graph import NameMaker, rename_values, subgraphs
 from . import classification
 from .source import PreparedSource, SampledOutput
-from .stats import DOUBLE, INT64, cast_to, constant, output_infos, stacked_samples
+from .stats import DOUBLE, INT64, cast_to, constant, mean_and_m2, output_infos, stacked_samples
 from .stochastic import partition
 
 
@@ -214,20 +214,14 @@ def _statistics(prepared: PreparedSource, samples: int, keep_samples: bool,
         y = mapping.get(output.value, output.value)
         base = output.source
         stacked, shape_nodes, reshape_nodes = stacked_samples(output, y, n_samples, fresh)
-        stacked_d, total, mean_d, dev, square, sq_total, var, std_d = (
-            fresh(f"{base}/mc_{k}") for k in ("stacked_double", "sum", "mean_double",
-                                              "deviation", "square", "square_sum", "variance",
-                                              "std_double"))
+        stacked_d, var, std_d = (fresh(f"{base}/mc_{k}") for k in
+                                 ("stacked_double", "variance", "std_double"))
+        mean_d, m2, moments = mean_and_m2(base, stacked_d, axis0, n_double, fresh)
         tail += [
             *shape_nodes, *reshape_nodes,
             oh.make_node("Cast", [stacked], [stacked_d], name=stacked_d, to=DOUBLE),
-            oh.make_node("ReduceSum", [stacked_d, axis0], [total], name=total, keepdims=0),
-            oh.make_node("Div", [total, n_double], [mean_d], name=mean_d),
-            # [N, B, ...] - [B, ...]: the mean broadcasts over the samples
-            oh.make_node("Sub", [stacked_d, mean_d], [dev], name=dev),
-            oh.make_node("Mul", [dev, dev], [square], name=square),
-            oh.make_node("ReduceSum", [square, axis0], [sq_total], name=sq_total, keepdims=0),
-            oh.make_node("Div", [sq_total, n_double], [var], name=var),
+            *moments,
+            oh.make_node("Div", [m2, n_double], [var], name=var),
             oh.make_node("Sqrt", [var], [std_d], name=std_d),
             cast_to(mean_d, output.elem_type, output.mean, output.mean),
             cast_to(std_d, output.elem_type, output.std, output.std),

@@ -57,6 +57,7 @@ from .stats import (
     INT64,
     cast_to,
     constant,
+    mean_and_m2,
     output_infos,
     stacked_samples,
 )
@@ -236,16 +237,12 @@ def _merge(base: str, stacked_d: str, axis0: str, k_d: str, weights: _ChunkWeigh
     al.'s pairwise update: the chunk's own mean and M2, two passes, then the merge)."""
     mean_in, m2_in, mean_out, m2_out = (fresh(f"{base}/mc_{k_}") for k_ in
                                         ("mean_in", "m2_in", "mean_out", "m2_out"))
-    total, mean_c, dev, square, m2_c, delta, shift, delta_sq, cross, m2_sum = (
-        fresh(f"{base}/mc_{k_}") for k_ in (
-            "chunk_sum", "chunk_mean", "chunk_deviation", "chunk_square", "chunk_m2", "delta",
-            "shift", "delta_square", "cross", "m2_sum"))
+    delta, shift, delta_sq, cross, m2_sum = (fresh(f"{base}/mc_{k_}") for k_ in (
+        "delta", "shift", "delta_square", "cross", "m2_sum"))
+    mean_c, m2_c, moments = mean_and_m2(base, stacked_d, axis0, k_d, fresh, (
+        "chunk_sum", "chunk_mean", "chunk_deviation", "chunk_square", "chunk_m2"))
     return mean_in, m2_in, mean_out, m2_out, [
-        oh.make_node("ReduceSum", [stacked_d, axis0], [total], name=total, keepdims=0),
-        oh.make_node("Div", [total, k_d], [mean_c], name=mean_c),
-        oh.make_node("Sub", [stacked_d, mean_c], [dev], name=dev),
-        oh.make_node("Mul", [dev, dev], [square], name=square),
-        oh.make_node("ReduceSum", [square, axis0], [m2_c], name=m2_c, keepdims=0),
+        *moments,
         oh.make_node("Sub", [mean_c, mean_in], [delta], name=delta),
         oh.make_node("Mul", [delta, weights.share], [shift], name=shift),
         oh.make_node("Add", [mean_in, shift], [mean_out], name=mean_out),

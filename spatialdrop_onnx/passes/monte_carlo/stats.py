@@ -78,6 +78,21 @@ def stacked_samples(output: SampledOutput, y: str, k: str, fresh: NameMaker
         reshape]
 
 
+def mean_and_m2(base: str, stacked: str, axis0: str, count: str, fresh: NameMaker,
+                names: tuple[str, ...] = ("sum", "mean_double", "deviation", "square",
+                                          "square_sum")) -> tuple[str, str, list[NodeProto]]:
+    """The mean over axis 0 of ``stacked`` ([n, B, ...], double; ``count`` n as a double) and
+    the sum of squared deviations from it (M2): two passes, no cancellation. The mean
+    broadcasts over the samples ([n, B, ...] - [B, ...])."""
+    total, mean, dev, square, m2 = (fresh(f"{base}/mc_{name}") for name in names)
+    return mean, m2, [
+        oh.make_node("ReduceSum", [stacked, axis0], [total], name=total, keepdims=0),
+        oh.make_node("Div", [total, count], [mean], name=mean),
+        oh.make_node("Sub", [stacked, mean], [dev], name=dev),
+        oh.make_node("Mul", [dev, dev], [square], name=square),
+        oh.make_node("ReduceSum", [square, axis0], [m2], name=m2, keepdims=0)]
+
+
 def cast_to(value: str, elem_type: int, out: str, name: str) -> NodeProto:
     """``out`` = ``value`` cast to the sampled output's type (double statistics round once)."""
     return oh.make_node("Cast", [value], [out], name=name, to=elem_type)
