@@ -76,3 +76,29 @@ def assert_drop_fraction(keep: np.ndarray, ratio: float, sigmas: float = 4.0) ->
     assert abs(dropped - n * ratio) <= sigmas * sd + 1e-9, (
         f"dropped {dropped}/{n}, expected {n * ratio:.1f} ± {sigmas * sd:.1f}"
     )
+
+
+def assert_same_distribution(got: np.ndarray, ours: np.ndarray, label: str) -> None:
+    """Two stacks of runs [R, ...] of one random output come from one distribution (two
+    runtimes, or a runtime and Keras).
+
+    Per element, the difference of the two means over its standard error is about N(0, 1)
+    when they agree: at most one element or 1 % beyond 4 (under N(0, 1): 0.006 %), none
+    beyond 8. Not a bound of 5 on the largest: an element that a rare mask pattern moves has a
+    skewed spread over some 50 runs, and the largest of some 500 such z reached 5.14 in a correct
+    run (typically 2.5-4). Not a band on the mean |z| either: the elements of a sequence
+    share masks, so it wanders more than independent ones would (a ±0.2 band around
+    sqrt(2/pi) failed one run in a few).
+    A wrong drop rate or scale moves most elements; the tract state bug gave z up to 47.
+    The spreads agree too (identical gate masks showed as 0.53x).
+    """
+    runs = got.shape[0]
+    std_got, std_ours = got.std(0), ours.std(0)
+    varying = (std_got > 1e-4) & (std_ours > 1e-4)
+    assert varying.mean() > 0.3, f"{label}: the output hardly varies from run to run"
+    z = (got.mean(0) - ours.mean(0))[varying] / np.sqrt(
+        (std_got**2 + std_ours**2)[varying] / runs)
+    beyond = int(np.sum(np.abs(z) > 4))
+    assert beyond <= max(1, 0.01 * z.size), f"{label}: {beyond} of {z.size} means beyond 4 sd"
+    assert float(np.max(np.abs(z))) < 8, label
+    assert 0.8 < float(np.median(std_got[varying] / std_ours[varying])) < 1.25, label

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from dropout_checks import assert_same_distribution
 from keras_models import SEED_MODEL
 from optional import require
 from runtimes import runner
@@ -157,21 +158,6 @@ def test_zoo_inference_equals_keras(zoo: dict[str, Any], form: str) -> None:
         np.testing.assert_allclose(value, expected, atol=TOLERANCE, err_msg=name)
 
 
-def _same_distribution(got: np.ndarray, want: np.ndarray, label: str) -> None:
-    """Runs [R, ...] of one random output against Keras' runs: every per-element mean
-    difference over its standard error is within 5 (each is N(0, 1) when they agree; the
-    elements share masks, so their z's are correlated, and the union bound is what holds
-    regardless: below 1e-3 false alarms here), and the spreads agree."""
-    runs = got.shape[0]
-    std_got, std_want = got.std(0), want.std(0)
-    varying = (std_got > 1e-4) & (std_want > 1e-4)
-    assert varying.mean() > 0.3, label
-    z = (got.mean(0) - want.mean(0))[varying] / np.sqrt(
-        (std_got**2 + std_want**2)[varying] / runs)
-    assert float(np.max(np.abs(z))) < 5, label
-    assert 0.8 < float(np.median(std_got[varying] / std_want[varying])) < 1.25, label
-
-
 def test_zoo_training_mode_matches_keras_statistically(zoo: dict[str, Any]) -> None:
     """Training mode through the fused ops (with their input dropout) draws like Keras."""
     runs = 96
@@ -184,7 +170,7 @@ def test_zoo_training_mode_matches_keras_statistically(zoo: dict[str, Any]) -> N
         if name in FUSED_RANDOM:
             want = np.stack([np.asarray(t[name]) for t in theirs])
             assert not np.array_equal(got[0], got[1]), name
-            _same_distribution(got, want, name)
+            assert_same_distribution(got, want, name)
         elif name in ("bi_gru_sum", "gru_back", "gru_linear"):  # no dropout: unchanged
             np.testing.assert_allclose(got, np.broadcast_to(zoo["expected"][index], got.shape),
                                        atol=TOLERANCE, err_msg=name)

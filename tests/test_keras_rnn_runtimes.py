@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from dropout_checks import assert_same_distribution
 from keras_cli_runner import run_cli
 from keras_models import SEED_MODEL
 from runtimes import OPENVINO_CONFIG, load_tract, openvino_core, runner
@@ -166,24 +167,6 @@ def _runs(run: Run, feeds: dict[str, np.ndarray], count: int) -> list[np.ndarray
     """``count`` runs stacked per output: a list of [count, ...] arrays."""
     outputs = [run(feeds) for _ in range(count)]
     return [np.stack([o[k] for o in outputs]) for k in range(len(outputs[0]))]
-
-
-def assert_same_distribution(got: np.ndarray, ours: np.ndarray, label: str) -> None:
-    """Two stacks of runs [R, ...] of one random output come from one distribution.
-
-    Per element, the difference of the two means over its standard error is N(0, 1)
-    when they agree: no element beyond 5 (the elements of a sequence share masks, so their
-    mean |z| wanders more than independent ones would: a ±0.2 band around sqrt(2/pi) failed
-    one run in a few). The spreads agree too (identical gate masks showed as 0.53x).
-    """
-    runs = got.shape[0]
-    std_got, std_ours = got.std(0), ours.std(0)
-    varying = (std_got > 1e-4) & (std_ours > 1e-4)
-    assert varying.mean() > 0.3, f"{label}: the output hardly varies from run to run"
-    z = (got.mean(0) - ours.mean(0))[varying] / np.sqrt(
-        (std_got**2 + std_ours**2)[varying] / runs)
-    assert float(np.max(np.abs(z))) < 5, label
-    assert 0.8 < float(np.median(std_got[varying] / std_ours[varying])) < 1.25, label
 
 
 # --- The seed model -------------------------------------------------------------------------
