@@ -100,8 +100,6 @@ def mc(src: str, output: str, samples: int, strategy: str, batch_size: int | Non
 
     if logits and not (classification or classification_outputs):
         raise click.UsageError("--logits needs --classification or --classification-output")
-    if batch_size is not None and strategy != Strategy.AUTO.value:
-        raise click.UsageError("--batch-size informs --strategy auto only")
     chosen: bool | tuple[str, ...] = classification_outputs or classification
     with model_errors(src, "build the Monte-Carlo model of"):
         report = monte_carlo_file(src, output, samples=samples, strategy=strategy,

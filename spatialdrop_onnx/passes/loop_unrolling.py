@@ -39,6 +39,7 @@ from ..graph import (
     constant_tensor,
     default_opset,
     is_default_domain,
+    is_onnx_dropout,
     is_random,
     model_scopes,
     names_read,
@@ -73,7 +74,8 @@ class UnrolledLoops:
 
 @dataclass
 class _Steps:
-    """One Loop written out: the nodes, the condition values to prove, the nodes making them."""
+    """One Loop written out: its nodes, the condition values to prove, the body's initializers
+    (renamed, for the main graph)."""
 
     nodes: list[onnx.NodeProto]
     conditions: list[str]  # the Loop's condition input, then after each of the first M-1 steps
@@ -143,7 +145,7 @@ def _refusal(loop: onnx.NodeProto, body: onnx.GraphProto, count: object,
     for inner in body.node:
         if any(True for _ in subgraphs(inner)):
             return f"its body has a node with a subgraph ({inner.op_type})"
-        if is_random(inner) or inner.op_type in ("Dropout", "Bernoulli", "Multinomial"):
+        if is_random(inner) or is_onnx_dropout(inner):
             return (f"its body draws random numbers ({inner.op_type}): copies would draw "
                     "alike")
     carried = len(loop.input) - 2
@@ -154,6 +156,7 @@ def _refusal(loop: onnx.NodeProto, body: onnx.GraphProto, count: object,
 
 def _write_out(loop: onnx.NodeProto, body: onnx.GraphProto, count: int, opset: int,
                fresh: NameMaker) -> _Steps:
+    """``count`` copies of ``body`` chained through the states, and the Loop's outputs."""
     base = loop.name or loop.output[0]
     carried = len(loop.input) - 2
     hoisted = []
